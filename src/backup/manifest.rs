@@ -1,0 +1,136 @@
+//! `manifest.json`: what a backup set holds and what the database looked
+//! like in the snapshot that was dumped; and `verification.json`, the
+//! outcome of the last `tusk verify`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Compression;
+
+pub const MANIFEST_FILE: &str = "manifest.json";
+pub const VERIFICATION_FILE: &str = "verification.json";
+pub const MANIFEST_FORMAT: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Layout version of this file.
+    pub format: u32,
+    pub id: String,
+    pub instance: String,
+    pub tool: ToolInfo,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub source: SourceInfo,
+    pub database: DatabaseFacts,
+    pub compression: CompressionInfo,
+    pub artefacts: Vec<Artefact>,
+    /// Seconds per stage (`connect`, `globals`, `database`, `finish`).
+    pub durations: BTreeMap<String, f64>,
+    /// Things an operator should know about this set, e.g. missing role passwords.
+    #[serde(default)]
+    pub notes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ToolInfo {
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// `postgresql://user@host:port/db`, never with a password.
+    pub server: String,
+    pub server_version: String,
+    pub server_major: u32,
+    pub pg_dump_version: String,
+    /// `direct` or `docker`.
+    pub mode: String,
+    pub superuser: bool,
+    /// False when the dumping role could not read password hashes.
+    pub role_passwords: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DatabaseFacts {
+    pub name: String,
+    pub owner: String,
+    pub encoding: String,
+    pub size_bytes: i64,
+    pub schema_migrations: Option<MigrationsFacts>,
+    /// Exact row count of every table, keyed `table` (public schema) or
+    /// `schema.table`, counted in the snapshot that was dumped.
+    pub tables: BTreeMap<String, i64>,
+    /// Whether Mastodon's `timestamp_id()` function exists.
+    pub timestamp_id: bool,
+    /// Every sequence, schema-qualified.
+    pub sequences: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationsFacts {
+    pub count: i64,
+    pub max: Option<String>,
+    /// sha256 of the sorted versions joined by newlines.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct CompressionInfo {
+    pub algorithm: Compression,
+    pub level: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ArtefactKind {
+    /// `pg_dumpall --globals-only`, plain SQL.
+    Globals,
+    /// `pg_dump --format=custom`.
+    Database,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Artefact {
+    pub name: String,
+    pub kind: ArtefactKind,
+    pub bytes: u64,
+    pub sha256: String,
+    pub uncompressed_bytes: u64,
+}
+
+impl Manifest {
+    pub fn artefact(&self, kind: ArtefactKind) -> Option<&Artefact> {
+        self.artefacts.iter().find(|a| a.kind == kind)
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.artefacts.iter().map(|a| a.bytes).sum()
+    }
+}
+
+/// The outcome of the last `tusk verify` of a set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Verification {
+    pub verified_at: DateTime<Utc>,
+    pub ok: bool,
+    pub checksums_only: bool,
+    /// Where the scratch restore ran (no password).
+    pub server: Option<String>,
+    pub restore_seconds: Option<f64>,
+    pub peak_database_bytes: Option<i64>,
+    pub problems: Vec<Problem>,
+}
+
+/// One difference between a set and what it should be.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// `checksum`, `size`, `missing`, `row_count`, `schema_migrations`, `object`.
+    pub kind: String,
+    /// The artefact, table or object concerned.
+    pub subject: String,
+    pub expected: String,
+    pub got: String,
+}

@@ -1,0 +1,394 @@
+//! `tusk backup`: roles and database into one checksummed backup set.
+
+pub mod manifest;
+pub mod set;
+pub mod stream;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use chrono::Utc;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio_postgres::Client;
+
+use crate::config::Compression;
+use crate::output::{Output, human_bytes};
+use crate::postgres::{PgServer, Tool, ToolCommand, quote_ident, server_version};
+use manifest::{
+    Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, MigrationsFacts, SourceInfo,
+    ToolInfo,
+};
+use set::{DirLock, PartialSet, new_id};
+
+/// What `tusk backup` needs to know, free of any CLI type.
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub backup_dir: PathBuf,
+    pub instance: String,
+    pub database: String,
+    pub compression: Compression,
+    pub compression_level: i32,
+    /// `direct` or `docker`, recorded in the manifest.
+    pub mode: String,
+}
+
+/// The outcome, as printed with `--json`.
+#[derive(Debug, Serialize)]
+pub struct BackupReport {
+    pub id: String,
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub database: String,
+    pub tables: usize,
+    pub rows: i64,
+    pub artefacts: Vec<Artefact>,
+    pub durations: BTreeMap<String, f64>,
+    pub notes: Vec<String>,
+}
+
+pub async fn run(
+    server: &dyn PgServer,
+    opts: &BackupOptions,
+    output: &Output,
+) -> Result<BackupReport> {
+    let _lock = DirLock::acquire(&opts.backup_dir)?;
+    let started_at = Utc::now();
+    let mut durations = BTreeMap::new();
+    let mut notes = Vec::new();
+
+    let stage = Instant::now();
+    let session = server.connect(&opts.database).await?;
+    let (server_major, server_version) = server_version(&session).await?;
+    let (dump_major, dump_version) = server.tool_version(Tool::PgDump).await?;
+    if dump_major < server_major {
+        bail!(
+            "pg_dump {dump_version} ({}) cannot dump a PostgreSQL {server_version} server: \
+             install the PostgreSQL {server_major} client tools or set postgres.bin_dir",
+            server.describe_tools()
+        );
+    }
+    let superuser: bool = session
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !superuser {
+        let note = "the dumping role is not a superuser: roles were dumped without passwords \
+                    (--no-role-passwords); set them again after a restore"
+            .to_string();
+        tracing::warn!("{note}");
+        notes.push(note);
+    }
+    durations.insert("connect".into(), stage.elapsed().as_secs_f64());
+
+    let id = new_id(&opts.instance, started_at);
+    let partial = PartialSet::create(&opts.backup_dir, &id)?;
+    tracing::info!(
+        "backing up {} into {} ({} level {})",
+        server.target().with_database(&opts.database),
+        partial.dir.display(),
+        opts.compression.name(),
+        opts.compression_level
+    );
+
+    let stage = Instant::now();
+    let globals = dump_globals(server, opts, &partial, superuser, output).await?;
+    durations.insert("globals".into(), stage.elapsed().as_secs_f64());
+
+    let stage = Instant::now();
+    let (database_artefact, facts) =
+        dump_database(server, &session, opts, &partial, output).await?;
+    durations.insert("database".into(), stage.elapsed().as_secs_f64());
+    tracing::info!(
+        "database dumped: {} tables, {} rows, {} compressed from {} in {:.1}s",
+        facts.tables.len(),
+        facts.tables.values().sum::<i64>(),
+        human_bytes(database_artefact.bytes),
+        human_bytes(database_artefact.uncompressed_bytes),
+        stage.elapsed().as_secs_f64()
+    );
+
+    let stage = Instant::now();
+    let mut manifest = Manifest {
+        format: manifest::MANIFEST_FORMAT,
+        id: id.clone(),
+        instance: opts.instance.clone(),
+        tool: ToolInfo {
+            name: "tusk".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+        },
+        started_at,
+        finished_at: Utc::now(),
+        source: SourceInfo {
+            server: server.target().with_database(&opts.database).redacted(),
+            server_version,
+            server_major,
+            pg_dump_version: dump_version,
+            mode: opts.mode.clone(),
+            superuser,
+            role_passwords: superuser,
+        },
+        database: facts,
+        compression: CompressionInfo {
+            algorithm: opts.compression,
+            level: opts.compression_level,
+        },
+        artefacts: vec![globals, database_artefact],
+        durations: durations.clone(),
+        notes: notes.clone(),
+    };
+    manifest.durations.insert("finish".into(), 0.0);
+    let path = partial.commit(&manifest)?;
+    durations.insert("finish".into(), stage.elapsed().as_secs_f64());
+    tracing::info!(
+        "backup set {id} complete: {}",
+        human_bytes(manifest.total_bytes())
+    );
+
+    Ok(BackupReport {
+        id,
+        path,
+        bytes: manifest.total_bytes(),
+        database: opts.database.clone(),
+        tables: manifest.database.tables.len(),
+        rows: manifest.database.tables.values().sum(),
+        artefacts: manifest.artefacts,
+        durations,
+        notes,
+    })
+}
+
+async fn dump_globals(
+    server: &dyn PgServer,
+    opts: &BackupOptions,
+    partial: &PartialSet,
+    superuser: bool,
+    output: &Output,
+) -> Result<Artefact> {
+    let mut command = ToolCommand::new(Tool::PgDumpall)
+        .arg("--globals-only")
+        .arg("--no-password")
+        .arg(format!("--database={}", opts.database));
+    if !superuser {
+        command = command.arg("--no-role-passwords");
+    }
+    let name = format!("globals.sql{}", opts.compression.suffix());
+    stream_tool_to_artefact(
+        server,
+        command,
+        partial,
+        &name,
+        ArtefactKind::Globals,
+        opts,
+        output,
+    )
+    .await
+}
+
+/// Dumps the database from a snapshot exported by `session`, counting every
+/// table's rows in that same snapshot while pg_dump streams.
+async fn dump_database(
+    server: &dyn PgServer,
+    session: &Client,
+    opts: &BackupOptions,
+    partial: &PartialSet,
+    output: &Output,
+) -> Result<(Artefact, DatabaseFacts)> {
+    // The exporting transaction must stay open until pg_dump has imported
+    // the snapshot; it stays open until the dump ends, which also serves
+    // the counts.
+    session
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .context("could not start the snapshot transaction")?;
+    let snapshot: String = session
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .context("could not export a snapshot")?
+        .get(0);
+
+    let command = ToolCommand::new(Tool::PgDump)
+        .arg("--format=custom")
+        // tusk compresses the stream itself, faster and with zstd.
+        .arg("--compress=0")
+        .arg(format!("--snapshot={snapshot}"))
+        .arg("--no-password")
+        .database(&opts.database);
+    let name = format!("database.dump{}", opts.compression.suffix());
+    let dump = stream_tool_to_artefact(
+        server,
+        command,
+        partial,
+        &name,
+        ArtefactKind::Database,
+        opts,
+        output,
+    );
+    let (artefact, facts) = tokio::try_join!(dump, database_facts(session))?;
+    session.batch_execute("COMMIT").await?;
+    Ok((artefact, facts))
+}
+
+async fn stream_tool_to_artefact(
+    server: &dyn PgServer,
+    command: ToolCommand,
+    partial: &PartialSet,
+    name: &str,
+    kind: ArtefactKind,
+    opts: &BackupOptions,
+    output: &Output,
+) -> Result<Artefact> {
+    let label = command.tool.program();
+    let progress = output.byte_progress(label, None);
+    let mut process = server.spawn(command).await?;
+    let mut stdout = process.take_stdout();
+    let path = partial.dir.join(name);
+    let written = stream::write_compressed(
+        &mut stdout,
+        &path,
+        opts.compression,
+        opts.compression_level,
+        &progress,
+    )
+    .await;
+    progress.finish_and_clear();
+    // The exit status decides, even when the stream looked complete: a
+    // backend killed mid-dump can still leave a well-formed prefix.
+    let exit = process.wait().await;
+    let written = match (written, exit) {
+        (Ok(written), Ok(_)) => written,
+        (_, Err(err)) => return Err(err),
+        (Err(err), Ok(_)) => return Err(err),
+    };
+    if written.uncompressed_bytes == 0 {
+        bail!("{label} produced no output");
+    }
+    Ok(Artefact {
+        name: name.to_string(),
+        kind,
+        bytes: written.bytes,
+        sha256: written.sha256,
+        uncompressed_bytes: written.uncompressed_bytes,
+    })
+}
+
+/// Reads what verify will compare, inside the snapshot transaction.
+async fn database_facts(session: &Client) -> Result<DatabaseFacts> {
+    let row = session
+        .query_one(
+            "SELECT current_database(), pg_get_userbyid(d.datdba), \
+                    pg_encoding_to_char(d.encoding), pg_database_size(d.oid) \
+             FROM pg_database d WHERE d.datname = current_database()",
+            &[],
+        )
+        .await?;
+    let (name, owner, encoding, size_bytes): (String, String, String, i64) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+
+    let tables = session
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+               AND NOT EXISTS (SELECT 1 FROM pg_depend d \
+                               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid \
+                                 AND d.deptype = 'e') \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    let mut counts = BTreeMap::new();
+    for table in tables {
+        let (schema, relname): (String, String) = (table.get(0), table.get(1));
+        let count: i64 = session
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {}.{}",
+                    quote_ident(&schema),
+                    quote_ident(&relname)
+                ),
+                &[],
+            )
+            .await
+            .with_context(|| format!("could not count rows of {schema}.{relname}"))?
+            .get(0);
+        counts.insert(table_key(&schema, &relname), count);
+    }
+
+    let schema_migrations = if counts.contains_key("schema_migrations") {
+        let versions = session
+            .query("SELECT version::text FROM public.schema_migrations", &[])
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        Some(migrations_facts(versions))
+    } else {
+        None
+    };
+
+    let timestamp_id: bool = session
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'timestamp_id')",
+            &[],
+        )
+        .await?
+        .get(0);
+    let sequences = session
+        .query(
+            "SELECT n.nspname, c.relname FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| table_key(row.get(0), row.get(1)))
+        .collect();
+
+    Ok(DatabaseFacts {
+        name,
+        owner,
+        encoding,
+        size_bytes,
+        schema_migrations,
+        tables: counts,
+        timestamp_id,
+        sequences,
+    })
+}
+
+/// `accounts` for the public schema, `schema.table` elsewhere.
+pub fn table_key(schema: &str, name: &str) -> String {
+    if schema == "public" {
+        name.to_string()
+    } else {
+        format!("{schema}.{name}")
+    }
+}
+
+/// Count, maximum and hash of the applied migration versions. Sorted here,
+/// not in SQL, so the servers' collations cannot change the hash.
+pub fn migrations_facts(mut versions: Vec<String>) -> MigrationsFacts {
+    versions.sort();
+    let mut hasher = Sha256::new();
+    for (i, version) in versions.iter().enumerate() {
+        if i > 0 {
+            hasher.update(b"\n");
+        }
+        hasher.update(version.as_bytes());
+    }
+    MigrationsFacts {
+        count: versions.len() as i64,
+        max: versions.last().cloned(),
+        sha256: hex::encode(hasher.finalize()),
+    }
+}

@@ -1,0 +1,194 @@
+//! Command-line types. Every setting is a global flag with a `TUSK_*`
+//! variable; clap applies flag > environment, `config` adds the rest.
+
+use std::path::PathBuf;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::config::Compression;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tusk",
+    version,
+    about = "Back up, restore, verify and maintain a Mastodon instance",
+    long_about = "tusk operates a Mastodon instance from the outside: it dumps the PostgreSQL \
+roles and database into checksummed backup sets, restores them on a new or existing server, \
+and proves that a backup restores.\n\n\
+Settings come from flags, TUSK_* environment variables, a YAML file (--config, \
+./tusk.yaml or /etc/tusk/tusk.yaml) and Mastodon's .env.production, in that order.",
+    after_help = "Exit codes: 0 ok, 1 failed, 2 usage or configuration error, \
+3 verification failed, 4 another run holds the lock, 130 interrupted."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Global options")]
+pub struct GlobalArgs {
+    /// YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]
+    #[arg(long, global = true, env = "TUSK_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db)
+    /// [default: from .env.production]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+
+    /// Directory holding backup sets [default: /var/backups/tusk]
+    #[arg(long, global = true, env = "TUSK_BACKUP_DIR", value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+
+    /// Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]
+    #[arg(long, global = true, env = "TUSK_INSTANCE", value_name = "NAME")]
+    pub instance: Option<String>,
+
+    /// Compression of backup artefacts [default: zstd]
+    #[arg(long, global = true, env = "TUSK_COMPRESSION", value_enum)]
+    pub compression: Option<Compression>,
+
+    /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6)
+    #[arg(long, global = true, env = "TUSK_COMPRESSION_LEVEL", value_name = "N")]
+    pub compression_level: Option<i32>,
+
+    /// Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]
+    #[arg(long, global = true, env = "TUSK_PG_BIN_DIR", value_name = "DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
+
+    /// Directory for temporary files, such as a seekable copy for parallel restore
+    #[arg(long, global = true, env = "TUSK_TEMP_DIR", value_name = "DIR")]
+    pub temp_dir: Option<PathBuf>,
+
+    /// Mastodon's .env.production [default: ./.env.production if present]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_MASTODON_ENV_FILE",
+        value_name = "FILE"
+    )]
+    pub mastodon_env_file: Option<PathBuf>,
+
+    /// Print one JSON document on stdout instead of text
+    #[arg(long, global = true, env = "TUSK_JSON")]
+    pub json: bool,
+
+    /// Answer yes to confirmations (does not imply --force)
+    #[arg(long, short = 'y', global = true, env = "TUSK_YES")]
+    pub yes: bool,
+
+    /// More detail in logs (-v debug, -vv trace)
+    #[arg(long, short = 'v', global = true, action = ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only warnings and errors
+    #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Dump the roles and the database into a new backup set
+    Backup(BackupArgs),
+    /// Inspect backup sets
+    #[command(subcommand)]
+    Backups(BackupsCommand),
+    /// Restore a backup set onto a server
+    Restore(RestoreArgs),
+    /// Prove a backup set: checksums, then a test restore compared with the manifest
+    Verify(VerifyArgs),
+    /// Print shell completions
+    Completions(CompletionsArgs),
+    /// Write man pages into a directory
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupsCommand {
+    /// List backup sets, oldest first
+    List,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// Backup id (in the backup directory) or path of a backup set
+    pub set: String,
+
+    /// Server and database to restore into (the database name defaults to the source's)
+    #[arg(
+        long,
+        env = "TUSK_TARGET_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub target_url: String,
+
+    /// Replace a target database that already holds tables
+    #[arg(long)]
+    pub force: bool,
+
+    /// Parallel pg_restore jobs
+    #[arg(long, short = 'j', default_value_t = 1, value_name = "N")]
+    pub jobs: u32,
+
+    /// Do not set object owners from the dump (Mastodon's cross-server form)
+    #[arg(long)]
+    pub no_owner: bool,
+
+    /// Role that owns the restored objects (with --no-owner)
+    #[arg(long, value_name = "ROLE")]
+    pub role: Option<String>,
+
+    /// Skip the roles (globals) and restore only the database
+    #[arg(long)]
+    pub no_globals: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Backup id (in the backup directory) or path of a backup set
+    pub set: String,
+
+    /// Only re-hash the artefacts; no test restore
+    #[arg(long)]
+    pub checksums_only: bool,
+
+    /// Server for the scratch restore [default: the source database's server]
+    #[arg(
+        long,
+        env = "TUSK_VERIFY_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub verify_url: Option<String>,
+
+    /// Parallel pg_restore jobs for the scratch restore
+    #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
+    pub jobs: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Directory to write tusk.1 and one page per subcommand into
+    pub dir: PathBuf,
+}

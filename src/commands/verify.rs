@@ -1,0 +1,78 @@
+use anyhow::Result;
+
+use super::Context;
+use crate::backup::set::BackupSet;
+use crate::cli::VerifyArgs;
+use crate::error::TuskError;
+use crate::output::{human_bytes, table};
+use crate::postgres::DbTarget;
+use crate::verify::{self, VerifyOptions, VerifyReport};
+
+pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
+    let set = BackupSet::resolve(&ctx.backup_dir(), &args.set)?;
+    let server = if args.checksums_only {
+        None
+    } else {
+        let target = match &args.verify_url {
+            Some(url) => DbTarget::parse(url)?,
+            None => ctx.settings.database()?.clone(),
+        };
+        Some(ctx.server_for(target))
+    };
+    let opts = VerifyOptions {
+        checksums_only: args.checksums_only,
+        jobs: args.jobs.max(1),
+    };
+    let report = verify::run(&set, server.as_deref(), &opts, &ctx.output).await?;
+    if ctx.output.json {
+        ctx.output.print_json(&report)?;
+    } else {
+        print_report(&report);
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(TuskError::VerificationFailed(format!(
+            "{} problem(s) in backup set {}",
+            report.problems.len(),
+            report.id
+        ))
+        .into())
+    }
+}
+
+fn print_report(report: &VerifyReport) {
+    if report.ok {
+        let mut line = format!("{}: OK", report.id);
+        if let Some(seconds) = report.restore_seconds {
+            line.push_str(&format!(
+                ", {} tables match after a {seconds:.1}s test restore",
+                report.tables_compared
+            ));
+        } else {
+            line.push_str(", checksums match");
+        }
+        if let Some(peak) = report.peak_database_bytes {
+            line.push_str(&format!(" (peak {})", human_bytes(peak.max(0) as u64)));
+        }
+        println!("{line}");
+        return;
+    }
+    println!("{}: FAILED", report.id);
+    let rows: Vec<Vec<String>> = report
+        .problems
+        .iter()
+        .map(|p| {
+            vec![
+                p.kind.clone(),
+                p.subject.clone(),
+                p.expected.clone(),
+                p.got.clone(),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["PROBLEM", "SUBJECT", "EXPECTED", "GOT"], &rows)
+    );
+}

@@ -1,0 +1,280 @@
+//! Settings from one precedence: flag > `TUSK_*` environment > YAML file >
+//! Mastodon's `.env.production` > defaults.
+//!
+//! Flags and environment variables are merged by clap (see `cli::GlobalArgs`);
+//! this module lays the YAML file and `.env.production` under them.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+
+use crate::cli::GlobalArgs;
+use crate::error::TuskError;
+use crate::mastodon::env_file::EnvFile;
+use crate::postgres::DbTarget;
+
+/// Where the config file is looked for when `--config`/`TUSK_CONFIG` is not given.
+pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["./tusk.yaml", "/etc/tusk/tusk.yaml"];
+pub const DEFAULT_BACKUP_DIR: &str = "/var/backups/tusk";
+
+/// How artefacts are compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    Zstd,
+    Gzip,
+    None,
+}
+
+impl Compression {
+    pub fn default_level(self) -> i32 {
+        match self {
+            Compression::Zstd => 3,
+            Compression::Gzip => 6,
+            Compression::None => 0,
+        }
+    }
+
+    pub fn level_range(self) -> std::ops::RangeInclusive<i32> {
+        match self {
+            Compression::Zstd => 1..=19,
+            Compression::Gzip => 1..=9,
+            Compression::None => 0..=0,
+        }
+    }
+
+    /// File name suffix, e.g. `.zst`.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Compression::Zstd => ".zst",
+            Compression::Gzip => ".gz",
+            Compression::None => "",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+/// The YAML file, key for key. Unknown keys are errors so typos do not
+/// silently fall back to defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub instance: Option<String>,
+    pub backup_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub compression: Option<Compression>,
+    pub compression_level: Option<i32>,
+    pub temp_dir: Option<PathBuf>,
+    #[serde(default)]
+    pub postgres: PostgresSection,
+    #[serde(default)]
+    pub mastodon: MastodonSection,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSection {
+    pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MastodonSection {
+    pub env_file: Option<PathBuf>,
+}
+
+impl FileSettings {
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        if text.trim().is_empty() {
+            return Ok(FileSettings::default());
+        }
+        // serde_yaml_ng's message names the key and its line:column.
+        serde_yaml_ng::from_str(text)
+            .map_err(|err| TuskError::usage(format!("{}: {err}", path.display())))
+    }
+}
+
+/// Every setting, resolved.
+#[derive(Debug)]
+pub struct Settings {
+    pub instance: String,
+    pub backup_dir: PathBuf,
+    database: Option<DbTarget>,
+    pub compression: Compression,
+    pub compression_level: i32,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub temp_dir: Option<PathBuf>,
+    /// Where the settings came from, for `-v` and error messages.
+    pub config_file: Option<PathBuf>,
+}
+
+impl Settings {
+    pub fn resolve(args: &GlobalArgs) -> Result<Self> {
+        let config_file = find_config_file(args.config.as_deref())?;
+        let file = match &config_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("could not read config file {}", path.display()))?;
+                FileSettings::parse(path, &text)?
+            }
+            None => FileSettings::default(),
+        };
+
+        let env_file = match args.mastodon_env_file.clone().or(file.mastodon.env_file) {
+            Some(path) => Some(
+                EnvFile::load(&path)
+                    .map_err(|err| TuskError::usage(format!("{err:#}; check mastodon.env_file")))?,
+            ),
+            None if Path::new(".env.production").is_file() => {
+                Some(EnvFile::load(Path::new(".env.production"))?)
+            }
+            None => None,
+        };
+
+        let database = match args
+            .database_url
+            .as_deref()
+            .or(file.database_url.as_deref())
+        {
+            Some(url) => Some(DbTarget::parse(url)?),
+            None => env_file.as_ref().map(EnvFile::database).transpose()?,
+        };
+
+        let compression = args
+            .compression
+            .or(file.compression)
+            .unwrap_or(Compression::Zstd);
+        let compression_level = args
+            .compression_level
+            .or(file.compression_level)
+            .unwrap_or_else(|| compression.default_level());
+        if !compression.level_range().contains(&compression_level) {
+            return Err(TuskError::usage(format!(
+                "compression_level {compression_level} is out of range for {}: use {}..={}",
+                compression.name(),
+                compression.level_range().start(),
+                compression.level_range().end()
+            )));
+        }
+
+        let instance = args
+            .instance
+            .clone()
+            .or(file.instance)
+            .or_else(|| env_file.as_ref()?.get("LOCAL_DOMAIN").map(str::to_string))
+            .or_else(system_hostname)
+            .unwrap_or_else(|| "mastodon".into());
+        let instance = sanitize_instance(&instance)?;
+
+        Ok(Settings {
+            instance,
+            backup_dir: args
+                .backup_dir
+                .clone()
+                .or(file.backup_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR)),
+            database,
+            compression,
+            compression_level,
+            pg_bin_dir: args.pg_bin_dir.clone().or(file.postgres.bin_dir),
+            temp_dir: args.temp_dir.clone().or(file.temp_dir),
+            config_file,
+        })
+    }
+
+    /// The instance's database, or an error saying how to name one.
+    pub fn database(&self) -> Result<&DbTarget> {
+        self.database.as_ref().ok_or_else(|| {
+            TuskError::usage(
+                "no database configured: pass --database-url, set TUSK_DATABASE_URL, \
+                 add database_url to tusk.yaml, or point mastodon.env_file at .env.production",
+            )
+        })
+    }
+}
+
+fn find_config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
+    if let Some(path) = explicit {
+        if !path.is_file() {
+            return Err(TuskError::usage(format!(
+                "config file {} does not exist",
+                path.display()
+            )));
+        }
+        return Ok(Some(path.to_path_buf()));
+    }
+    Ok(DEFAULT_CONFIG_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.is_file()))
+}
+
+fn system_hostname() -> Option<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim();
+    (!name.is_empty()).then(|| name.to_string())
+}
+
+/// Instance names become part of backup ids and directory names.
+fn sanitize_instance(name: &str) -> Result<String> {
+    let clean: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '_' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let clean = clean.trim_matches(['-', '.']).to_string();
+    if clean.is_empty() {
+        return Err(TuskError::usage(format!(
+            "instance name {name:?} has no usable characters (letters, digits, . _ -)"
+        )));
+    }
+    Ok(clean)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_error_names_key_and_position() {
+        let err = FileSettings::parse(Path::new("tusk.yaml"), "instance: a\nbackup_dri: /tmp\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("backup_dri"), "{err}");
+        assert!(err.contains("line 2 column 1"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_error_names_position() {
+        let err = FileSettings::parse(Path::new("t.yaml"), "compression: lz4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("lz4") && err.contains("line 1 column 14"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sanitizes_instance_names() {
+        assert_eq!(
+            sanitize_instance("social.example").unwrap(),
+            "social.example"
+        );
+        assert_eq!(sanitize_instance("my host/x").unwrap(), "my-host-x");
+        assert!(sanitize_instance("///").is_err());
+    }
+}

@@ -1,0 +1,45 @@
+//! The errors that decide tusk's exit status.
+//!
+//! Every other failure is an `anyhow::Error` with context and exits 1. The
+//! documented codes (docs/exit-codes.md) come from the variants below, which
+//! `main` finds anywhere in an error's chain.
+
+use std::process::ExitCode;
+
+/// A failure with its own documented exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum TuskError {
+    /// Bad flags, a malformed or incomplete configuration, a missing container.
+    #[error("{0}")]
+    Usage(String),
+    /// A backup set does not match its manifest or did not restore to the same data.
+    #[error("verification failed: {0}")]
+    VerificationFailed(String),
+    /// Another tusk run holds the lock on the backup directory.
+    #[error("{0}")]
+    Locked(String),
+}
+
+impl TuskError {
+    pub fn usage(message: impl Into<String>) -> anyhow::Error {
+        TuskError::Usage(message.into()).into()
+    }
+}
+
+pub const EXIT_FAILED: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_VERIFY: u8 = 3;
+pub const EXIT_LOCKED: u8 = 4;
+
+/// The exit status for an error, by the first `TuskError` in its chain.
+pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
+    let code = err
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<TuskError>())
+        .map_or(EXIT_FAILED, |tusk| match tusk {
+            TuskError::Usage(_) => EXIT_USAGE,
+            TuskError::VerificationFailed(_) => EXIT_VERIFY,
+            TuskError::Locked(_) => EXIT_LOCKED,
+        });
+    ExitCode::from(code)
+}

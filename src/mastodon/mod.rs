@@ -1,0 +1,3 @@
+//! Facts about a Mastodon installation that tusk reads from the outside.
+
+pub mod env_file;

@@ -1,0 +1,130 @@
+//! How tusk talks to its user: progress bars and prompts on a terminal,
+//! plain log lines under cron, one JSON document on stdout with `--json`.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::Serialize;
+
+use crate::error::TuskError;
+
+/// The output choices of one run.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub json: bool,
+    pub quiet: bool,
+    /// `--yes`: answer confirmations with yes.
+    pub assume_yes: bool,
+    /// Whether stderr is a terminal a person watches.
+    pub interactive: bool,
+}
+
+impl Output {
+    pub fn new(json: bool, quiet: bool, assume_yes: bool) -> Self {
+        Output {
+            json,
+            quiet,
+            assume_yes,
+            interactive: std::io::stderr().is_terminal() && std::io::stdin().is_terminal(),
+        }
+    }
+
+    /// A byte counter for a streaming stage; invisible without a terminal,
+    /// where the stage's start and end are logged instead.
+    pub fn byte_progress(&self, stage: &str, total: Option<u64>) -> ProgressBar {
+        if !self.interactive || self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = match total {
+            Some(total) => ProgressBar::new(total).with_style(
+                ProgressStyle::with_template(
+                    "{prefix:>10} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
+            ),
+            None => ProgressBar::new_spinner().with_style(
+                ProgressStyle::with_template(
+                    "{prefix:>10} {spinner} {bytes} {bytes_per_sec} {msg}",
+                )
+                .expect("valid template"),
+            ),
+        };
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_prefix(stage.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+
+    /// Asks before something destructive. Without a terminal nobody can
+    /// answer, so only `--yes` (or an explicit flag checked by the caller)
+    /// lets it go ahead.
+    pub fn confirm(&self, question: &str) -> Result<bool> {
+        if self.assume_yes {
+            return Ok(true);
+        }
+        if !self.interactive {
+            return Err(TuskError::usage(format!(
+                "{question} — no terminal to ask on; pass --yes to confirm"
+            )));
+        }
+        Ok(dialoguer::Confirm::new()
+            .with_prompt(question)
+            .default(false)
+            .interact()?)
+    }
+
+    /// Prints the run's single JSON document.
+    pub fn print_json<T: Serialize>(&self, value: &T) -> Result<()> {
+        println!("{}", serde_json::to_string_pretty(value)?);
+        Ok(())
+    }
+}
+
+/// `1536` -> `1.5 KiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    indicatif::BinaryBytes(bytes).to_string()
+}
+
+/// Renders rows as an aligned plain-text table.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let render = |cells: &mut dyn Iterator<Item = &str>| {
+        let line: Vec<String> = cells
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        line.join("  ").trim_end().to_string()
+    };
+    let mut out = render(&mut headers.iter().copied());
+    out.push('\n');
+    for row in rows {
+        out.push_str(&render(&mut row.iter().map(String::as_str)));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn aligns_tables() {
+        let text = table(
+            &["id", "size"],
+            &[
+                vec!["a-long-id".into(), "1 KiB".into()],
+                vec!["b".into(), "2".into()],
+            ],
+        );
+        assert_eq!(text, "id         size\na-long-id  1 KiB\nb          2\n");
+    }
+}

@@ -1,0 +1,147 @@
+//! Direct mode: SQL over the network and the client tools installed on this machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result};
+use async_trait::async_trait;
+use tokio::io::AsyncReadExt;
+use tokio::process::Command;
+
+use super::{
+    BoxReader, DbTarget, PgServer, StagedArchive, Tool, ToolCommand, ToolExit, ToolProcess,
+};
+
+/// Keep this much of a tool's stderr for the error message.
+const STDERR_TAIL: usize = 16 * 1024;
+
+/// A server reached over the network, with local pg_* tools.
+pub struct DirectServer {
+    target: DbTarget,
+    bin_dir: Option<PathBuf>,
+    temp_dir: Option<PathBuf>,
+}
+
+impl DirectServer {
+    /// `bin_dir` pins the tools; without it the newest
+    /// `/usr/lib/postgresql/<major>/bin` is used, then `PATH`.
+    pub fn new(target: DbTarget, bin_dir: Option<PathBuf>, temp_dir: Option<PathBuf>) -> Self {
+        DirectServer {
+            target,
+            bin_dir: bin_dir.or_else(newest_debian_bin_dir),
+            temp_dir,
+        }
+    }
+
+    fn program_path(&self, tool: Tool) -> PathBuf {
+        match &self.bin_dir {
+            Some(dir) => dir.join(tool.program()),
+            None => PathBuf::from(tool.program()),
+        }
+    }
+}
+
+/// Debian installs each major side by side; the newest can dump every older server.
+fn newest_debian_bin_dir() -> Option<PathBuf> {
+    let mut majors: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|entry| {
+            let entry = entry.ok()?;
+            let major = entry.file_name().to_str()?.parse().ok()?;
+            let bin = entry.path().join("bin");
+            bin.join("pg_dump").exists().then_some((major, bin))
+        })
+        .collect();
+    majors.sort();
+    majors.pop().map(|(_, bin)| bin)
+}
+
+#[async_trait]
+impl PgServer for DirectServer {
+    fn target(&self) -> &DbTarget {
+        &self.target
+    }
+
+    fn describe_tools(&self) -> String {
+        match &self.bin_dir {
+            Some(dir) => format!("local tools in {}", dir.display()),
+            None => "local tools on PATH".into(),
+        }
+    }
+
+    async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess> {
+        let program = self.program_path(command.tool);
+        let mut child_command = Command::new(&program);
+        child_command
+            .args(&command.args)
+            .envs(self.target.libpq_env())
+            .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(if command.stdin {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(database) = &command.database {
+            child_command.env("PGDATABASE", database);
+        }
+        let mut child = child_command.spawn().with_context(|| {
+            format!(
+                "could not start {}; install the PostgreSQL client tools or set postgres.bin_dir",
+                program.display()
+            )
+        })?;
+        let stdin = child.stdin.take().map(|s| Box::new(s) as _);
+        let stdout = Box::new(child.stdout.take().expect("piped stdout"));
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let label = command.tool.program().to_string();
+        let stderr_task = tokio::spawn(async move {
+            let mut buffer = Vec::new();
+            let _ = stderr.read_to_end(&mut buffer).await;
+            tail_text(&buffer, STDERR_TAIL)
+        });
+        let exit = async move {
+            let status = child.wait().await?;
+            let stderr = stderr_task.await.unwrap_or_default();
+            if !stderr.trim().is_empty() {
+                tracing::debug!(target: "tusk::tools", "{}", stderr.trim_end());
+            }
+            Ok(ToolExit {
+                code: status.code().map_or(-1, i64::from),
+                stderr,
+            })
+        };
+        Ok(ToolProcess::new(label, stdin, stdout, exit))
+    }
+
+    async fn stage_archive(&self, mut archive: BoxReader) -> Result<StagedArchive> {
+        let dir = self.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let file = tempfile::Builder::new()
+            .prefix("tusk-restore-")
+            .suffix(".dump")
+            .tempfile_in(&dir)
+            .with_context(|| format!("could not create a temporary file in {}", dir.display()))?;
+        let path = file.path().to_path_buf();
+        let mut writer = tokio::fs::File::from_std(file.reopen()?);
+        tokio::io::copy(&mut archive, &mut writer)
+            .await
+            .with_context(|| format!("could not write {}", path.display()))?;
+        writer.sync_all().await?;
+        Ok(StagedArchive {
+            path: path_string(&path),
+            _cleanup: Box::new(file),
+        })
+    }
+}
+
+fn path_string(path: &Path) -> String {
+    path.to_string_lossy().into_owned()
+}
+
+/// The last `limit` bytes of `bytes`, as text.
+fn tail_text(bytes: &[u8], limit: usize) -> String {
+    let start = bytes.len().saturating_sub(limit);
+    String::from_utf8_lossy(&bytes[start..]).into_owned()
+}

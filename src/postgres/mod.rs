@@ -1,0 +1,267 @@
+//! Access to a PostgreSQL server: SQL sessions and the server's client tools.
+//!
+//! Backup, restore and verify are written once against [`PgServer`]. Its
+//! implementations differ only in where `pg_dump` and friends run: on this
+//! machine ([`direct::DirectServer`]) or inside the database's container.
+
+pub mod direct;
+pub mod target;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_postgres::Client;
+
+pub use target::{DbTarget, quote_ident};
+
+/// The PostgreSQL client programs tusk drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tool {
+    PgDump,
+    PgDumpall,
+    PgRestore,
+    Psql,
+}
+
+impl Tool {
+    pub fn program(self) -> &'static str {
+        match self {
+            Tool::PgDump => "pg_dump",
+            Tool::PgDumpall => "pg_dumpall",
+            Tool::PgRestore => "pg_restore",
+            Tool::Psql => "psql",
+        }
+    }
+}
+
+/// One run of a client tool. Connection settings (host, user, password)
+/// come from the server's [`DbTarget`] through the libpq environment, never
+/// from `args`, so no secret reaches a command line.
+#[derive(Debug, Clone)]
+pub struct ToolCommand {
+    pub tool: Tool,
+    pub args: Vec<String>,
+    /// Sets `PGDATABASE`.
+    pub database: Option<String>,
+    /// Extra environment, e.g. `PGOPTIONS`.
+    pub env: Vec<(String, String)>,
+    /// Whether the caller writes to the tool's standard input.
+    pub stdin: bool,
+}
+
+impl ToolCommand {
+    pub fn new(tool: Tool) -> Self {
+        ToolCommand {
+            tool,
+            args: Vec::new(),
+            database: None,
+            env: Vec::new(),
+            stdin: false,
+        }
+    }
+
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
+
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    pub fn database(mut self, database: &str) -> Self {
+        self.database = Some(database.to_string());
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: impl Into<String>) -> Self {
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn with_stdin(mut self) -> Self {
+        self.stdin = true;
+        self
+    }
+}
+
+pub type BoxReader = Box<dyn AsyncRead + Send + Unpin>;
+pub type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
+type ExitFuture = Pin<Box<dyn Future<Output = Result<ToolExit>> + Send>>;
+
+/// How a tool ended.
+#[derive(Debug)]
+pub struct ToolExit {
+    pub code: i64,
+    /// The tail of what it printed on stderr.
+    pub stderr: String,
+}
+
+/// A running client tool with its standard streams.
+pub struct ToolProcess {
+    pub label: String,
+    pub stdin: Option<BoxWriter>,
+    pub stdout: Option<BoxReader>,
+    exit: ExitFuture,
+}
+
+impl ToolProcess {
+    pub fn new(
+        label: String,
+        stdin: Option<BoxWriter>,
+        stdout: BoxReader,
+        exit: impl Future<Output = Result<ToolExit>> + Send + 'static,
+    ) -> Self {
+        ToolProcess {
+            label,
+            stdin,
+            stdout: Some(stdout),
+            exit: Box::pin(exit),
+        }
+    }
+
+    pub fn take_stdout(&mut self) -> BoxReader {
+        self.stdout.take().expect("stdout taken once")
+    }
+
+    /// Writes `input` to the tool's stdin (discarding its stdout) and waits
+    /// for it. A failed tool's own error wins over the broken pipe it causes.
+    pub async fn feed(mut self, input: &mut (dyn AsyncRead + Send + Unpin)) -> Result<ToolExit> {
+        let mut stdin = self
+            .stdin
+            .take()
+            .context("the tool was started without stdin")?;
+        let mut stdout = self.take_stdout();
+        let feed = async {
+            let copied = tokio::io::copy(input, &mut stdin).await;
+            let closed = stdin.shutdown().await;
+            drop(stdin);
+            copied.and(closed)
+        };
+        let mut sink = tokio::io::sink();
+        let (fed, _) = tokio::join!(feed, tokio::io::copy(&mut stdout, &mut sink));
+        let label = self.label.clone();
+        let exit = self.wait().await?;
+        fed.with_context(|| format!("could not write to {label}"))?;
+        Ok(exit)
+    }
+
+    /// Waits for the tool to end; a non-zero status is an error carrying its stderr.
+    pub async fn wait(self) -> Result<ToolExit> {
+        drop(self.stdin);
+        let label = self.label;
+        let exit = self.exit.await.with_context(|| format!("{label} failed"))?;
+        if exit.code != 0 {
+            bail!(
+                "{label} exited with status {}{}",
+                exit.code,
+                describe_stderr(&exit.stderr)
+            );
+        }
+        Ok(exit)
+    }
+}
+
+fn describe_stderr(stderr: &str) -> String {
+    let trimmed = stderr.trim();
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!(":\n{trimmed}")
+    }
+}
+
+/// The major version of a PostgreSQL release (`150018` or `"15.18"` -> 15).
+pub fn major_of_version_num(version_num: i32) -> u32 {
+    (version_num / 10_000) as u32
+}
+
+/// Parses `pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)` -> (15, "15.18").
+pub fn parse_tool_version(output: &str) -> Option<(u32, String)> {
+    let version = output
+        .split_whitespace()
+        .find(|word| word.chars().next().is_some_and(|c| c.is_ascii_digit()))?;
+    let digits: String = version.chars().take_while(char::is_ascii_digit).collect();
+    let major = digits.parse().ok()?;
+    Some((major, version.to_string()))
+}
+
+/// A PostgreSQL server as tusk reaches it.
+#[async_trait]
+pub trait PgServer: Send + Sync {
+    /// Login and default database for SQL sessions.
+    fn target(&self) -> &DbTarget;
+
+    /// Where the client tools run, for messages ("local tools in /usr/lib/...").
+    fn describe_tools(&self) -> String;
+
+    /// Starts a client tool with its stdout piped (and stdin when asked).
+    async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess>;
+
+    /// Opens a SQL session to `database` on this server.
+    async fn connect(&self, database: &str) -> Result<Client> {
+        self.target().with_database(database).connect().await
+    }
+
+    /// Version of a client tool as (major, full version string).
+    async fn tool_version(&self, tool: Tool) -> Result<(u32, String)> {
+        let mut process = self.spawn(ToolCommand::new(tool).arg("--version")).await?;
+        let mut text = String::new();
+        process.take_stdout().read_to_string(&mut text).await?;
+        process.wait().await?;
+        parse_tool_version(&text)
+            .with_context(|| format!("could not read the version of {}: {text:?}", tool.program()))
+    }
+
+    /// Copies an archive into a file the tools can seek in (parallel
+    /// pg_restore needs one). The file is removed when the returned value
+    /// is dropped, whether the restore succeeded or not.
+    async fn stage_archive(&self, archive: BoxReader) -> Result<StagedArchive>;
+}
+
+/// A seekable copy of an archive, as the tools see it.
+pub struct StagedArchive {
+    /// The path to hand to the tool.
+    pub path: String,
+    /// Removes the copy when dropped.
+    pub _cleanup: Box<dyn Send + Sync>,
+}
+
+/// The server's version as (major, `server_version`).
+pub async fn server_version(client: &Client) -> Result<(u32, String)> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, current_setting('server_version')",
+            &[],
+        )
+        .await
+        .context("could not read the server version")?;
+    Ok((major_of_version_num(row.get(0)), row.get(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_tool_versions() {
+        assert_eq!(
+            parse_tool_version("pg_dump (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)\n"),
+            Some((15, "15.18".into()))
+        );
+        assert_eq!(
+            parse_tool_version("psql (PostgreSQL) 17beta1"),
+            Some((17, "17beta1".into()))
+        );
+        assert_eq!(major_of_version_num(150018), 15);
+        assert_eq!(major_of_version_num(90624), 9);
+    }
+}

@@ -1,0 +1,497 @@
+//! `tusk restore`: roles first, then the database, into a staging database
+//! that replaces the target only once it restored completely.
+
+pub mod globals;
+
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::backup::manifest::ArtefactKind;
+use crate::backup::set::BackupSet;
+use crate::backup::stream::open_decompressed;
+use crate::cleanup;
+use crate::error::TuskError;
+use crate::output::Output;
+use crate::postgres::{DbTarget, PgServer, Tool, ToolCommand, quote_ident, server_version};
+
+/// PostgreSQL's limit on identifier length, in bytes.
+const MAX_IDENTIFIER: usize = 63;
+
+/// Session settings for pg_restore: index builds get more memory and
+/// commits need not wait for the disk (a crashed restore is redone anyway).
+const RESTORE_PGOPTIONS: &str = "-c maintenance_work_mem=512MB -c synchronous_commit=off";
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    /// Database to create or replace on the target server.
+    pub database: String,
+    /// Replace a target database that holds tables.
+    pub force: bool,
+    pub jobs: u32,
+    pub no_owner: bool,
+    pub role: Option<String>,
+    pub globals: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RestoreReport {
+    pub id: String,
+    pub target: String,
+    pub database: String,
+    pub replaced_existing: bool,
+    pub globals_applied: bool,
+    pub kept_roles: Vec<String>,
+    pub seconds: f64,
+}
+
+/// How pg_restore loads one database.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub jobs: u32,
+    pub no_owner: bool,
+    pub no_acl: bool,
+    pub role: Option<String>,
+}
+
+pub async fn run(
+    server: &dyn PgServer,
+    set: &BackupSet,
+    opts: &RestoreOptions,
+    output: &Output,
+) -> Result<RestoreReport> {
+    let started = Instant::now();
+    let problems = set.check_artefacts().await?;
+    if !problems.is_empty() {
+        let summary: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{} {}", p.kind, p.subject))
+            .collect();
+        return Err(TuskError::VerificationFailed(format!(
+            "backup set {} is damaged ({}); nothing was restored",
+            set.manifest.id,
+            summary.join(", ")
+        ))
+        .into());
+    }
+
+    let admin = connect_maintenance(server).await?;
+    let (target_major, target_version) = server_version(&admin).await?;
+    if target_major < set.manifest.source.server_major {
+        tracing::warn!(
+            "restoring a PostgreSQL {} dump onto an older server ({target_version}); \
+             this may fail on newer syntax",
+            set.manifest.source.server_version
+        );
+    }
+    let database = &opts.database;
+    let target_db = server.target().with_database(database);
+    let existing = inspect_database(server, &admin, database).await?;
+    if let Some(relations) = existing.relations.filter(|n| *n > 0) {
+        if !opts.force {
+            return Err(TuskError::usage(format!(
+                "target database {target_db} is not empty ({relations} tables, views or sequences); \
+                 nothing was changed. Pass --force to replace it"
+            )));
+        }
+        if output.interactive
+            && !output.confirm(&format!(
+                "Replace database {target_db} ({relations} relations) with backup {}?",
+                set.manifest.id
+            ))?
+        {
+            bail!("restore cancelled; {target_db} was not changed");
+        }
+    }
+
+    let mut kept_roles = Vec::new();
+    if opts.globals {
+        kept_roles = apply_globals(server, &admin, set).await?;
+    }
+
+    let owner = choose_owner(&admin, set, opts, existing.owner.as_deref()).await?;
+    let staging = staging_name(database, "tusk_restore");
+    let staging_guard = create_scratch_database(server, &admin, &staging, &owner, set).await?;
+    tracing::info!(
+        "restoring {} into staging database {staging} on {}",
+        set.manifest.id,
+        server.target()
+    );
+    let load = LoadOptions {
+        jobs: opts.jobs,
+        no_owner: opts.no_owner,
+        no_acl: false,
+        role: opts.role.clone(),
+    };
+    load_database(server, set, &staging, &load, output).await?;
+    analyze(server, &staging).await?;
+
+    if existing.owner.is_some() {
+        swap_in(&admin, &staging, database).await?;
+    } else {
+        rename_database(&admin, &staging, database).await?;
+    }
+    staging_guard.dismiss();
+    tracing::info!("restored {} into {target_db}", set.manifest.id);
+
+    Ok(RestoreReport {
+        id: set.manifest.id.clone(),
+        target: target_db.redacted(),
+        database: database.clone(),
+        replaced_existing: existing.relations.is_some_and(|n| n > 0),
+        globals_applied: opts.globals,
+        kept_roles,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// A session on the server's maintenance database (`postgres`, else `template1`).
+pub async fn connect_maintenance(server: &dyn PgServer) -> Result<Client> {
+    match server.connect("postgres").await {
+        Ok(client) => Ok(client),
+        Err(first) => server.connect("template1").await.map_err(|_| first),
+    }
+}
+
+struct ExistingDatabase {
+    /// Owner, when the database exists.
+    owner: Option<String>,
+    /// Number of user relations, when the database exists.
+    relations: Option<i64>,
+}
+
+async fn inspect_database(
+    server: &dyn PgServer,
+    admin: &Client,
+    database: &str,
+) -> Result<ExistingDatabase> {
+    let row = admin
+        .query_opt(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&database],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(ExistingDatabase {
+            owner: None,
+            relations: None,
+        });
+    };
+    let session = server.connect(database).await?;
+    let relations: i64 = session
+        .query_one(
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+               AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(ExistingDatabase {
+        owner: Some(row.get(0)),
+        relations: Some(relations),
+    })
+}
+
+/// Applies the roles; returns the roles left as they were on this server.
+async fn apply_globals(
+    server: &dyn PgServer,
+    admin: &Client,
+    set: &BackupSet,
+) -> Result<Vec<String>> {
+    let row = admin
+        .query_one(
+            "SELECT current_user::text, rolsuper OR rolcreaterole, \
+                    (SELECT rolname::text FROM pg_roles WHERE oid = 10) \
+             FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (me, can_create_roles, bootstrap): (String, bool, String) =
+        (row.get(0), row.get(1), row.get(2));
+    if !can_create_roles {
+        return Err(TuskError::usage(format!(
+            "role {me} on {} may not create roles, so the backup's roles cannot be restored; \
+             connect as a superuser, or pass --no-globals (with --no-owner --role ROLE)",
+            server.target()
+        )));
+    }
+    let artefact = set
+        .manifest
+        .artefact(ArtefactKind::Globals)
+        .context("the backup set has no globals artefact")?;
+    let mut script = String::new();
+    tokio::io::AsyncReadExt::read_to_string(
+        &mut open_decompressed(
+            &set.artefact_path(artefact),
+            set.manifest.compression.algorithm,
+        )
+        .await?,
+        &mut script,
+    )
+    .await
+    .context("could not read the globals artefact")?;
+
+    let mut protected = vec![me];
+    if !protected.contains(&bootstrap) {
+        protected.push(bootstrap);
+    }
+    let rewritten = globals::make_idempotent(&script, &protected);
+    let command = ToolCommand::new(Tool::Psql)
+        .args([
+            "-X",
+            "-q",
+            "--no-password",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-f",
+            "-",
+        ])
+        .database("postgres")
+        .with_stdin();
+    let mut script: &[u8] = rewritten.sql.as_bytes();
+    server
+        .spawn(command)
+        .await?
+        .feed(&mut script)
+        .await
+        .context("applying the roles failed")?;
+    tracing::info!(
+        "roles applied; kept as they are on this server: {}",
+        rewritten.kept_roles.join(", ")
+    );
+    Ok(rewritten.kept_roles)
+}
+
+/// The owner of the staging database: the replaced database's owner, else
+/// `--role`, else the source's owner when that role exists here.
+async fn choose_owner(
+    admin: &Client,
+    set: &BackupSet,
+    opts: &RestoreOptions,
+    existing_owner: Option<&str>,
+) -> Result<String> {
+    if let Some(owner) = existing_owner {
+        return Ok(owner.to_string());
+    }
+    if let Some(role) = &opts.role {
+        return Ok(role.clone());
+    }
+    let source_owner = &set.manifest.database.owner;
+    let exists = admin
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[source_owner])
+        .await?
+        .is_some();
+    if exists {
+        return Ok(source_owner.clone());
+    }
+    let me: String = admin
+        .query_one("SELECT current_user::text", &[])
+        .await?
+        .get(0);
+    Ok(me)
+}
+
+/// `<base>_<purpose>_<random>`, cut to PostgreSQL's identifier limit.
+pub fn staging_name(base: &str, purpose: &str) -> String {
+    let suffix = format!("_{purpose}_{}", random_hex());
+    let mut keep = MAX_IDENTIFIER.saturating_sub(suffix.len());
+    while !base.is_char_boundary(keep.min(base.len())) {
+        keep -= 1;
+    }
+    format!("{}{suffix}", &base[..keep.min(base.len())])
+}
+
+/// Eight random hex digits for names of scratch databases and files.
+pub fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    format!("{:08x}", hasher.finish() as u32)
+}
+
+/// Creates an empty database that is dropped again unless the caller
+/// dismisses the returned guard.
+pub async fn create_scratch_database(
+    server: &dyn PgServer,
+    admin: &Client,
+    name: &str,
+    owner: &str,
+    set: &BackupSet,
+) -> Result<cleanup::Deferred> {
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} TEMPLATE template0 ENCODING '{}' OWNER {}",
+            quote_ident(name),
+            set.manifest.database.encoding.replace('\'', ""),
+            quote_ident(owner)
+        ))
+        .await
+        .with_context(|| format!("could not create database {name} on {}", server.target()))?;
+    let target = server.target().clone();
+    let name = name.to_string();
+    Ok(cleanup::defer(format!("drop database {name}"), move || {
+        drop_database(target, name)
+    }))
+}
+
+/// Drops a database tusk created, disconnecting anyone still in it.
+pub async fn drop_database(target: DbTarget, name: String) -> Result<()> {
+    let admin = match target.with_database("postgres").connect().await {
+        Ok(client) => client,
+        Err(_) => target.with_database("template1").connect().await?,
+    };
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&name)
+        ))
+        .await
+        .with_context(|| format!("could not drop database {name}"))?;
+    tracing::info!("dropped database {name}");
+    Ok(())
+}
+
+/// Streams the set's database artefact into pg_restore, stopping at the first error.
+pub async fn load_database(
+    server: &dyn PgServer,
+    set: &BackupSet,
+    database: &str,
+    opts: &LoadOptions,
+    output: &Output,
+) -> Result<()> {
+    let artefact = set
+        .manifest
+        .artefact(ArtefactKind::Database)
+        .context("the backup set has no database artefact")?;
+    let path = set.artefact_path(artefact);
+    let compression = set.manifest.compression.algorithm;
+
+    let mut command = ToolCommand::new(Tool::PgRestore)
+        .args(["--exit-on-error", "--no-password"])
+        .arg(format!("--dbname={}", conninfo_dbname(database)))
+        .env("PGOPTIONS", RESTORE_PGOPTIONS);
+    if opts.no_owner {
+        command = command.arg("--no-owner");
+    }
+    if opts.no_acl {
+        command = command.arg("--no-acl");
+    }
+    if let Some(role) = &opts.role {
+        command = command.arg(format!("--role={role}"));
+    }
+
+    let progress = output.byte_progress("pg_restore", Some(artefact.uncompressed_bytes));
+    let result = if opts.jobs > 1 {
+        // Parallel workers seek in the archive, so it needs a real file.
+        progress.set_prefix("staging");
+        let reader = crate::backup::stream::open_decompressed(&path, compression).await?;
+        let staged = server.stage_archive(reader).await?;
+        progress.set_prefix("pg_restore");
+        let command = command
+            .arg(format!("--jobs={}", opts.jobs))
+            .arg(staged.path.clone());
+        let process = server.spawn(command).await?;
+        let result = process.wait().await.map(drop);
+        drop(staged);
+        result
+    } else {
+        let process = server.spawn(command.with_stdin()).await?;
+        let mut source = open_decompressed(&path, compression).await?;
+        let mut counted = crate::backup::stream::CountingReader::new(&mut source, progress.clone());
+        process.feed(&mut counted).await.map(drop)
+    };
+    progress.finish_and_clear();
+    result.with_context(|| format!("restoring {} into {database} failed", set.manifest.id))
+}
+
+/// `dbname='...'` in libpq's connection-string syntax, so any name is safe.
+fn conninfo_dbname(database: &str) -> String {
+    format!(
+        "dbname='{}'",
+        database.replace('\\', "\\\\").replace('\'', "\\'")
+    )
+}
+
+async fn analyze(server: &dyn PgServer, database: &str) -> Result<()> {
+    let started = Instant::now();
+    let session = server.connect(database).await?;
+    session
+        .batch_execute("ANALYZE")
+        .await
+        .with_context(|| format!("ANALYZE of {database} failed"))?;
+    tracing::info!(
+        "analyzed {database} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+async fn rename_database(admin: &Client, from: &str, to: &str) -> Result<()> {
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            quote_ident(from),
+            quote_ident(to)
+        ))
+        .await
+        .with_context(|| format!("could not rename database {from} to {to}"))
+}
+
+/// Puts the restored staging database in place of `target`. The old one is
+/// moved aside first and dropped only after the new one carries its name.
+async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
+    let aside = staging_name(target, "tusk_old");
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&target],
+        )
+        .await?;
+    rename_database(admin, target, &aside).await?;
+    if let Err(err) = rename_database(admin, staging, target).await {
+        // Put the original back so the server is as it was.
+        rename_database(admin, &aside, target)
+            .await
+            .with_context(|| {
+                format!("the original database is now named {aside}; rename it back to {target}")
+            })?;
+        return Err(err);
+    }
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE {} WITH (FORCE)",
+            quote_ident(&aside)
+        ))
+        .await
+        .with_context(|| format!("restored, but could not drop the replaced database {aside}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn staging_names_fit_postgres_identifiers() {
+        let long = "m".repeat(80);
+        let name = staging_name(&long, "tusk_restore");
+        assert_eq!(name.len(), MAX_IDENTIFIER);
+        assert!(name.contains("_tusk_restore_"));
+        assert!(staging_name("mastodon", "tusk_restore").starts_with("mastodon_tusk_restore_"));
+    }
+
+    #[test]
+    fn conninfo_escapes_quotes() {
+        assert_eq!(conninfo_dbname("a'b\\c"), "dbname='a\\'b\\\\c'");
+    }
+}
