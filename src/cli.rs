@@ -125,7 +125,7 @@ pub enum BackupsCommand {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Backup id (in the backup directory) or path of a backup set
+    /// Backup id in the backup directory, path of a backup set, or `latest`
     pub set: String,
 
     /// Server and database to restore into (the database name defaults to the source's)
@@ -160,7 +160,7 @@ pub struct RestoreArgs {
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Backup id (in the backup directory) or path of a backup set
+    /// Backup id in the backup directory, path of a backup set, or `latest`
     pub set: String,
 
     /// Only re-hash the artefacts; no test restore

@@ -55,7 +55,7 @@ pub async fn run(
     output: &Output,
 ) -> Result<BackupReport> {
     let _lock = DirLock::acquire(&opts.backup_dir)?;
-    let started_at = Utc::now();
+    let mut started_at = Utc::now();
     let mut durations = BTreeMap::new();
     let mut notes = Vec::new();
 
@@ -86,6 +86,20 @@ pub async fn run(
     }
     durations.insert("connect".into(), stage.elapsed().as_secs_f64());
 
+    // Ids have one-second resolution; a second run within the same second
+    // waits for the next one rather than failing.
+    if opts
+        .backup_dir
+        .join(new_id(&opts.instance, started_at))
+        .exists()
+    {
+        let into_second = u64::from(started_at.timestamp_subsec_millis());
+        tokio::time::sleep(std::time::Duration::from_millis(
+            1000 - into_second.min(999),
+        ))
+        .await;
+        started_at = Utc::now();
+    }
     let id = new_id(&opts.instance, started_at);
     let partial = PartialSet::create(&opts.backup_dir, &id)?;
     tracing::info!(

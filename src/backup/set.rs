@@ -50,8 +50,13 @@ impl BackupSet {
         })
     }
 
-    /// Finds a set by id in `backup_dir`, or by path.
+    /// Finds a set by id in `backup_dir`, by path, or `latest` for the newest set.
     pub fn resolve(backup_dir: &Path, id_or_path: &str) -> Result<Self> {
+        if id_or_path == "latest" {
+            return Self::list(backup_dir)?.pop().ok_or_else(|| {
+                TuskError::usage(format!("no backup sets in {}", backup_dir.display()))
+            });
+        }
         let as_path = Path::new(id_or_path);
         let dir = if as_path.is_dir() && as_path.join(MANIFEST_FILE).exists() {
             as_path.to_path_buf()

@@ -26,7 +26,7 @@ pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
     let report = verify::run(&set, server.as_deref(), &opts, &ctx.output).await?;
     if ctx.output.json {
         ctx.output.print_json(&report)?;
-    } else {
+    } else if !(ctx.output.quiet && report.ok) {
         print_report(&report);
     }
     if report.ok {

@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# bench/backup.sh — tusk backup/restore against the baseline tools, in one run.
+#
+# Starts a durable throwaway cluster (fsync on: restores are timed as a real
+# server would do them), seeds the Mastodon fixture at BENCH_SCALE (900 ≈ 1 GB),
+# then times, on the same data:
+#   backup:  pg_dump > /dev/null (the bare dump), pg_dump -Fc -Z0 > /dev/null,
+#            pg_dump | gzip, pg_dump -Fc, tusk backup (zstd)
+#   restore: zcat | psql, pg_restore -j2, tusk restore -j2
+# and prints each as a ratio against its baseline, plus tusk's peak RSS.
+# BENCH_RSS_SCALES (default "900 3600") adds tusk's peak RSS at ~1 GB and ~4 GB.
+#
+# Usage: bench/backup.sh            (root; ~10 min at the defaults on 2 cores)
+# Env:   BENCH_SCALE=900  BENCH_RSS_SCALES="900 3600"  BENCH_KEEP=1 (keep the work dir)
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+source scripts/lib/pg-cluster.sh
+
+SCALE=${BENCH_SCALE:-900}
+RSS_SCALES=${BENCH_RSS_SCALES:-"900 3600"}
+WORK=$(mktemp -d /var/tmp/tusk-bench.XXXXXX)
+[[ ${BENCH_KEEP:-0} == 1 ]] || trap 'rm -rf "$WORK"' EXIT
+
+tusk_pg_install
+command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
+echo "== building tusk (release)"
+cargo build --release --locked -q
+TUSK=$REPO/target/release/tusk
+
+TUSK_PG_DURABLE=1 tusk_pg_start BENCH_PG
+PGBIN=$BENCH_PG_BIN
+export PGPASSWORD=$BENCH_PG_PASSWORD PGHOST=127.0.0.1 PGPORT=$BENCH_PG_PORT PGUSER=postgres
+url() { echo "postgresql://postgres:$BENCH_PG_PASSWORD@127.0.0.1:$BENCH_PG_PORT/$1"; }
+
+seed() { # DB SCALE
+    "$PGBIN/createdb" "$1"
+    PGBIN=$PGBIN scripts/seed-fixture.sh "$(url "$1")" "$2" >/dev/null
+    "$PGBIN/psql" -X -q -d "$1" -c 'VACUUM ANALYZE' >/dev/null
+    echo "   $1: $("$PGBIN/psql" -X -At -d "$1" -c "SELECT pg_size_pretty(pg_database_size(current_database()))")"
+}
+
+declare -A SECONDS_OF
+timed() { # NAME COMMAND...   (wall seconds into SECONDS_OF[NAME])
+    local name=$1; shift
+    sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+    local t0 t1
+    t0=$(date +%s.%N)
+    bash -o pipefail -c "$*"
+    t1=$(date +%s.%N)
+    SECONDS_OF[$name]=$(echo "$t1 - $t0" | bc)
+    printf '   %-34s %6.1f s\n' "$name" "${SECONDS_OF[$name]}"
+}
+ratio() { echo "scale=2; ${SECONDS_OF[$1]} / ${SECONDS_OF[$2]}" | bc; }
+size() { stat -c %s "$1"; }
+
+echo "== seeding scale $SCALE"
+seed bench "$SCALE"
+
+echo "== backup"
+timed "pg_dump > /dev/null" "$PGBIN/pg_dump bench > /dev/null"
+timed "pg_dump -Fc -Z0 > /dev/null" "$PGBIN/pg_dump -Fc -Z0 bench > /dev/null"
+timed "pg_dump | gzip" "$PGBIN/pg_dump bench | gzip > $WORK/bench.sql.gz"
+timed "pg_dump -Fc" "$PGBIN/pg_dump -Fc bench > $WORK/bench.dump"
+timed "tusk backup" "/usr/bin/time -f %M -o $WORK/rss.backup $TUSK -q --backup-dir $WORK/sets --instance bench --pg-bin-dir $PGBIN --database-url '$(url bench)' backup > /dev/null"
+SET=$(ls "$WORK/sets" | head -n1)
+TUSK_BYTES=$(du -cb "$WORK/sets/$SET"/*.zst | tail -n1 | cut -f1)
+
+echo "== restore"
+"$PGBIN/createdb" r_psql
+timed "zcat | psql" "zcat $WORK/bench.sql.gz | $PGBIN/psql -X -q -v ON_ERROR_STOP=1 -d r_psql > /dev/null"
+"$PGBIN/createdb" r_pgrestore
+timed "pg_restore -j2" "$PGBIN/pg_restore -j2 -d r_pgrestore $WORK/bench.dump"
+timed "tusk restore -j2" "/usr/bin/time -f %M -o $WORK/rss.restore $TUSK -q --backup-dir $WORK/sets --pg-bin-dir $PGBIN --temp-dir $WORK restore $SET -j 2 --no-globals --target-url '$(url r_tusk)'"
+
+echo "== peak RSS of tusk backup by database size"
+declare -A RSS_AT
+for scale in $RSS_SCALES; do
+    if [[ $scale == "$SCALE" ]]; then
+        RSS_AT[$scale]=$(cat "$WORK/rss.backup"); continue
+    fi
+    seed "rss$scale" "$scale"
+    /usr/bin/time -f %M -o "$WORK/rss.$scale" "$TUSK" -q --backup-dir "$WORK/rss-sets" --instance "rss$scale" \
+        --pg-bin-dir "$PGBIN" --database-url "$(url "rss$scale")" backup > /dev/null
+    RSS_AT[$scale]=$(cat "$WORK/rss.$scale")
+    "$PGBIN/dropdb" "rss$scale"
+done
+
+cat <<EOF
+
+== results (scale $SCALE, $(nproc) cores, PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), fsync on)
+backup
+  tusk backup / bare pg_dump > /dev/null     $(ratio "tusk backup" "pg_dump > /dev/null")   (target <= 1.15)
+  tusk backup / pg_dump | gzip               $(ratio "tusk backup" "pg_dump | gzip")   (target <= 0.5)
+  tusk backup / pg_dump -Fc                  $(ratio "tusk backup" "pg_dump -Fc")   (target <= 0.6)
+  size: tusk $TUSK_BYTES bytes, pg_dump -Fc $(size "$WORK/bench.dump") bytes, gzip $(size "$WORK/bench.sql.gz") bytes
+restore
+  tusk restore -j2 / pg_restore -j2          $(ratio "tusk restore -j2" "pg_restore -j2")   (target <= 1.0, aim 0.8)
+  tusk restore -j2 / zcat | psql             $(ratio "tusk restore -j2" "zcat | psql")
+peak RSS (KiB)
+  tusk backup:  $(for s in $RSS_SCALES; do printf 'scale %s: %s  ' "$s" "${RSS_AT[$s]}"; done)  (target <= 65536, flat)
+  tusk restore: $(cat "$WORK/rss.restore")
+EOF
