@@ -49,10 +49,10 @@ timed() { # NAME COMMAND...   (wall seconds into SECONDS_OF[NAME])
     t0=$(date +%s.%N)
     bash -o pipefail -c "$*"
     t1=$(date +%s.%N)
-    SECONDS_OF[$name]=$(echo "$t1 - $t0" | bc)
+    SECONDS_OF[$name]=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
     printf '   %-34s %6.1f s\n' "$name" "${SECONDS_OF[$name]}"
 }
-ratio() { echo "scale=2; ${SECONDS_OF[$1]} / ${SECONDS_OF[$2]}" | bc; }
+ratio() { awk -v a="${SECONDS_OF[$1]}" -v b="${SECONDS_OF[$2]}" 'BEGIN { printf "%.2f", a / b }'; }
 size() { stat -c %s "$1"; }
 
 echo "== seeding scale $SCALE"

@@ -1,0 +1,183 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_tusk_global_optspecs
+    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+end
+
+function __fish_tusk_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_tusk_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_tusk_using_subcommand
+    set -l cmd (__fish_tusk_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c tusk -n "__fish_tusk_needs_command" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_needs_command" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_needs_command" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_needs_command" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_needs_command" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_needs_command" -s V -l version -d 'Print version'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "backups" -d 'Inspect backup sets'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "restore" -d 'Restore a backup set onto a server'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "completions" -d 'Print shell completions'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "man" -d 'Write man pages into a directory'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -f -a "list" -d 'List backup sets, oldest first'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from help" -f -a "list" -d 'List backup sets, oldest first'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l target-url -d 'Server and database to restore into (the database name defaults to the source\'s)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -s j -l jobs -d 'Parallel pg_restore jobs' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l role -d 'Role that owns the restored objects (with --no-owner)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l force -d 'Replace a target database that already holds tables'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-owner -d 'Do not set object owners from the dump (Mastodon\'s cross-server form)'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-globals -d 'Skip the roles (globals) and restore only the database'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l verify-url -d 'Server for the scratch restore [default: the source database\'s server]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -s j -l jobs -d 'Parallel pg_restore jobs for the scratch restore' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l checksums-only -d 'Only re-hash the artefacts; no test restore'
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand man" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "backups" -d 'Inspect backup sets'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "man" -d 'Write man pages into a directory'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "list" -d 'List backup sets, oldest first'
