@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= container= compose-service= compose-project= services= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -34,6 +34,13 @@ none\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_needs_command" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_needs_command" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -58,12 +65,20 @@ none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l stop-services -d 'Stop Mastodon\'s app containers (never PostgreSQL) during the dump and start them again afterwards, also on failure or Ctrl-C (Docker mode)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand backup" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
@@ -74,12 +89,19 @@ none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -f -a "list" -d 'List backup sets, oldest first'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
@@ -92,15 +114,24 @@ none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from help" -f -a "list" -d 'List backup sets, oldest first'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c tusk -n "__fish_tusk_using_subcommand restore" -l target-url -d 'Server and database to restore into (the database name defaults to the source\'s)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l target-url -d 'Server and database to restore into, with local tools (the database name defaults to the source\'s)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l target-container -d 'Restore into this PostgreSQL container, with its own tools [default in Docker mode: the configured container]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l database -d 'Database name on the target [default: from --target-url, else the source\'s]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -s j -l jobs -d 'Parallel pg_restore jobs' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l role -d 'Role that owns the restored objects (with --no-owner)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
@@ -113,6 +144,13 @@ none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l force -d 'Replace a target database that already holds tables'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-owner -d 'Do not set object owners from the dump (Mastodon\'s cross-server form)'
@@ -121,8 +159,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand restore" -l json -d 'Print one
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand restore" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l verify-url -d 'Server for the scratch restore [default: the source database\'s server]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l verify-container -d 'Restore into a throwaway container from the source container\'s image (`auto`; Docker mode), removed afterwards' -r -f -a "auto\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s j -l jobs -d 'Parallel pg_restore jobs for the scratch restore' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
@@ -134,13 +173,20 @@ none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l checksums-only -d 'Only re-hash the artefacts; no test restore'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand verify" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
@@ -151,12 +197,19 @@ none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand completions" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
@@ -167,12 +220,19 @@ none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help'
+complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "backups" -d 'Inspect backup sets'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "restore" -d 'Restore a backup set onto a server'

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::config::Compression;
+use crate::config::{Compression, PgMode};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -70,6 +70,52 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TUSK_TEMP_DIR", value_name = "DIR")]
     pub temp_dir: Option<PathBuf>,
 
+    /// Where pg_dump and friends run: on this machine, or inside the database container
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_POSTGRES_MODE",
+        value_enum,
+        value_name = "MODE"
+    )]
+    pub postgres_mode: Option<PgMode>,
+
+    /// Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]
+    #[arg(long, global = true, env = "TUSK_DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
+
+    /// PostgreSQL container by name (Docker mode)
+    #[arg(long, global = true, env = "TUSK_CONTAINER", value_name = "NAME")]
+    pub container: Option<String>,
+
+    /// PostgreSQL container by compose service label (Docker mode) [default: db]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_COMPOSE_SERVICE",
+        value_name = "SERVICE"
+    )]
+    pub compose_service: Option<String>,
+
+    /// Compose project of the containers (Docker mode)
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_COMPOSE_PROJECT",
+        value_name = "PROJECT"
+    )]
+    pub compose_project: Option<String>,
+
+    /// Mastodon's app services, stopped by --stop-services [default: web,streaming,sidekiq]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_SERVICES",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub services: Option<Vec<String>>,
+
     /// Mastodon's .env.production [default: ./.env.production if present]
     #[arg(
         long,
@@ -115,7 +161,12 @@ pub enum Command {
 }
 
 #[derive(Debug, Args)]
-pub struct BackupArgs {}
+pub struct BackupArgs {
+    /// Stop Mastodon's app containers (never PostgreSQL) during the dump and
+    /// start them again afterwards, also on failure or Ctrl-C (Docker mode)
+    #[arg(long)]
+    pub stop_services: bool,
+}
 
 #[derive(Debug, Subcommand)]
 pub enum BackupsCommand {
@@ -128,14 +179,29 @@ pub struct RestoreArgs {
     /// Backup id in the backup directory, path of a backup set, or `latest`
     pub set: String,
 
-    /// Server and database to restore into (the database name defaults to the source's)
+    /// Server and database to restore into, with local tools (the database
+    /// name defaults to the source's)
     #[arg(
         long,
         env = "TUSK_TARGET_URL",
         value_name = "URL",
         hide_env_values = true
     )]
-    pub target_url: String,
+    pub target_url: Option<String>,
+
+    /// Restore into this PostgreSQL container, with its own tools
+    /// [default in Docker mode: the configured container]
+    #[arg(
+        long,
+        env = "TUSK_TARGET_CONTAINER",
+        value_name = "NAME",
+        conflicts_with = "target_url"
+    )]
+    pub target_container: Option<String>,
+
+    /// Database name on the target [default: from --target-url, else the source's]
+    #[arg(long, value_name = "NAME")]
+    pub database: Option<String>,
 
     /// Replace a target database that already holds tables
     #[arg(long)]
@@ -175,6 +241,11 @@ pub struct VerifyArgs {
         hide_env_values = true
     )]
     pub verify_url: Option<String>,
+
+    /// Restore into a throwaway container from the source container's image
+    /// (`auto`; Docker mode), removed afterwards
+    #[arg(long, value_name = "auto", value_parser = ["auto"], conflicts_with = "verify_url")]
+    pub verify_container: Option<String>,
 
     /// Parallel pg_restore jobs for the scratch restore
     #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]

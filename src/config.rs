@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
+use crate::docker::ContainerSelector;
 use crate::error::TuskError;
 use crate::mastodon::env_file::EnvFile;
 use crate::postgres::DbTarget;
@@ -76,20 +77,48 @@ pub struct FileSettings {
     #[serde(default)]
     pub postgres: PostgresSection,
     #[serde(default)]
+    pub docker: DockerSection,
+    #[serde(default)]
     pub mastodon: MastodonSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSection {
+    pub mode: Option<PgMode>,
     pub bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerSection {
+    pub host: Option<String>,
+    pub container: Option<String>,
+    pub compose_service: Option<String>,
+    pub compose_project: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MastodonSection {
     pub env_file: Option<PathBuf>,
+    pub services: Option<Vec<String>>,
 }
+
+/// Where the PostgreSQL client tools run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PgMode {
+    /// On this machine, against the server's network address.
+    Direct,
+    /// Inside the database's container, through the Docker Engine.
+    Docker,
+}
+
+/// Mastodon's compose file calls its database service `db` and its app
+/// services these.
+pub const DEFAULT_COMPOSE_SERVICE: &str = "db";
+pub const DEFAULT_SERVICES: [&str; 3] = ["web", "streaming", "sidekiq"];
 
 impl FileSettings {
     pub fn parse(path: &Path, text: &str) -> Result<Self> {
@@ -112,6 +141,13 @@ pub struct Settings {
     pub compression_level: i32,
     pub pg_bin_dir: Option<PathBuf>,
     pub temp_dir: Option<PathBuf>,
+    pub mode: PgMode,
+    /// The Engine address; `None` means `DOCKER_HOST` or the local socket.
+    pub docker_host: Option<String>,
+    /// The database container (Docker mode).
+    pub container: ContainerSelector,
+    /// Mastodon's app services, stopped around a dump with `--stop-services`.
+    pub services: Vec<String>,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
 }
@@ -174,7 +210,32 @@ impl Settings {
             .unwrap_or_else(|| "mastodon".into());
         let instance = sanitize_instance(&instance)?;
 
+        let mode = args
+            .postgres_mode
+            .or(file.postgres.mode)
+            .unwrap_or(PgMode::Direct);
+        let container = match args.container.clone().or(file.docker.container) {
+            Some(name) => ContainerSelector::Name(name),
+            None => ContainerSelector::ComposeService {
+                service: args
+                    .compose_service
+                    .clone()
+                    .or(file.docker.compose_service)
+                    .unwrap_or_else(|| DEFAULT_COMPOSE_SERVICE.into()),
+                project: args.compose_project.clone().or(file.docker.compose_project),
+            },
+        };
+        let services = args
+            .services
+            .clone()
+            .or(file.mastodon.services)
+            .unwrap_or_else(|| DEFAULT_SERVICES.map(String::from).to_vec());
+
         Ok(Settings {
+            mode,
+            docker_host: args.docker_host.clone().or(file.docker.host),
+            container,
+            services,
             instance,
             backup_dir: args
                 .backup_dir
@@ -190,8 +251,13 @@ impl Settings {
         })
     }
 
-    /// The instance's database, or an error saying how to name one.
+    /// The instance's database, or an error saying how to name one. In
+    /// Docker mode the login defaults to Mastodon's compose setup
+    /// (user and database `postgres`); the host is always the container.
     pub fn database(&self) -> Result<&DbTarget> {
+        if self.database.is_none() && self.mode == PgMode::Docker {
+            return Ok(&COMPOSE_LOGIN);
+        }
         self.database.as_ref().ok_or_else(|| {
             TuskError::usage(
                 "no database configured: pass --database-url, set TUSK_DATABASE_URL, \
@@ -200,6 +266,10 @@ impl Settings {
         })
     }
 }
+
+static COMPOSE_LOGIN: std::sync::LazyLock<DbTarget> = std::sync::LazyLock::new(|| {
+    DbTarget::parse("postgresql://postgres@localhost/postgres").expect("valid URL")
+});
 
 fn find_config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
     if let Some(path) = explicit {

@@ -7,11 +7,16 @@ use common::*;
 #[test]
 fn checked_in_completions_match_the_binary() {
     let ws = Workspace::new();
-    for (shell, file) in [("bash", "tusk.bash"), ("zsh", "_tusk"), ("fish", "tusk.fish")] {
+    for (shell, file) in [
+        ("bash", "tusk.bash"),
+        ("zsh", "_tusk"),
+        ("fish", "tusk.fish"),
+    ] {
         let mut cmd = tusk(ws.path());
         cmd.args(["completions", shell]);
         let generated = run(cmd).expect_code(0).stdout;
-        let checked_in = std::fs::read_to_string(repo_root().join("completions").join(file)).unwrap();
+        let checked_in =
+            std::fs::read_to_string(repo_root().join("completions").join(file)).unwrap();
         assert!(
             generated == checked_in,
             "completions/{file} is stale: regenerate with `tusk completions {shell} > completions/{file}`"
@@ -25,7 +30,15 @@ fn help_lists_commands_and_exit_codes_and_unknown_flags_exit_2() {
     let mut cmd = tusk(ws.path());
     cmd.arg("--help");
     let help = run(cmd).expect_code(0).stdout;
-    for word in ["backup", "backups", "restore", "verify", "Exit codes", "--json", "--yes"] {
+    for word in [
+        "backup",
+        "backups",
+        "restore",
+        "verify",
+        "Exit codes",
+        "--json",
+        "--yes",
+    ] {
         assert!(help.contains(word), "{word} missing from --help");
     }
     let mut cmd = tusk(ws.path());
@@ -33,7 +46,8 @@ fn help_lists_commands_and_exit_codes_and_unknown_flags_exit_2() {
     run(cmd).expect_code(2);
     // Global flags work after the subcommand too.
     let mut cmd = tusk(ws.path());
-    cmd.args(["backups", "list", "--json", "--backup-dir"]).arg(ws.backup_dir());
+    cmd.args(["backups", "list", "--json", "--backup-dir"])
+        .arg(ws.backup_dir());
     assert_eq!(run(cmd).expect_code(0).json(), serde_json::json!([]));
 }
 

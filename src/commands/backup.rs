@@ -3,11 +3,19 @@ use anyhow::{Context as _, Result};
 use super::Context;
 use crate::backup::{self, BackupOptions};
 use crate::cli::BackupArgs;
+use crate::config::PgMode;
+use crate::docker::services;
+use crate::error::TuskError;
 use crate::output::human_bytes;
 
-pub async fn exec(ctx: &Context, _args: BackupArgs) -> Result<()> {
+pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
     let settings = &ctx.settings;
-    let server = ctx.source_server()?;
+    if args.stop_services && settings.mode != PgMode::Docker {
+        return Err(TuskError::usage(
+            "--stop-services needs Docker mode (--postgres-mode docker or postgres.mode: docker)",
+        ));
+    }
+    let server = ctx.source_server().await?;
     let database = settings
         .database()?
         .database()
@@ -19,9 +27,25 @@ pub async fn exec(ctx: &Context, _args: BackupArgs) -> Result<()> {
         database,
         compression: settings.compression,
         compression_level: settings.compression_level,
-        mode: "direct".into(),
+        mode: ctx.mode_name().into(),
     };
-    let report = backup::run(server.as_ref(), &opts, &ctx.output).await?;
+    let stopped = if args.stop_services {
+        let (docker, database) = ctx.source_container().await?;
+        let containers = services::find(&docker, &database, &settings.services).await?;
+        Some(services::stop(&docker, containers).await?)
+    } else {
+        None
+    };
+    let outcome = backup::run(server.as_ref(), &opts, &ctx.output).await;
+    // The app comes back whatever happened to the dump.
+    if let Some(stopped) = stopped {
+        let names = stopped.names().join(", ");
+        stopped.start().await?;
+        if !names.is_empty() {
+            tracing::info!("started {names} again");
+        }
+    }
+    let report = outcome?;
     if ctx.output.json {
         ctx.output.print_json(&report)?;
     } else if !ctx.output.quiet {

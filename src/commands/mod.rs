@@ -12,8 +12,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use crate::cli::{Cli, Command};
-use crate::config::Settings;
+use bollard::Docker;
+
+use crate::config::{PgMode, Settings};
+use crate::docker::{Container, ContainerSelector};
 use crate::output::Output;
+use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer, direct::DirectServer};
 
 /// What every command gets: resolved settings and the output choices.
@@ -23,13 +27,28 @@ pub struct Context {
 }
 
 impl Context {
-    /// The PostgreSQL server holding the instance's database.
-    pub fn source_server(&self) -> Result<Box<dyn PgServer>> {
-        Ok(self.server_for(self.settings.database()?.clone()))
+    /// The PostgreSQL server holding the instance's database, reached as
+    /// `postgres.mode` says.
+    pub async fn source_server(&self) -> Result<Box<dyn PgServer>> {
+        let login = self.settings.database()?;
+        match self.settings.mode {
+            PgMode::Direct => Ok(self.direct_server(login.clone())),
+            PgMode::Docker => {
+                let (docker, container) = self.source_container().await?;
+                Ok(Box::new(DockerServer::new(docker, container, login)?))
+            }
+        }
     }
 
-    /// Another server reached the same way (restore and verify targets).
-    pub fn server_for(&self, target: DbTarget) -> Box<dyn PgServer> {
+    /// The Engine and the running database container (Docker mode).
+    pub async fn source_container(&self) -> Result<(Docker, Container)> {
+        let docker = crate::docker::connect(self.settings.docker_host.as_deref())?;
+        let container = crate::docker::find_running(&docker, &self.settings.container).await?;
+        Ok((docker, container))
+    }
+
+    /// A server reached over the network with the local tools.
+    pub fn direct_server(&self, target: DbTarget) -> Box<dyn PgServer> {
         Box::new(DirectServer::new(
             target,
             self.settings.pg_bin_dir.clone(),
@@ -37,8 +56,27 @@ impl Context {
         ))
     }
 
+    /// A server in the named container, logging in as configured.
+    pub async fn container_server(&self, name: &str) -> Result<Box<dyn PgServer>> {
+        let docker = crate::docker::connect(self.settings.docker_host.as_deref())?;
+        let selector = ContainerSelector::Name(name.to_string());
+        let container = crate::docker::find_running(&docker, &selector).await?;
+        Ok(Box::new(DockerServer::new(
+            docker,
+            container,
+            self.settings.database()?,
+        )?))
+    }
+
     pub fn backup_dir(&self) -> PathBuf {
         self.settings.backup_dir.clone()
+    }
+
+    pub fn mode_name(&self) -> &'static str {
+        match self.settings.mode {
+            PgMode::Direct => "direct",
+            PgMode::Docker => "docker",
+        }
     }
 }
 

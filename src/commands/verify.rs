@@ -3,27 +3,44 @@ use anyhow::Result;
 use super::Context;
 use crate::backup::set::BackupSet;
 use crate::cli::VerifyArgs;
+use crate::config::PgMode;
+use crate::docker::throwaway;
 use crate::error::TuskError;
 use crate::output::{human_bytes, table};
-use crate::postgres::DbTarget;
+use crate::postgres::docker::DockerServer;
+use crate::postgres::{DbTarget, PgServer};
 use crate::verify::{self, VerifyOptions, VerifyReport};
 
 pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
     let set = BackupSet::resolve(&ctx.backup_dir(), &args.set)?;
-    let server = if args.checksums_only {
+    let mut throwaway = None;
+    let server: Option<Box<dyn PgServer>> = if args.checksums_only {
         None
+    } else if let Some(url) = &args.verify_url {
+        Some(ctx.direct_server(DbTarget::parse(url)?))
+    } else if args.verify_container.is_some() {
+        if ctx.settings.mode != PgMode::Docker {
+            return Err(TuskError::usage(
+                "--verify-container auto needs Docker mode: it uses the source container's image",
+            ));
+        }
+        let (docker, source) = ctx.source_container().await?;
+        let login = ctx.settings.database()?;
+        let (container, guard) = throwaway::start_like(&docker, &source, login).await?;
+        throwaway = Some(guard);
+        Some(Box::new(DockerServer::new(docker, container, login)?))
     } else {
-        let target = match &args.verify_url {
-            Some(url) => DbTarget::parse(url)?,
-            None => ctx.settings.database()?.clone(),
-        };
-        Some(ctx.server_for(target))
+        Some(ctx.source_server().await?)
     };
     let opts = VerifyOptions {
         checksums_only: args.checksums_only,
         jobs: args.jobs.max(1),
     };
-    let report = verify::run(&set, server.as_deref(), &opts, &ctx.output).await?;
+    let outcome = verify::run(&set, server.as_deref(), &opts, &ctx.output).await;
+    if let Some(guard) = throwaway {
+        guard.run().await?;
+    }
+    let report = outcome?;
     if ctx.output.json {
         ctx.output.print_json(&report)?;
     } else if !(ctx.output.quiet && report.ok) {

@@ -5,7 +5,9 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::cleanup;
 use tokio::process::Command;
 
 use super::{
@@ -116,22 +118,30 @@ impl PgServer for DirectServer {
         Ok(ToolProcess::new(label, stdin, stdout, exit))
     }
 
-    async fn stage_archive(&self, mut archive: BoxReader) -> Result<StagedArchive> {
+    async fn stage_archive(&self, mut archive: BoxReader, _size: u64) -> Result<StagedArchive> {
         let dir = self.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
-        let file = tempfile::Builder::new()
+        let (file, path) = tempfile::Builder::new()
             .prefix("tusk-restore-")
             .suffix(".dump")
             .tempfile_in(&dir)
-            .with_context(|| format!("could not create a temporary file in {}", dir.display()))?;
-        let path = file.path().to_path_buf();
-        let mut writer = tokio::fs::File::from_std(file.reopen()?);
+            .with_context(|| format!("could not create a temporary file in {}", dir.display()))?
+            .keep()
+            .context("could not keep the temporary file")?;
+        // Registered before the copy, so a failed copy is removed too.
+        let removed = path.clone();
+        let cleanup = cleanup::defer(format!("remove {}", path.display()), move || async move {
+            tokio::fs::remove_file(&removed)
+                .await
+                .with_context(|| format!("could not remove {}", removed.display()))
+        });
+        let mut writer = tokio::fs::File::from_std(file);
         tokio::io::copy(&mut archive, &mut writer)
             .await
             .with_context(|| format!("could not write {}", path.display()))?;
-        writer.sync_all().await?;
+        writer.flush().await?;
         Ok(StagedArchive {
             path: path_string(&path),
-            _cleanup: Box::new(file),
+            cleanup,
         })
     }
 }

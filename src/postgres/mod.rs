@@ -5,6 +5,7 @@
 //! machine ([`direct::DirectServer`]) or inside the database's container.
 
 pub mod direct;
+pub mod docker;
 pub mod target;
 
 use std::future::Future;
@@ -221,18 +222,18 @@ pub trait PgServer: Send + Sync {
             .with_context(|| format!("could not read the version of {}: {text:?}", tool.program()))
     }
 
-    /// Copies an archive into a file the tools can seek in (parallel
-    /// pg_restore needs one). The file is removed when the returned value
-    /// is dropped, whether the restore succeeded or not.
-    async fn stage_archive(&self, archive: BoxReader) -> Result<StagedArchive>;
+    /// Copies an archive of `size` bytes into a file the tools can seek in
+    /// (parallel pg_restore needs one). The caller runs `cleanup` when done;
+    /// after a failure or Ctrl-C, `main` does.
+    async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive>;
 }
 
 /// A seekable copy of an archive, as the tools see it.
 pub struct StagedArchive {
     /// The path to hand to the tool.
     pub path: String,
-    /// Removes the copy when dropped.
-    pub _cleanup: Box<dyn Send + Sync>,
+    /// Removes the copy.
+    pub cleanup: crate::cleanup::Deferred,
 }
 
 /// The server's version as (major, `server_version`).

@@ -62,6 +62,23 @@ impl DbTarget {
         DbTarget { config }
     }
 
+    /// The same login and database on another host (a container's address).
+    pub fn with_host(&self, host: &str, port: u16) -> Self {
+        // Config::host appends to the host list, so start from a fresh one.
+        let mut fresh = tokio_postgres::Config::new();
+        fresh.host(host).port(port);
+        if let Some(user) = self.user() {
+            fresh.user(user);
+        }
+        if let Some(db) = self.database() {
+            fresh.dbname(db);
+        }
+        if let Some(password) = self.config.get_password() {
+            fresh.password(password);
+        }
+        Self::from_config(fresh)
+    }
+
     fn host(&self) -> String {
         match self.config.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),

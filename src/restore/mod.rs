@@ -393,16 +393,20 @@ pub async fn load_database(
     let result = if opts.jobs > 1 {
         // Parallel workers seek in the archive, so it needs a real file.
         progress.set_prefix("staging");
-        let reader = crate::backup::stream::open_decompressed(&path, compression).await?;
-        let staged = server.stage_archive(reader).await?;
+        let reader = open_decompressed(&path, compression).await?;
+        let staged = server
+            .stage_archive(reader, artefact.uncompressed_bytes)
+            .await?;
         progress.set_prefix("pg_restore");
         let command = command
             .arg(format!("--jobs={}", opts.jobs))
             .arg(staged.path.clone());
-        let process = server.spawn(command).await?;
-        let result = process.wait().await.map(drop);
-        drop(staged);
-        result
+        let restored = match server.spawn(command).await {
+            Ok(process) => process.wait().await.map(drop),
+            Err(err) => Err(err),
+        };
+        let removed = staged.cleanup.run().await;
+        restored.and(removed)
     } else {
         let process = server.spawn(command.with_stdin()).await?;
         let mut source = open_decompressed(&path, compression).await?;

@@ -313,3 +313,197 @@ impl Workspace {
         serde_json::from_str(&text).unwrap()
     }
 }
+
+/// A compose-like deployment of its own: a network and the containers
+/// postgres (service `db`), web, streaming and sidekiq, labelled as
+/// docker compose labels them, all removed on drop.
+pub struct Compose {
+    pub project: String,
+    pub network: String,
+    pub image: String,
+}
+
+/// Whether the Docker tests run. `TUSK_SKIP_DOCKER_TESTS=1` skips them
+/// explicitly; otherwise an unreachable engine fails the test.
+pub fn docker_tests_enabled() -> bool {
+    if std::env::var("TUSK_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: TUSK_SKIP_DOCKER_TESTS=1");
+        return false;
+    }
+    let info = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output();
+    match info {
+        Ok(out) if out.status.success() => true,
+        _ => panic!(
+            "the Docker Engine is not reachable: start it, or set TUSK_SKIP_DOCKER_TESTS=1 to skip the Docker tests"
+        ),
+    }
+}
+
+pub const APP_SERVICES: [&str; 3] = ["web", "streaming", "sidekiq"];
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+impl Compose {
+    pub fn up(prefix: &str) -> Self {
+        let project = unique_name(prefix);
+        let image = std::env::var("TUSK_TEST_DOCKER_IMAGE")
+            .unwrap_or_else(|_| "tusk-test/postgres:15".into());
+        let network = format!("{project}_default");
+        docker(&["network", "create", &network]);
+        let compose = Compose {
+            project,
+            network,
+            image,
+        };
+        compose.run_container("postgres", "db", &[]);
+        for service in APP_SERVICES {
+            // --init: a bare `sleep` as PID 1 would ignore SIGTERM and make
+            // every stop wait for the kill timeout.
+            compose.run_container(service, service, &["--init", "--entrypoint", "sleep"]);
+        }
+        compose.wait_ready();
+        compose
+    }
+
+    fn run_container(&self, name: &str, service: &str, extra: &[&str]) {
+        let full = self.container(name);
+        let project_label = format!("com.docker.compose.project={}", self.project);
+        let service_label = format!("com.docker.compose.service={service}");
+        let mut args = vec![
+            "run",
+            "-d",
+            "--name",
+            &full,
+            "--network",
+            &self.network,
+            "--label",
+            &project_label,
+            "--label",
+            &service_label,
+            "-e",
+            "POSTGRES_HOST_AUTH_METHOD=trust",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&self.image);
+        if name != "postgres" {
+            args.push("infinity");
+        }
+        docker(&args);
+    }
+
+    fn wait_ready(&self) {
+        let pg = self.container("postgres");
+        for _ in 0..600 {
+            let ok = Command::new("docker")
+                .args([
+                    "exec",
+                    &pg,
+                    "pg_isready",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                    "-U",
+                    "postgres",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("{pg} never became ready");
+    }
+
+    /// The full name of one of this deployment's containers.
+    pub fn container(&self, name: &str) -> String {
+        format!("{}-{name}", self.project)
+    }
+
+    pub fn ip(&self) -> String {
+        docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &self.container("postgres"),
+        ])
+    }
+
+    /// The database container as a cluster the host reaches (trust auth).
+    pub fn cluster(&self) -> Cluster {
+        Cluster {
+            url: format!("postgresql://postgres:unused@{}:5432/postgres", self.ip()),
+        }
+    }
+
+    pub fn is_running(&self, name: &str) -> bool {
+        docker(&["inspect", "-f", "{{.State.Running}}", &self.container(name)]) == "true"
+    }
+
+    /// `docker events` of this project's containers between two instants, as
+    /// (container name, action, unix nanoseconds).
+    pub fn events(&self, since: i64, until: i64) -> Vec<(String, String, i64)> {
+        let out = docker(&[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.TimeNano}} {{.Actor.Attributes.name}} {{.Action}}",
+        ]);
+        // Actions such as `exec_start: pg_dump ...` contain spaces; they come last.
+        out.lines()
+            .map(|line| {
+                let mut parts = line.splitn(3, ' ');
+                let nanos = parts.next().unwrap().parse().unwrap();
+                let name = parts.next().unwrap_or_default().to_string();
+                (name, parts.next().unwrap_or_default().to_string(), nanos)
+            })
+            .collect()
+    }
+
+    /// `tusk` in Docker mode against this deployment.
+    pub fn tusk(&self, ws: &Workspace) -> Command {
+        let mut cmd = ws.tusk();
+        cmd.args([
+            "--postgres-mode",
+            "docker",
+            "--compose-project",
+            &self.project,
+        ]);
+        cmd
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let mut names: Vec<String> = APP_SERVICES.iter().map(|s| self.container(s)).collect();
+        names.push(self.container("postgres"));
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v"])
+            .args(&names)
+            .output();
+        let _ = Command::new("docker")
+            .args(["network", "rm", &self.network])
+            .output();
+    }
+}

@@ -1,0 +1,179 @@
+//! The Docker Engine: finding a compose deployment's containers, stopping
+//! and starting the app containers, and throwaway database containers.
+
+pub mod services;
+pub mod throwaway;
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result};
+use bollard::Docker;
+use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+
+use crate::error::TuskError;
+
+pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
+pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+
+/// Connects to the engine at `host` (`unix:///...` or `tcp://...`), else
+/// `DOCKER_HOST`, else the local socket.
+pub fn connect(host: Option<&str>) -> Result<Docker> {
+    let docker = match host {
+        Some(host) if host.starts_with("unix://") => {
+            Docker::connect_with_unix(host, 120, bollard::API_DEFAULT_VERSION)
+        }
+        Some(host) => Docker::connect_with_http(host, 120, bollard::API_DEFAULT_VERSION),
+        None => Docker::connect_with_defaults(),
+    };
+    docker.with_context(|| {
+        format!(
+            "could not reach the Docker Engine at {}",
+            host.unwrap_or("the default socket")
+        )
+    })
+}
+
+/// How the PostgreSQL container is named in the configuration.
+#[derive(Debug, Clone)]
+pub enum ContainerSelector {
+    Name(String),
+    ComposeService {
+        service: String,
+        project: Option<String>,
+    },
+}
+
+impl std::fmt::Display for ContainerSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ContainerSelector::Name(name) => write!(f, "container {name}"),
+            ContainerSelector::ComposeService {
+                service,
+                project: Some(project),
+            } => {
+                write!(f, "compose service {service} of project {project}")
+            }
+            ContainerSelector::ComposeService {
+                service,
+                project: None,
+            } => {
+                write!(f, "compose service {service}")
+            }
+        }
+    }
+}
+
+/// A running container, as much as tusk needs of it.
+#[derive(Debug, Clone)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub image: String,
+    pub project: Option<String>,
+    /// Its address on its first network, reachable from the host on Linux.
+    pub address: Option<String>,
+}
+
+/// Finds the running container `selector` names. A stopped or missing one
+/// is a usage error that lists what is running.
+pub async fn find_running(docker: &Docker, selector: &ContainerSelector) -> Result<Container> {
+    let candidates = match selector {
+        ContainerSelector::Name(name) => {
+            match docker
+                .inspect_container(name, None::<InspectContainerOptions>)
+                .await
+            {
+                Ok(info) if info.state.as_ref().and_then(|s| s.running) == Some(true) => {
+                    vec![info.id.unwrap_or_default()]
+                }
+                Ok(_) => Vec::new(),
+                Err(bollard::errors::Error::DockerResponseServerError {
+                    status_code: 404, ..
+                }) => Vec::new(),
+                Err(err) => return Err(err).context("could not ask the Docker Engine"),
+            }
+        }
+        ContainerSelector::ComposeService { service, project } => {
+            let mut labels = vec![format!("{COMPOSE_SERVICE_LABEL}={service}")];
+            if let Some(project) = project {
+                labels.push(format!("{COMPOSE_PROJECT_LABEL}={project}"));
+            }
+            let filters = HashMap::from([("label".to_string(), labels)]);
+            docker
+                .list_containers(Some(ListContainersOptions {
+                    filters: Some(filters),
+                    ..Default::default()
+                }))
+                .await
+                .context("could not list containers")?
+                .into_iter()
+                .filter_map(|c| c.id)
+                .collect()
+        }
+    };
+    match candidates.as_slice() {
+        [id] => inspect(docker, id).await,
+        [] => Err(TuskError::usage(format!(
+            "the PostgreSQL {selector} is not running; running containers: {}",
+            running_names(docker).await?
+        ))),
+        _ => Err(TuskError::usage(format!(
+            "{selector} matches {} running containers; name one with --container \
+             or narrow it with --compose-project",
+            candidates.len()
+        ))),
+    }
+}
+
+pub async fn inspect(docker: &Docker, id: &str) -> Result<Container> {
+    let info = docker
+        .inspect_container(id, None::<InspectContainerOptions>)
+        .await
+        .with_context(|| format!("could not inspect container {id}"))?;
+    let labels = info
+        .config
+        .as_ref()
+        .and_then(|c| c.labels.clone())
+        .unwrap_or_default();
+    let address = info
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.networks.as_ref())
+        .and_then(|networks| {
+            let mut names: Vec<&String> = networks.keys().collect();
+            names.sort();
+            names
+                .into_iter()
+                .filter_map(|name| networks[name].ip_address.clone())
+                .find(|ip| !ip.is_empty())
+        });
+    Ok(Container {
+        id: info.id.unwrap_or_else(|| id.to_string()),
+        name: info
+            .name
+            .unwrap_or_default()
+            .trim_start_matches('/')
+            .to_string(),
+        image: info.image.unwrap_or_default(),
+        project: labels.get(COMPOSE_PROJECT_LABEL).cloned(),
+        address,
+    })
+}
+
+/// Names of all running containers, for error messages.
+pub async fn running_names(docker: &Docker) -> Result<String> {
+    let mut names: Vec<String> = docker
+        .list_containers(None::<ListContainersOptions>)
+        .await
+        .context("could not list containers")?
+        .into_iter()
+        .filter_map(|c| c.names?.first().cloned())
+        .map(|n| n.trim_start_matches('/').to_string())
+        .collect();
+    names.sort();
+    Ok(if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    })
+}

@@ -1,0 +1,127 @@
+//! Stopping Mastodon's app containers around a dump, and always starting
+//! them again.
+
+use anyhow::{Context, Result};
+use bollard::Docker;
+use bollard::query_parameters::{
+    ListContainersOptions, StartContainerOptions, StopContainerOptions,
+};
+use std::collections::HashMap;
+
+use super::{COMPOSE_PROJECT_LABEL, COMPOSE_SERVICE_LABEL, Container, inspect};
+use crate::cleanup;
+
+/// Seconds the app gets to shut down before the Engine kills it.
+const STOP_TIMEOUT: i32 = 30;
+
+/// App containers stopped by tusk; started again by [`StoppedServices::start`]
+/// or, after a failure or Ctrl-C, by `main`'s cleanup.
+pub struct StoppedServices {
+    names: Vec<String>,
+    restart: cleanup::Deferred,
+}
+
+impl StoppedServices {
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub async fn start(self) -> Result<()> {
+        self.restart.run().await
+    }
+}
+
+/// Finds the running containers of `services` in the database's compose
+/// project (by label), else by container name, never the database itself.
+pub async fn find(
+    docker: &Docker,
+    database: &Container,
+    services: &[String],
+) -> Result<Vec<Container>> {
+    let mut found = Vec::new();
+    for service in services {
+        let mut labels = vec![format!("{COMPOSE_SERVICE_LABEL}={service}")];
+        if let Some(project) = &database.project {
+            labels.push(format!("{COMPOSE_PROJECT_LABEL}={project}"));
+        }
+        let by_label = docker
+            .list_containers(Some(ListContainersOptions {
+                filters: Some(HashMap::from([("label".to_string(), labels)])),
+                ..Default::default()
+            }))
+            .await
+            .context("could not list containers")?;
+        let mut ids: Vec<String> = by_label.into_iter().filter_map(|c| c.id).collect();
+        if ids.is_empty() {
+            let by_name = docker
+                .list_containers(Some(ListContainersOptions {
+                    filters: Some(HashMap::from([(
+                        "name".to_string(),
+                        vec![format!("^/{service}$")],
+                    )])),
+                    ..Default::default()
+                }))
+                .await
+                .context("could not list containers")?;
+            ids = by_name.into_iter().filter_map(|c| c.id).collect();
+        }
+        if ids.is_empty() {
+            tracing::info!("no running container for service {service}");
+        }
+        for id in ids {
+            if id == database.id {
+                tracing::warn!(
+                    "not stopping {}: it is the PostgreSQL container",
+                    database.name
+                );
+                continue;
+            }
+            found.push(inspect(docker, &id).await?);
+        }
+    }
+    Ok(found)
+}
+
+/// Stops `containers` in order. Whatever happens next, they are started
+/// again: the undo action is registered before the first stop.
+pub async fn stop(docker: &Docker, containers: Vec<Container>) -> Result<StoppedServices> {
+    let names: Vec<String> = containers.iter().map(|c| c.name.clone()).collect();
+    let restart_docker = docker.clone();
+    let restart_names = names.clone();
+    let restart = cleanup::defer(format!("start {}", names.join(", ")), move || async move {
+        start_all(&restart_docker, &restart_names).await
+    });
+    for container in &containers {
+        tracing::info!("stopping {}", container.name);
+        docker
+            .stop_container(
+                &container.id,
+                Some(StopContainerOptions {
+                    t: Some(STOP_TIMEOUT),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .with_context(|| format!("could not stop container {}", container.name))?;
+    }
+    Ok(StoppedServices { names, restart })
+}
+
+async fn start_all(docker: &Docker, names: &[String]) -> Result<()> {
+    let mut failed = Vec::new();
+    for name in names {
+        tracing::info!("starting {name}");
+        if let Err(err) = docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+        {
+            tracing::error!("could not start container {name}: {err}");
+            failed.push(name.clone());
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        anyhow::bail!("could not start {}; start them by hand", failed.join(", "))
+    }
+}

@@ -1,0 +1,105 @@
+//! Throwaway PostgreSQL containers: a test restore that never touches the
+//! production server.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bollard::Docker;
+use bollard::models::ContainerCreateBody;
+use bollard::query_parameters::{
+    CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
+};
+
+use super::{Container, inspect};
+use crate::cleanup;
+use crate::postgres::DbTarget;
+
+/// How long a fresh container may take to accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A started container from `like`'s image, removed by the returned guard.
+pub async fn start_like(
+    docker: &Docker,
+    like: &Container,
+    login: &DbTarget,
+) -> Result<(Container, cleanup::Deferred)> {
+    let name = format!("tusk-verify-{}", crate::restore::random_hex());
+    let user = login.user().unwrap_or("postgres");
+    let config = ContainerCreateBody {
+        image: Some(like.image.clone()),
+        env: Some(vec![
+            format!("POSTGRES_USER={user}"),
+            // Trust is safe here: the container is private to this run.
+            "POSTGRES_HOST_AUTH_METHOD=trust".into(),
+            format!("POSTGRES_PASSWORD={}", crate::restore::random_hex()),
+        ]),
+        labels: Some(HashMap::from([("tusk.purpose".into(), "verify".into())])),
+        ..Default::default()
+    };
+    docker
+        .create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            config,
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "could not create a verify container from {}'s image",
+                like.name
+            )
+        })?;
+    let remove_docker = docker.clone();
+    let remove_name = name.clone();
+    let guard = cleanup::defer(format!("remove container {name}"), move || async move {
+        remove_docker
+            .remove_container(
+                &remove_name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .with_context(|| format!("could not remove container {remove_name}"))?;
+        tracing::info!("removed container {remove_name}");
+        Ok(())
+    });
+    docker
+        .start_container(&name, None::<StartContainerOptions>)
+        .await
+        .with_context(|| format!("could not start container {name}"))?;
+    let container = inspect(docker, &name).await?;
+    wait_ready(&container, login).await?;
+    tracing::info!("verify container {name} is ready");
+    Ok((container, guard))
+}
+
+/// Waits until PostgreSQL in `container` accepts SQL sessions from here.
+async fn wait_ready(container: &Container, login: &DbTarget) -> Result<()> {
+    let address = container
+        .address
+        .clone()
+        .with_context(|| format!("container {} has no network address", container.name))?;
+    let probe = login.with_host(&address, 5432).with_database("postgres");
+    let started = Instant::now();
+    loop {
+        if let Ok(client) = probe.connect().await
+            && client.simple_query("SELECT 1").await.is_ok()
+        {
+            return Ok(());
+        }
+        if started.elapsed() > READY_TIMEOUT {
+            bail!(
+                "PostgreSQL in container {} did not become ready in {}s",
+                container.name,
+                READY_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,241 @@
+//! Docker mode: the client tools run inside the database container through
+//! the Engine's exec API, so they always match the server's major version;
+//! SQL sessions reach the container's address.
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::models::ExecConfig;
+use bollard::query_parameters::UploadToContainerOptions;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolExit, ToolProcess};
+use crate::cleanup;
+use crate::docker::Container;
+
+/// Keep this much of a tool's stderr for the error message.
+const STDERR_TAIL: usize = 16 * 1024;
+/// Read buffer for an exec's multiplexed output stream.
+const OUTPUT_CAPACITY: usize = 1 << 20;
+/// The port PostgreSQL listens on inside its container.
+const CONTAINER_PORT: u16 = 5432;
+
+/// A server in a container, tools run by `docker exec`.
+pub struct DockerServer {
+    docker: Docker,
+    container: Container,
+    target: DbTarget,
+}
+
+impl DockerServer {
+    /// `login` gives the user, password and database; the host is the container.
+    pub fn new(docker: Docker, container: Container, login: &DbTarget) -> Result<Self> {
+        let address = container.address.clone().with_context(|| {
+            format!(
+                "container {} has no network address for SQL sessions; attach it to a bridge network",
+                container.name
+            )
+        })?;
+        let target = login.with_host(&address, CONTAINER_PORT);
+        Ok(DockerServer {
+            docker,
+            container,
+            target,
+        })
+    }
+
+    /// The libpq environment inside the container: its local socket, the
+    /// configured login. The password travels in the exec's environment.
+    fn exec_env(&self, command: &ToolCommand) -> Vec<String> {
+        let mut env: Vec<String> = self
+            .target
+            .libpq_env()
+            .into_iter()
+            .filter(|(key, _)| *key != "PGHOST" && *key != "PGPORT")
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        if let Some(database) = &command.database {
+            env.push(format!("PGDATABASE={database}"));
+        }
+        env.extend(command.env.iter().map(|(k, v)| format!("{k}={v}")));
+        env
+    }
+
+    /// Runs a plain command in the container and checks its exit status.
+    async fn exec_simple(&self, cmd: Vec<String>) -> Result<()> {
+        let process = self.exec(cmd, Vec::new(), false).await?;
+        process.wait().await.map(drop)
+    }
+
+    async fn exec(&self, cmd: Vec<String>, env: Vec<String>, stdin: bool) -> Result<ToolProcess> {
+        let label = format!("{} (in container {})", cmd[0], self.container.name);
+        let exec = self
+            .docker
+            .create_exec(
+                &self.container.id,
+                ExecConfig {
+                    attach_stdin: Some(stdin),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    cmd: Some(cmd),
+                    env: Some(env),
+                    ..Default::default()
+                },
+            )
+            .await
+            .with_context(|| format!("could not start {label}"))?;
+        let started = self
+            .docker
+            .start_exec(
+                &exec.id,
+                Some(StartExecOptions {
+                    detach: false,
+                    tty: false,
+                    output_capacity: Some(OUTPUT_CAPACITY),
+                }),
+            )
+            .await
+            .with_context(|| format!("could not start {label}"))?;
+        let StartExecResults::Attached { mut output, input } = started else {
+            bail!("the Docker Engine did not attach to {label}");
+        };
+
+        // Demultiplex: stdout into a bounded channel (backpressure reaches
+        // the Engine), stderr into a buffer for the error message.
+        let (stdout_tx, mut stdout_rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
+        let pump = tokio::spawn(async move {
+            let mut stderr = Vec::new();
+            let mut reader_gone = false;
+            while let Some(item) = output.next().await {
+                match item {
+                    Ok(bollard::container::LogOutput::StdOut { message }) => {
+                        if !reader_gone && stdout_tx.send(Ok(message)).await.is_err() {
+                            reader_gone = true;
+                        }
+                    }
+                    Ok(bollard::container::LogOutput::StdErr { message }) => {
+                        stderr.extend_from_slice(&message);
+                        if stderr.len() > 2 * STDERR_TAIL {
+                            stderr.drain(..stderr.len() - STDERR_TAIL);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(err) => {
+                        let _ = stdout_tx
+                            .send(Err(std::io::Error::other(err.to_string())))
+                            .await;
+                        break;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&stderr).into_owned()
+        });
+        let stdout_stream = futures_util::stream::poll_fn(move |cx| stdout_rx.poll_recv(cx));
+        let stdout: BoxReader = Box::new(StreamReader::new(stdout_stream));
+        let stdin = stdin.then(|| Box::new(input) as super::BoxWriter);
+
+        let docker = self.docker.clone();
+        let exec_id = exec.id;
+        let exit = async move {
+            let stderr = pump.await.unwrap_or_default();
+            // The stream ends when the process closes its output; the exit
+            // code is recorded a moment later.
+            for _ in 0..200 {
+                let info = docker.inspect_exec(&exec_id).await?;
+                if info.running != Some(true) {
+                    if !stderr.trim().is_empty() {
+                        tracing::debug!(target: "tusk::tools", "{}", stderr.trim_end());
+                    }
+                    return Ok(ToolExit {
+                        code: info.exit_code.unwrap_or(-1),
+                        stderr,
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            }
+            bail!("the exec did not finish after its output ended")
+        };
+        Ok(ToolProcess::new(label, stdin, stdout, exit))
+    }
+}
+
+#[async_trait]
+impl PgServer for DockerServer {
+    fn target(&self) -> &DbTarget {
+        &self.target
+    }
+
+    fn describe_tools(&self) -> String {
+        format!("tools inside container {}", self.container.name)
+    }
+
+    async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess> {
+        let mut cmd = vec![command.tool.program().to_string()];
+        cmd.extend(command.args.iter().cloned());
+        self.exec(cmd, self.exec_env(&command), command.stdin).await
+    }
+
+    async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive> {
+        let dir = format!("tusk-restore-{}", crate::restore::random_hex());
+        let path = format!("/tmp/{dir}/database.dump");
+
+        let mut dir_header = tar::Header::new_gnu();
+        dir_header.set_path(format!("{dir}/"))?;
+        dir_header.set_entry_type(tar::EntryType::Directory);
+        dir_header.set_mode(0o700);
+        dir_header.set_size(0);
+        dir_header.set_cksum();
+        let mut file_header = tar::Header::new_gnu();
+        file_header.set_path(format!("{dir}/database.dump"))?;
+        file_header.set_mode(0o600);
+        file_header.set_size(size);
+        file_header.set_cksum();
+        let padding = (512 - size % 512) % 512;
+        let mut head = Vec::with_capacity(1024);
+        head.extend_from_slice(dir_header.as_bytes());
+        head.extend_from_slice(file_header.as_bytes());
+        let tail = vec![0u8; padding as usize + 1024];
+
+        let body = futures_util::stream::once(async move { Ok(Bytes::from(head)) })
+            .chain(ReaderStream::with_capacity(archive, 1 << 20))
+            .chain(futures_util::stream::once(
+                async move { Ok(Bytes::from(tail)) },
+            ));
+
+        // Registered before the upload, so a failed upload is cleaned up too.
+        let docker = self.docker.clone();
+        let container = self.container.clone();
+        let login = self.target.clone();
+        let remove_dir = format!("/tmp/{dir}");
+        let cleanup = cleanup::defer(
+            format!("remove {remove_dir} in {}", container.name),
+            move || async move {
+                let server = DockerServer::new(docker, container, &login)?;
+                server
+                    .exec_simple(vec!["rm".into(), "-rf".into(), remove_dir])
+                    .await
+            },
+        );
+        self.docker
+            .upload_to_container(
+                &self.container.id,
+                Some(UploadToContainerOptions {
+                    path: "/tmp".into(),
+                    ..Default::default()
+                }),
+                bollard::body_try_stream(body),
+            )
+            .await
+            .with_context(|| {
+                format!(
+                    "could not copy the dump into container {}",
+                    self.container.name
+                )
+            })?;
+        Ok(StagedArchive { path, cleanup })
+    }
+}

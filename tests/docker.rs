@@ -1,0 +1,345 @@
+//! Docker mode: the tools run inside the database container, the app
+//! containers are stopped around a dump and always started again.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Database name inside the deployment, as its .env.production would say.
+const DB_URL: &str = "postgresql://postgres@db/mastodon";
+
+fn seeded(compose: &Compose, scale: u32) -> TestDb {
+    let cluster = compose.cluster();
+    cluster.sql("postgres", "CREATE DATABASE mastodon");
+    let db = TestDb {
+        cluster,
+        name: "mastodon".into(),
+    };
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/seed-fixture.sh"))
+        .arg(db.url())
+        .arg(scale.to_string())
+        .env("PGBIN", pg_bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    db
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64
+}
+
+fn rfc3339_nanos(text: &str) -> i64 {
+    let out = Command::new("date")
+        .args(["-d", text, "+%s%N"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn docker_round_trip_stops_the_apps_only_during_the_dump() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_rt");
+    let source = seeded(&compose, 1);
+    let before = source.fingerprint();
+    let ws = Workspace::new();
+
+    let since = now_nanos() / 1_000_000_000 - 1;
+    let mut cmd = compose.tusk(&ws);
+    cmd.args([
+        "--json",
+        "--database-url",
+        DB_URL,
+        "backup",
+        "--stop-services",
+    ]);
+    let report = run(cmd).expect_code(0).json();
+    let until = now_nanos() / 1_000_000_000 + 1;
+    let id = report["id"].as_str().unwrap().to_string();
+    let manifest = ws.manifest(&id);
+    assert_eq!(manifest["source"]["mode"], "docker");
+    let dump_started = rfc3339_nanos(manifest["started_at"].as_str().unwrap());
+    let dump_finished = rfc3339_nanos(manifest["finished_at"].as_str().unwrap());
+
+    // Every app container stopped before the dump began and started after it ended.
+    let events = compose.events(since, until);
+    for service in APP_SERVICES {
+        let name = compose.container(service);
+        let stopped = events
+            .iter()
+            .find(|(n, action, _)| *n == name && action == "stop")
+            .unwrap_or_else(|| panic!("{name} was not stopped: {events:?}"));
+        let started = events
+            .iter()
+            .find(|(n, action, _)| *n == name && action == "start")
+            .unwrap_or_else(|| panic!("{name} was not started again: {events:?}"));
+        assert!(
+            stopped.2 <= dump_started,
+            "{name} stopped after the dump began"
+        );
+        assert!(
+            started.2 >= dump_finished,
+            "{name} started before the dump ended"
+        );
+        assert!(compose.is_running(service));
+    }
+    let database = compose.container("postgres");
+    assert!(
+        !events
+            .iter()
+            .any(|(n, action, _)| *n == database
+                && ["stop", "kill", "die"].contains(&action.as_str())),
+        "the database container was stopped: {events:?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|(n, action, _)| *n == database && action.starts_with("exec_start: pg_dump")),
+        "pg_dump did not run inside the database container: {events:?}"
+    );
+
+    // Restore inside the same container under another name.
+    let mut cmd = compose.tusk(&ws);
+    cmd.args([
+        "--database-url",
+        DB_URL,
+        "restore",
+        &id,
+        "--database",
+        "restored",
+    ]);
+    run(cmd).expect_code(0);
+    let restored = TestDb {
+        cluster: compose.cluster(),
+        name: "restored".into(),
+    };
+    assert_eq!(restored.fingerprint(), before);
+
+    // Verify in place, and in a throwaway container that is removed afterwards.
+    let mut cmd = compose.tusk(&ws);
+    cmd.args(["--json", "--database-url", DB_URL, "verify", &id, "-j", "2"]);
+    assert_eq!(run(cmd).expect_code(0).json()["ok"], true);
+    let mut cmd = compose.tusk(&ws);
+    cmd.args([
+        "--json",
+        "--database-url",
+        DB_URL,
+        "verify",
+        &id,
+        "--verify-container",
+        "auto",
+    ]);
+    let report = run(cmd).expect_code(0).json();
+    assert_eq!(report["ok"], true);
+    let leftovers = Command::new("docker")
+        .args(["ps", "-aq", "--filter", "label=tusk.purpose=verify"])
+        .output()
+        .unwrap();
+    assert!(leftovers.stdout.is_empty(), "verify container left behind");
+    assert!(compose.cluster().databases_like("tusk_verify_").is_empty());
+}
+
+#[test]
+fn sets_move_between_direct_and_docker_mode() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_x");
+    let in_container = seeded(&compose, 1);
+    let before = in_container.fingerprint();
+    let ws = Workspace::new();
+
+    // Docker-mode set -> direct-mode restore on a host cluster.
+    let mut cmd = compose.tusk(&ws);
+    cmd.args(["--json", "--database-url", DB_URL, "backup"]);
+    let docker_id = run(cmd).expect_code(0).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let host_target = TestDb {
+        cluster: Cluster::second(),
+        name: unique_name("dk_from_docker"),
+    };
+    let mut cmd = ws.tusk();
+    cmd.args(["restore", &docker_id, "--target-url"])
+        .arg(host_target.url());
+    run(cmd).expect_code(0);
+    assert_eq!(host_target.fingerprint(), before);
+
+    // Direct-mode set from a host cluster -> Docker-mode restore, in parallel.
+    let host_source = Cluster::main().mastodon_database("dk_host_src", 1);
+    let host_before = host_source.fingerprint();
+    let direct_id = ws.backup(&host_source)["id"].as_str().unwrap().to_string();
+    let mut cmd = compose.tusk(&ws);
+    cmd.args([
+        "--database-url",
+        DB_URL,
+        "restore",
+        &direct_id,
+        "--database",
+        "from_direct",
+        "-j",
+        "2",
+    ]);
+    run(cmd).expect_code(0);
+    let restored = TestDb {
+        cluster: compose.cluster(),
+        name: "from_direct".into(),
+    };
+    assert_eq!(restored.fingerprint(), host_before);
+    // The staged copy inside the container is gone.
+    let listing = Command::new("docker")
+        .args([
+            "exec",
+            &compose.container("postgres"),
+            "sh",
+            "-c",
+            "ls /tmp | grep tusk-restore || true",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        listing.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
+}
+
+/// Starts a Docker-mode backup with --stop-services on a database big
+/// enough to catch it mid-dump, and runs `interrupt` once pg_dump's COPY
+/// is under way.
+fn backup_interrupted_mid_dump(
+    compose: &Compose,
+    ws: &Workspace,
+    interrupt: impl FnOnce(),
+) -> std::process::Output {
+    let source = seeded(compose, 1);
+    source.sql(
+        "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 12) AS body \
+         FROM generate_series(1, 600000) g",
+    );
+    let mut cmd = compose.tusk(ws);
+    cmd.args(["--database-url", DB_URL, "backup", "--stop-services"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copying = source.cluster.sql(
+            "postgres",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = 'mastodon' AND query LIKE 'COPY %'",
+        );
+        if copying != "0" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never saw pg_dump's COPY");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    interrupt();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn a_failed_dump_still_starts_the_apps_again() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_fail");
+    let ws = Workspace::new();
+    let cluster = compose.cluster();
+    let out = backup_interrupted_mid_dump(&compose, &ws, || {
+        cluster.sql(
+            "postgres",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = 'mastodon' AND query LIKE 'COPY %'",
+        );
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(ws.set_ids().is_empty());
+    for service in APP_SERVICES {
+        assert!(
+            compose.is_running(service),
+            "{service} not running again: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn the_database_container_stopping_mid_dump_exits_1_and_restarts_the_apps() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_stop");
+    let ws = Workspace::new();
+    let pg = compose.container("postgres");
+    let out = backup_interrupted_mid_dump(&compose, &ws, || {
+        let status = Command::new("docker")
+            .args(["stop", "-t", "1", &pg])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(ws.set_ids().is_empty(), "no complete set");
+    let partials = std::fs::read_dir(ws.backup_dir())
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(partials <= 1, "only the lock file may remain"); // .tusk.lock
+    for service in APP_SERVICES {
+        assert!(
+            compose.is_running(service),
+            "{service} not running again: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_missing_container_exits_2_naming_it() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_missing");
+    let ws = Workspace::new();
+    let mut cmd = ws.tusk();
+    cmd.args([
+        "--postgres-mode",
+        "docker",
+        "--container",
+        "no-such-postgres",
+        "backup",
+    ]);
+    let out = run(cmd).expect_code(2);
+    assert!(out.stderr.contains("no-such-postgres"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&compose.container("web")),
+        "running containers listed: {}",
+        out.stderr
+    );
+
+    // A stopped database container is named as such.
+    let status = Command::new("docker")
+        .args(["stop", &compose.container("postgres")])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut cmd = compose.tusk(&ws);
+    cmd.arg("backup");
+    let out = run(cmd).expect_code(2);
+    assert!(out.stderr.contains("compose service db"), "{}", out.stderr);
+}
