@@ -58,7 +58,7 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TUSK_COMPRESSION", value_enum)]
     pub compression: Option<Compression>,
 
-    /// Compression level (zstd 1-19, default 3; gzip 1-9, default 6)
+    /// Compression level (zstd 1-19, default 1; gzip 1-9, default 6)
     #[arg(long, global = true, env = "TUSK_COMPRESSION_LEVEL", value_name = "N")]
     pub compression_level: Option<i32>,
 

@@ -31,7 +31,9 @@ pub enum Compression {
 impl Compression {
     pub fn default_level(self) -> i32 {
         match self {
-            Compression::Zstd => 3,
+            // Level 1 keeps compression off the dump's critical path on a
+            // 2-core server and still beats pg_dump -Fc's size.
+            Compression::Zstd => 1,
             Compression::Gzip => 6,
             Compression::None => 0,
         }

@@ -260,10 +260,10 @@ async fn stream_tool_to_artefact(
     let label = command.tool.program();
     let progress = output.byte_progress(label, None);
     let mut process = server.spawn(command).await?;
-    let mut stdout = process.take_stdout();
+    let stdout = process.take_stdout();
     let path = partial.dir.join(name);
     let written = stream::write_compressed(
-        &mut stdout,
+        stdout,
         &path,
         opts.compression,
         opts.compression_level,

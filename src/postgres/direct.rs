@@ -96,7 +96,9 @@ impl PgServer for DirectServer {
             )
         })?;
         let stdin = child.stdin.take().map(|s| Box::new(s) as _);
-        let stdout = Box::new(child.stdout.take().expect("piped stdout"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        widen_pipe(&stdout);
+        let stdout = Box::new(stdout);
         let mut stderr = child.stderr.take().expect("piped stderr");
         let label = command.tool.program().to_string();
         let stderr_task = tokio::spawn(async move {
@@ -143,6 +145,16 @@ impl PgServer for DirectServer {
             path: path_string(&path),
             cleanup,
         })
+    }
+}
+
+/// A 64 KiB pipe makes pg_dump wait whenever tusk is busy compressing;
+/// 1 MiB lets it run ahead. Failure only costs speed.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    const PIPE_BYTES: libc::c_int = 1 << 20;
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own changes only its capacity.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
     }
 }
 

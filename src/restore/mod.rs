@@ -409,8 +409,8 @@ pub async fn load_database(
         restored.and(removed)
     } else {
         let process = server.spawn(command.with_stdin()).await?;
-        let mut source = open_decompressed(&path, compression).await?;
-        let mut counted = crate::backup::stream::CountingReader::new(&mut source, progress.clone());
+        let source = open_decompressed(&path, compression).await?;
+        let mut counted = crate::backup::stream::CountingReader::new(source, progress.clone());
         process.feed(&mut counted).await.map(drop)
     };
     progress.finish_and_clear();
