@@ -9,6 +9,8 @@
 #   restore: zcat | psql, pg_restore -j2, tusk restore -j2
 # and prints each as a ratio against its baseline, plus tusk's peak RSS.
 # BENCH_RSS_SCALES (default "900 3600") adds tusk's peak RSS at ~1 GB and ~4 GB.
+# With a Docker Engine it also compares Docker mode with direct mode on one
+# container (BENCH_DOCKER=0 skips that).
 #
 # Usage: bench/backup.sh            (root; ~10 min at the defaults on 2 cores)
 # Env:   BENCH_SCALE=900  BENCH_RSS_SCALES="900 3600"  BENCH_KEEP=1 (keep the work dir)
@@ -74,6 +76,30 @@ timed "zcat | psql" "zcat $WORK/bench.sql.gz | $PGBIN/psql -X -q -v ON_ERROR_STO
 timed "pg_restore -j2" "$PGBIN/pg_restore -j2 -d r_pgrestore $WORK/bench.dump"
 timed "tusk restore -j2" "/usr/bin/time -f %M -o $WORK/rss.restore $TUSK -q --backup-dir $WORK/sets --pg-bin-dir $PGBIN --temp-dir $WORK restore $SET -j 2 --no-globals --target-url '$(url r_tusk)'"
 
+echo "== Docker mode vs direct mode (same container, same data)"
+DOCKER_OK=0
+if [[ ${BENCH_DOCKER:-1} == 1 ]] && docker info >/dev/null 2>&1; then
+    source scripts/lib/pg-image.sh
+    IMAGE=${TUSK_TEST_DOCKER_IMAGE:-tusk-test/postgres:15}
+    docker image inspect "$IMAGE" >/dev/null 2>&1 || tusk_pg_image_build "" 15 "$IMAGE"
+    docker rm -f tusk-bench-db >/dev/null 2>&1 || true
+    docker run -d --name tusk-bench-db -e POSTGRES_HOST_AUTH_METHOD=trust \
+        --label com.docker.compose.service=db --label com.docker.compose.project=tuskbench "$IMAGE" >/dev/null
+    trap 'docker rm -f tusk-bench-db >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+    until docker exec tusk-bench-db pg_isready -q -h 127.0.0.1; do sleep 0.5; done
+    DIP=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' tusk-bench-db)
+    "$PGBIN/psql" -X -q -h "$DIP" -U postgres -c 'CREATE DATABASE bench' >/dev/null
+    PGBIN=$PGBIN scripts/seed-fixture.sh "postgresql://postgres@$DIP/bench" "$SCALE" >/dev/null
+    "$PGBIN/psql" -X -q -h "$DIP" -U postgres -d bench -c 'VACUUM ANALYZE' >/dev/null
+    for round in 1 2; do
+        timed "tusk backup direct (container) $round" "$TUSK -q --backup-dir $WORK/dsets --instance direct --pg-bin-dir $PGBIN --database-url postgresql://postgres@$DIP/bench backup > /dev/null"
+        timed "tusk backup docker mode $round" "$TUSK -q --backup-dir $WORK/dsets --instance docker --postgres-mode docker --compose-project tuskbench --database-url postgresql://postgres@db/bench backup > /dev/null"
+    done
+    DOCKER_OK=1
+    docker rm -f tusk-bench-db >/dev/null
+fi
+best_of() { awk -v a="${SECONDS_OF[$1 1]}" -v b="${SECONDS_OF[$1 2]}" 'BEGIN { printf "%.2f", (a < b) ? a : b }'; }
+
 echo "== peak RSS of tusk backup by database size"
 declare -A RSS_AT
 for scale in $RSS_SCALES; do
@@ -98,6 +124,13 @@ backup
 restore
   tusk restore -j2 / pg_restore -j2          $(ratio "tusk restore -j2" "pg_restore -j2")   (target <= 1.0, aim 0.8)
   tusk restore -j2 / zcat | psql             $(ratio "tusk restore -j2" "zcat | psql")
+$(if ((DOCKER_OK)); then
+    d=$(best_of "tusk backup direct (container)"); k=$(best_of "tusk backup docker mode")
+    echo "docker mode (best of 2)"
+    echo "  docker mode / direct mode                  $(awk -v a="$k" -v b="$d" 'BEGIN { printf "%.2f", a / b }')   (target <= 1.10; $k s vs $d s)"
+else
+    echo "docker mode: skipped (no Docker Engine or BENCH_DOCKER=0)"
+fi)
 peak RSS (KiB)
   tusk backup:  $(for s in $RSS_SCALES; do printf 'scale %s: %s  ' "$s" "${RSS_AT[$s]}"; done)  (target <= 65536, flat)
   tusk restore: $(cat "$WORK/rss.restore")

@@ -31,7 +31,7 @@ complete -c tusk -n "__fish_tusk_needs_command" -l instance -d 'Instance name us
 complete -c tusk -n "__fish_tusk_needs_command" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_needs_command" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
@@ -62,7 +62,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand backup" -l instance -d 'Instan
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
@@ -86,7 +86,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_s
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
@@ -111,7 +111,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subco
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
@@ -141,7 +141,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand restore" -l instance -d 'Insta
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
@@ -170,7 +170,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -l instance -d 'Instan
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
@@ -194,7 +194,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand completions" -l instance -d 'I
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
@@ -217,7 +217,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand man" -l instance -d 'Instance 
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression-level -d 'Compression level (zstd 1-19, default 3; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'

@@ -12,7 +12,7 @@
 #
 # Usage:  scripts/test.sh [CARGO TEST ARGS...] [-- TEST BINARY ARGS...]   (any cwd)
 #   e.g.  scripts/test.sh --test backup -- --nocapture
-# Runs:   cargo test --locked [ARGS] -- --test-threads=2 [TEST BINARY ARGS]
+# Runs:   cargo test --locked --no-fail-fast [ARGS] -- --test-threads=2 [TEST BINARY ARGS]
 #
 # Exported to the tests:
 #   TUSK_TEST_PG_URL, TUSK_TEST_PG2_URL   postgresql://postgres:<pw>@127.0.0.1:<port>/postgres
@@ -177,9 +177,9 @@ done
 [[ " ${test_args[*]-} " == *" --test-threads"* ]] || test_args=(--test-threads=2 "${test_args[@]}")
 
 step "cargo test"
-tusk_log "cargo test --locked ${cargo_args[*]-} -- ${test_args[*]}"
+tusk_log "cargo test --locked --no-fail-fast ${cargo_args[*]-} -- ${test_args[*]}"
 set +e
-cargo test --locked "${cargo_args[@]}" -- "${test_args[@]}"
+cargo test --locked --no-fail-fast "${cargo_args[@]}" -- "${test_args[@]}"
 cargo_rc=$?
 set -e
 if ((cargo_rc != 0)); then

@@ -120,7 +120,7 @@ impl PgServer for DirectServer {
         Ok(ToolProcess::new(label, stdin, stdout, exit))
     }
 
-    async fn stage_archive(&self, mut archive: BoxReader, _size: u64) -> Result<StagedArchive> {
+    async fn stage_archive(&self, archive: BoxReader, _size: u64) -> Result<StagedArchive> {
         let dir = self.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
         let (file, path) = tempfile::Builder::new()
             .prefix("tusk-restore-")
@@ -136,8 +136,9 @@ impl PgServer for DirectServer {
                 .await
                 .with_context(|| format!("could not remove {}", removed.display()))
         });
-        let mut writer = tokio::fs::File::from_std(file);
-        tokio::io::copy(&mut archive, &mut writer)
+        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        let mut reader = tokio::io::BufReader::with_capacity(1 << 20, archive);
+        tokio::io::copy_buf(&mut reader, &mut writer)
             .await
             .with_context(|| format!("could not write {}", path.display()))?;
         writer.flush().await?;

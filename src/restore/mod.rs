@@ -126,7 +126,7 @@ pub async fn run(
         role: opts.role.clone(),
     };
     load_database(server, set, &staging, &load, output).await?;
-    analyze(server, &staging).await?;
+    analyze(server, &staging, opts.jobs).await?;
 
     if existing.owner.is_some() {
         swap_in(&admin, &staging, database).await?;
@@ -389,14 +389,21 @@ pub async fn load_database(
         command = command.arg(format!("--role={role}"));
     }
 
+    let started = Instant::now();
     let progress = output.byte_progress("pg_restore", Some(artefact.uncompressed_bytes));
     let result = if opts.jobs > 1 {
         // Parallel workers seek in the archive, so it needs a real file.
         progress.set_prefix("staging");
         let reader = open_decompressed(&path, compression).await?;
+        let staging_started = Instant::now();
         let staged = server
             .stage_archive(reader, artefact.uncompressed_bytes)
             .await?;
+        tracing::debug!(
+            "staged the archive at {} in {:.1}s",
+            staged.path,
+            staging_started.elapsed().as_secs_f64()
+        );
         progress.set_prefix("pg_restore");
         let command = command
             .arg(format!("--jobs={}", opts.jobs))
@@ -414,6 +421,7 @@ pub async fn load_database(
         process.feed(&mut counted).await.map(drop)
     };
     progress.finish_and_clear();
+    tracing::debug!("pg_restore finished in {:.1}s", started.elapsed().as_secs_f64());
     result.with_context(|| format!("restoring {} into {database} failed", set.manifest.id))
 }
 
@@ -425,17 +433,45 @@ fn conninfo_dbname(database: &str) -> String {
     )
 }
 
-async fn analyze(server: &dyn PgServer, database: &str) -> Result<()> {
+/// Collects planner statistics (a dump carries none), one table per
+/// session across `jobs` sessions, largest tables first.
+async fn analyze(server: &dyn PgServer, database: &str, jobs: u32) -> Result<()> {
     let started = Instant::now();
     let session = server.connect(database).await?;
-    session
-        .batch_execute("ANALYZE")
-        .await
-        .with_context(|| format!("ANALYZE of {database} failed"))?;
-    tracing::info!(
-        "analyzed {database} in {:.1}s",
-        started.elapsed().as_secs_f64()
-    );
+    let tables: Vec<String> = session
+        .query(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
+             JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'm', 'p') \
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' \
+             ORDER BY pg_total_relation_size(c.oid) DESC",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let queue = std::sync::Mutex::new(tables.into_iter());
+    let worker = |session: tokio_postgres::Client| {
+        let queue = &queue;
+        async move {
+            loop {
+                let next = queue.lock().unwrap().next();
+                let Some(table) = next else { return anyhow::Ok(()) };
+                session
+                    .batch_execute(&format!("ANALYZE {table}"))
+                    .await
+                    .with_context(|| format!("ANALYZE {table} failed in {database}"))?;
+            }
+        }
+    };
+    let mut workers = vec![worker(session)];
+    for _ in 1..jobs.max(1) {
+        workers.push(worker(server.connect(database).await?));
+    }
+    futures_util::future::try_join_all(workers).await?;
+    tracing::info!("analyzed {database} in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }
 
