@@ -23,7 +23,8 @@ source scripts/lib/pg-cluster.sh
 SCALE=${BENCH_SCALE:-900}
 RSS_SCALES=${BENCH_RSS_SCALES:-"900 3600"}
 WORK=$(mktemp -d /var/tmp/tusk-bench.XXXXXX)
-[[ ${BENCH_KEEP:-0} == 1 ]] || trap 'rm -rf "$WORK"' EXIT
+# tusk_on_exit keeps one EXIT trap for everything (clusters, containers, files).
+[[ ${BENCH_KEEP:-0} == 1 ]] || tusk_on_exit "rm -rf '$WORK'"
 
 tusk_pg_install
 command -v /usr/bin/time >/dev/null || apt-get install -y -qq time >/dev/null
@@ -85,14 +86,14 @@ if [[ ${BENCH_DOCKER:-1} == 1 ]] && docker info >/dev/null 2>&1; then
     docker rm -f tusk-bench-db >/dev/null 2>&1 || true
     docker run -d --name tusk-bench-db -e POSTGRES_HOST_AUTH_METHOD=trust \
         --label com.docker.compose.service=db --label com.docker.compose.project=tuskbench "$IMAGE" >/dev/null
-    trap 'docker rm -f tusk-bench-db >/dev/null 2>&1; rm -rf "$WORK"' EXIT
+    tusk_on_exit "docker rm -f tusk-bench-db >/dev/null 2>&1"
     until docker exec tusk-bench-db pg_isready -q -h 127.0.0.1; do sleep 0.5; done
     DIP=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' tusk-bench-db)
-    "$PGBIN/psql" -X -q -h "$DIP" -U postgres -c 'CREATE DATABASE bench' >/dev/null
-    PGBIN=$PGBIN scripts/seed-fixture.sh "postgresql://postgres@$DIP/bench" "$SCALE" >/dev/null
-    "$PGBIN/psql" -X -q -h "$DIP" -U postgres -d bench -c 'VACUUM ANALYZE' >/dev/null
+    "$PGBIN/psql" -X -q -h "$DIP" -p 5432 -U postgres -c 'CREATE DATABASE bench' >/dev/null
+    PGBIN=$PGBIN scripts/seed-fixture.sh "postgresql://postgres@$DIP:5432/bench" "$SCALE" >/dev/null
+    "$PGBIN/psql" -X -q -h "$DIP" -p 5432 -U postgres -d bench -c 'VACUUM ANALYZE' >/dev/null
     for round in 1 2; do
-        timed "tusk backup direct (container) $round" "$TUSK -q --backup-dir $WORK/dsets --instance direct --pg-bin-dir $PGBIN --database-url postgresql://postgres@$DIP/bench backup > /dev/null"
+        timed "tusk backup direct (container) $round" "$TUSK -q --backup-dir $WORK/dsets --instance direct --pg-bin-dir $PGBIN --database-url postgresql://postgres@$DIP:5432/bench backup > /dev/null"
         timed "tusk backup docker mode $round" "$TUSK -q --backup-dir $WORK/dsets --instance docker --postgres-mode docker --compose-project tuskbench --database-url postgresql://postgres@db/bench backup > /dev/null"
     done
     DOCKER_OK=1

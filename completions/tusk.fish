@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= container= compose-service= compose-project= services= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= container= compose-service= compose-project= services= media-root= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -41,6 +41,16 @@ complete -c tusk -n "__fish_tusk_needs_command" -l container -d 'PostgreSQL cont
 complete -c tusk -n "__fish_tusk_needs_command" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_needs_command" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_needs_command" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -52,6 +62,7 @@ complete -c tusk -n "__fish_tusk_needs_command" -f -a "backup" -d 'Dump the role
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "backups" -d 'Inspect backup sets'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "restore" -d 'Restore a backup set onto a server'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "completions" -d 'Print shell completions'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "man" -d 'Write man pages into a directory'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -72,6 +83,16 @@ complete -c tusk -n "__fish_tusk_using_subcommand backup" -l container -d 'Postg
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l stop-services -d 'Stop Mastodon\'s app containers (never PostgreSQL) during the dump and start them again afterwards, also on failure or Ctrl-C (Docker mode)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l json -d 'Print one JSON document on stdout instead of text'
@@ -96,6 +117,16 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_s
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -121,6 +152,16 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subco
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -151,6 +192,16 @@ complete -c tusk -n "__fish_tusk_using_subcommand restore" -l container -d 'Post
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l force -d 'Replace a target database that already holds tables'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-owner -d 'Do not set object owners from the dump (Mastodon\'s cross-server form)'
@@ -180,6 +231,16 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -l container -d 'Postg
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l checksums-only -d 'Only re-hash the artefacts; no test restore'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l json -d 'Print one JSON document on stdout instead of text'
@@ -187,6 +248,151 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -s y -l yes -d 'Answer
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -f -a "usage" -d 'Media sizes as the database records them beside what storage holds'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -s c -l concurrency -d 'Uploads in flight' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l dry-run -d 'Show what would be uploaded; change nothing'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l delete-local -d 'After the upload, delete local files that a verification proves stored and identical'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s c -l concurrency -d 'Checks in flight' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l bucket -d 'Measure the bucket instead of the local folder'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from help" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from help" -f -a "usage" -d 'Media sizes as the database records them beside what storage holds'
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
@@ -204,6 +410,16 @@ complete -c tusk -n "__fish_tusk_using_subcommand completions" -l container -d '
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -227,17 +443,31 @@ complete -c tusk -n "__fish_tusk_using_subcommand man" -l container -d 'PostgreS
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "backups" -d 'Inspect backup sets'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "man" -d 'Write man pages into a directory'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "backups" -d 'Inspect backup sets'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "man" -d 'Write man pages into a directory'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "list" -d 'List backup sets, oldest first'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "usage" -d 'Media sizes as the database records them beside what storage holds'

@@ -116,6 +116,45 @@ pub struct GlobalArgs {
     )]
     pub services: Option<Vec<String>>,
 
+    /// Mastodon's local media folder [default: public/system beside .env.production]
+    #[arg(long, global = true, env = "TUSK_MEDIA_ROOT", value_name = "DIR")]
+    pub media_root: Option<PathBuf>,
+
+    /// Media bucket [default: S3_BUCKET from .env.production]
+    #[arg(long, global = true, env = "TUSK_S3_BUCKET", value_name = "NAME")]
+    pub s3_bucket: Option<String>,
+
+    /// S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]
+    #[arg(long, global = true, env = "TUSK_S3_ENDPOINT", value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region [default: S3_REGION, else us-east-1]
+    #[arg(long, global = true, env = "TUSK_S3_REGION", value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Prefix of every media key [default: S3_KEY_PREFIX]
+    #[arg(long, global = true, env = "TUSK_S3_KEY_PREFIX", value_name = "PREFIX")]
+    pub s3_key_prefix: Option<String>,
+
+    /// Canned ACL for public media; empty for stores without ACLs (B2, R2)
+    /// [default: S3_PERMISSION, else public-read]
+    #[arg(long, global = true, env = "TUSK_S3_PERMISSION", value_name = "ACL")]
+    pub s3_permission: Option<String>,
+
+    /// Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]
+    #[arg(long, global = true, env = "TUSK_S3_PATH_STYLE", value_name = "BOOL")]
+    pub s3_path_style: Option<bool>,
+
+    /// Also send the SDK's CRC32 checksum headers (some stores such as B2 reject them)
+    /// [default: only for AWS itself]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_S3_SDK_CHECKSUMS",
+        value_name = "BOOL"
+    )]
+    pub s3_sdk_checksums: Option<bool>,
+
     /// Mastodon's .env.production [default: ./.env.production if present]
     #[arg(
         long,
@@ -153,6 +192,9 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Prove a backup set: checksums, then a test restore compared with the manifest
     Verify(VerifyArgs),
+    /// Move the local media folder to S3-compatible storage, and check it
+    #[command(subcommand)]
+    Media(MediaCommand),
     /// Print shell completions
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -250,6 +292,45 @@ pub struct VerifyArgs {
     /// Parallel pg_restore jobs for the scratch restore
     #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
     pub jobs: u32,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MediaCommand {
+    /// Upload public/system to the bucket with Mastodon's keys, headers and ACLs
+    Push(MediaPushArgs),
+    /// Compare the local media folder with the bucket (exit 3 on differences)
+    Verify(MediaVerifyArgs),
+    /// Media sizes as the database records them beside what storage holds
+    Usage(MediaUsageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MediaPushArgs {
+    /// Show what would be uploaded; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// After the upload, delete local files that a verification proves stored and identical
+    #[arg(long)]
+    pub delete_local: bool,
+
+    /// Uploads in flight
+    #[arg(long, short = 'c', default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct MediaVerifyArgs {
+    /// Checks in flight
+    #[arg(long, short = 'c', default_value_t = 64, value_name = "N")]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct MediaUsageArgs {
+    /// Measure the bucket instead of the local folder
+    #[arg(long)]
+    pub bucket: bool,
 }
 
 #[derive(Debug, Args)]

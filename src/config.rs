@@ -14,6 +14,7 @@ use crate::docker::ContainerSelector;
 use crate::error::TuskError;
 use crate::mastodon::env_file::EnvFile;
 use crate::postgres::DbTarget;
+use crate::storage::s3::S3Settings;
 
 /// Where the config file is looked for when `--config`/`TUSK_CONFIG` is not given.
 pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["./tusk.yaml", "/etc/tusk/tusk.yaml"];
@@ -82,6 +83,8 @@ pub struct FileSettings {
     pub docker: DockerSection,
     #[serde(default)]
     pub mastodon: MastodonSection,
+    #[serde(default)]
+    pub s3: S3Section,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +108,22 @@ pub struct DockerSection {
 pub struct MastodonSection {
     pub env_file: Option<PathBuf>,
     pub services: Option<Vec<String>>,
+    pub media_root: Option<PathBuf>,
+}
+
+/// The bucket media go to; unset keys come from `.env.production`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    pub bucket: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub key_prefix: Option<String>,
+    pub permission: Option<String>,
+    pub path_style: Option<bool>,
+    pub sdk_checksums: Option<bool>,
 }
 
 /// Where the PostgreSQL client tools run.
@@ -150,6 +169,14 @@ pub struct Settings {
     pub container: ContainerSelector,
     /// Mastodon's app services, stopped around a dump with `--stop-services`.
     pub services: Vec<String>,
+    /// The local media folder (`public/system`).
+    pub media_root: PathBuf,
+    /// The media bucket, when one is configured anywhere.
+    s3: Option<S3Settings>,
+    /// `S3_KEY_PREFIX`.
+    pub s3_key_prefix: Option<String>,
+    /// `S3_PERMISSION`; `None` when ACLs are off.
+    pub s3_permission: Option<String>,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
 }
@@ -233,7 +260,50 @@ impl Settings {
             .or(file.mastodon.services)
             .unwrap_or_else(|| DEFAULT_SERVICES.map(String::from).to_vec());
 
+        let media_root = args
+            .media_root
+            .clone()
+            .or(file.mastodon.media_root)
+            .unwrap_or_else(|| {
+                let live = env_file
+                    .as_ref()
+                    .and_then(|env| env.path.parent().map(Path::to_path_buf))
+                    .unwrap_or_else(|| PathBuf::from("."));
+                live.join("public/system")
+            });
+        let env_value = |key: &str| {
+            env_file
+                .as_ref()
+                .and_then(|env| env.get(key))
+                .map(str::to_string)
+        };
+        let s3_key_prefix = args
+            .s3_key_prefix
+            .clone()
+            .or(file.s3.key_prefix.clone())
+            .or_else(|| env_value("S3_KEY_PREFIX"))
+            .map(|p| p.trim_matches('/').to_string())
+            .filter(|p| !p.is_empty());
+        // An empty S3_PERMISSION turns ACLs off, as in Mastodon.
+        let s3_permission = args
+            .s3_permission
+            .clone()
+            .or(file.s3.permission.clone())
+            .or_else(|| {
+                env_file
+                    .as_ref()?
+                    .get_raw("S3_PERMISSION")
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| "public-read".into());
+        let s3_permission = (!s3_permission.is_empty()).then_some(s3_permission);
+        let s3 = resolve_s3(args, &file.s3, env_file.as_ref())?;
+
         Ok(Settings {
+            media_root,
+            s3,
+            s3_key_prefix,
+            s3_permission,
             mode,
             docker_host: args.docker_host.clone().or(file.docker.host),
             container,
@@ -267,6 +337,86 @@ impl Settings {
             )
         })
     }
+}
+
+impl Settings {
+    /// The media bucket, or an error saying how to name one.
+    pub fn s3(&self) -> Result<&S3Settings> {
+        self.s3.as_ref().ok_or_else(|| {
+            TuskError::usage(
+                "no bucket configured: pass --s3-bucket, add s3.bucket to tusk.yaml, \
+                 or set S3_BUCKET in .env.production",
+            )
+        })
+    }
+}
+
+/// The bucket settings: flag > environment > YAML > `.env.production`.
+fn resolve_s3(
+    args: &GlobalArgs,
+    file: &S3Section,
+    env_file: Option<&EnvFile>,
+) -> Result<Option<S3Settings>> {
+    let env_value = |key: &str| env_file.and_then(|env| env.get(key)).map(str::to_string);
+    let Some(bucket) = args
+        .s3_bucket
+        .clone()
+        .or(file.bucket.clone())
+        .or_else(|| env_value("S3_BUCKET"))
+    else {
+        return Ok(None);
+    };
+    let endpoint = args
+        .s3_endpoint
+        .clone()
+        .or(file.endpoint.clone())
+        .or_else(|| env_value("S3_ENDPOINT"))
+        .or_else(|| {
+            let host = env_value("S3_HOSTNAME")?;
+            let protocol = env_value("S3_PROTOCOL").unwrap_or_else(|| "https".into());
+            Some(format!("{protocol}://{host}"))
+        });
+    let process_env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    let access_key_id = file
+        .access_key_id
+        .clone()
+        .or_else(|| process_env("AWS_ACCESS_KEY_ID"))
+        .or_else(|| env_value("AWS_ACCESS_KEY_ID"));
+    let secret_access_key = file
+        .secret_access_key
+        .clone()
+        .or_else(|| process_env("AWS_SECRET_ACCESS_KEY"))
+        .or_else(|| env_value("AWS_SECRET_ACCESS_KEY"));
+    let (Some(access_key_id), Some(secret_access_key)) = (access_key_id, secret_access_key) else {
+        return Err(TuskError::usage(format!(
+            "bucket {bucket} is configured but its credentials are not: set AWS_ACCESS_KEY_ID and \
+             AWS_SECRET_ACCESS_KEY (environment or .env.production) or s3.access_key_id and \
+             s3.secret_access_key in tusk.yaml"
+        )));
+    };
+    // Mastodon uses path-style URLs whenever an endpoint is set, unless
+    // S3_OVERRIDE_PATH_STYLE=true.
+    let path_style = args.s3_path_style.or(file.path_style).unwrap_or_else(|| {
+        endpoint.is_some() && env_value("S3_OVERRIDE_PATH_STYLE").as_deref() != Some("true")
+    });
+    let sdk_checksums = args
+        .s3_sdk_checksums
+        .or(file.sdk_checksums)
+        .unwrap_or(endpoint.is_none());
+    Ok(Some(S3Settings {
+        bucket,
+        region: args
+            .s3_region
+            .clone()
+            .or(file.region.clone())
+            .or_else(|| env_value("S3_REGION"))
+            .unwrap_or_else(|| "us-east-1".into()),
+        endpoint,
+        access_key_id,
+        secret_access_key,
+        path_style,
+        sdk_checksums,
+    }))
 }
 
 static COMPOSE_LOGIN: std::sync::LazyLock<DbTarget> = std::sync::LazyLock::new(|| {

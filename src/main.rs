@@ -8,9 +8,11 @@ mod config;
 mod docker;
 mod error;
 mod mastodon;
+mod media;
 mod output;
 mod postgres;
 mod restore;
+mod storage;
 mod verify;
 
 use std::io::IsTerminal;

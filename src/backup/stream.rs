@@ -13,11 +13,11 @@ use anyhow::{Context, Result};
 use async_compression::Level;
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
 use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use tokio::fs::{File, OpenOptions};
-use bytes::{Bytes, BytesMut};
-use futures_util::Stream;
 use tokio::io::{
     AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf,
 };
@@ -100,7 +100,9 @@ pub async fn write_compressed(
 
 /// Reads `source` in a task of its own, so the producer (pg_dump) keeps
 /// writing while the caller compresses; a full pipe would stall it.
-fn read_ahead(mut source: BoxReader) -> StreamReader<impl Stream<Item = std::io::Result<Bytes>>, Bytes> {
+fn read_ahead(
+    mut source: BoxReader,
+) -> StreamReader<impl Stream<Item = std::io::Result<Bytes>>, Bytes> {
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD_CHUNKS);
     tokio::spawn(async move {
         loop {
@@ -277,7 +279,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for CountingReader<R> {
 }
 
 impl<R: AsyncBufRead + Unpin> AsyncBufRead for CountingReader<R> {
-    fn poll_fill_buf(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<&[u8]>> {
+    fn poll_fill_buf(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<&[u8]>> {
         Pin::new(&mut self.get_mut().inner).poll_fill_buf(cx)
     }
 

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod backups;
 pub mod completions;
+pub mod media;
 pub mod restore;
 pub mod verify;
 
@@ -100,6 +101,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Backups(args) => backups::exec(&ctx, args).await,
         Command::Restore(args) => restore::exec(&ctx, args).await,
         Command::Verify(args) => verify::exec(&ctx, args).await,
+        Command::Media(args) => media::exec(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

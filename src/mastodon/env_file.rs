@@ -49,6 +49,13 @@ impl EnvFile {
         })
     }
 
+    /// The value even when empty: for Mastodon an empty `S3_PERMISSION`
+    /// means something (no ACLs), unlike a missing one.
+    pub fn get_raw(&self, key: &str) -> Option<&str> {
+        self.vars.get(key).map(String::as_str)
+    }
+
+    /// The value, treating an empty one as unset.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.vars
             .get(key)

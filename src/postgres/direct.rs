@@ -136,7 +136,8 @@ impl PgServer for DirectServer {
                 .await
                 .with_context(|| format!("could not remove {}", removed.display()))
         });
-        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
+        let mut writer =
+            tokio::io::BufWriter::with_capacity(1 << 20, tokio::fs::File::from_std(file));
         let mut reader = tokio::io::BufReader::with_capacity(1 << 20, archive);
         tokio::io::copy_buf(&mut reader, &mut writer)
             .await

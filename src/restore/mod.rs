@@ -421,7 +421,10 @@ pub async fn load_database(
         process.feed(&mut counted).await.map(drop)
     };
     progress.finish_and_clear();
-    tracing::debug!("pg_restore finished in {:.1}s", started.elapsed().as_secs_f64());
+    tracing::debug!(
+        "pg_restore finished in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     result.with_context(|| format!("restoring {} into {database} failed", set.manifest.id))
 }
 
@@ -458,7 +461,9 @@ async fn analyze(server: &dyn PgServer, database: &str, jobs: u32) -> Result<()>
         async move {
             loop {
                 let next = queue.lock().unwrap().next();
-                let Some(table) = next else { return anyhow::Ok(()) };
+                let Some(table) = next else {
+                    return anyhow::Ok(());
+                };
                 session
                     .batch_execute(&format!("ANALYZE {table}"))
                     .await
@@ -471,7 +476,10 @@ async fn analyze(server: &dyn PgServer, database: &str, jobs: u32) -> Result<()>
         workers.push(worker(server.connect(database).await?));
     }
     futures_util::future::try_join_all(workers).await?;
-    tracing::info!("analyzed {database} in {:.1}s", started.elapsed().as_secs_f64());
+    tracing::info!(
+        "analyzed {database} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 

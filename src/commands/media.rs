@@ -1,0 +1,242 @@
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::Context;
+use crate::cli::{MediaCommand, MediaPushArgs, MediaUsageArgs, MediaVerifyArgs};
+use crate::error::TuskError;
+use crate::media::{self, MediaLayout, push::PushOptions};
+use crate::output::{human_bytes, table};
+use crate::storage::retry::Retrying;
+use crate::storage::s3::S3Storage;
+use crate::storage::{ObjectInfo, Storage};
+
+/// Tries per request before an upload counts as failed.
+const ATTEMPTS: u32 = 5;
+
+pub async fn exec(ctx: &Context, command: MediaCommand) -> Result<()> {
+    match command {
+        MediaCommand::Push(args) => push(ctx, args).await,
+        MediaCommand::Verify(args) => verify(ctx, args).await,
+        MediaCommand::Usage(args) => usage(ctx, args).await,
+    }
+}
+
+fn layout(ctx: &Context) -> MediaLayout {
+    MediaLayout {
+        root: ctx.settings.media_root.clone(),
+        key_prefix: ctx.settings.s3_key_prefix.clone(),
+        permission: ctx.settings.s3_permission.clone(),
+    }
+}
+
+fn bucket(ctx: &Context) -> Result<Retrying<S3Storage>> {
+    let s3 = S3Storage::new(ctx.settings.s3()?.clone());
+    Ok(Retrying::new(s3, ATTEMPTS, Duration::from_millis(200)))
+}
+
+async fn push(ctx: &Context, args: MediaPushArgs) -> Result<()> {
+    if args.dry_run && args.delete_local {
+        return Err(TuskError::usage(
+            "--dry-run and --delete-local exclude each other",
+        ));
+    }
+    let storage = bucket(ctx)?;
+    let layout = layout(ctx);
+    let opts = PushOptions {
+        concurrency: args.concurrency.max(1),
+        dry_run: args.dry_run,
+        delete_local: args.delete_local,
+    };
+    let report = media::push::run(&storage, &layout, &opts, &ctx.output).await?;
+    if ctx.output.json {
+        ctx.output.print_json(&report)?;
+    } else if !ctx.output.quiet {
+        let verb = if report.dry_run {
+            "would upload"
+        } else {
+            "uploaded"
+        };
+        println!(
+            "{} files in {}: {} already stored, {verb} {} ({}){} in {:.1}s",
+            report.local_files,
+            layout.root.display(),
+            report.already_present,
+            report.uploaded,
+            human_bytes(report.uploaded_bytes),
+            if report.deleted_local > 0 {
+                format!(", deleted {} local files", report.deleted_local)
+            } else {
+                String::new()
+            },
+            report.seconds
+        );
+        if report.failed.is_empty() && !report.dry_run {
+            print_switch_over(ctx, &storage);
+        }
+    }
+    if !report.failed.is_empty() {
+        anyhow::bail!(
+            "{} of {} uploads failed (first: {}: {}); run the same command again to retry them",
+            report.failed.len(),
+            report.failed.len() + report.uploaded,
+            report.failed[0].0,
+            report.failed[0].1
+        );
+    }
+    Ok(())
+}
+
+/// What to put in .env.production once everything is in the bucket.
+fn print_switch_over(ctx: &Context, storage: &Retrying<S3Storage>) {
+    let s3 = ctx.settings.s3().expect("bucket resolved above");
+    println!(
+        "\nEverything is in {}. To switch Mastodon over, set in .env.production:\n",
+        storage.describe()
+    );
+    println!("  S3_ENABLED=true");
+    println!("  S3_BUCKET={}", s3.bucket);
+    println!("  S3_REGION={}", s3.region);
+    if let Some(endpoint) = &s3.endpoint {
+        println!("  S3_ENDPOINT={endpoint}");
+    }
+    println!(
+        "  S3_ALIAS_HOST=media.example.com   # your CDN or proxy in front of the bucket, if any"
+    );
+    println!(
+        "  S3_PERMISSION={}",
+        ctx.settings.s3_permission.as_deref().unwrap_or("")
+    );
+    if let Some(prefix) = &ctx.settings.s3_key_prefix {
+        println!("  S3_KEY_PREFIX={prefix}");
+    }
+    println!("  AWS_ACCESS_KEY_ID=...  AWS_SECRET_ACCESS_KEY=...");
+    println!(
+        "\nThen: serve the bucket with CORS (Access-Control-Allow-Origin: *), publicly readable but not\n\
+         listable; add the media host to your Content-Security-Policy a week before switching (service\n\
+         workers cache the old one); restart web, streaming and sidekiq; run `tusk media push` once more\n\
+         for files written meanwhile, then `tusk media push --delete-local`."
+    );
+}
+
+async fn verify(ctx: &Context, args: MediaVerifyArgs) -> Result<()> {
+    let storage = bucket(ctx)?;
+    let report = media::verify::run(&storage, &layout(ctx), args.concurrency).await?;
+    if ctx.output.json {
+        ctx.output.print_json(&report)?;
+    } else if !(ctx.output.quiet && report.ok()) {
+        println!(
+            "{} local files, {} objects: {} identical, {} missing, {} differ in size, {} differ in content, {} only in the bucket",
+            report.local_files,
+            report.objects,
+            report.identical_count,
+            report.missing.len(),
+            report.size_mismatch.len(),
+            report.checksum_mismatch.len(),
+            report.extra.len()
+        );
+        let mut rows: Vec<Vec<String>> = Vec::new();
+        rows.extend(
+            report
+                .missing
+                .iter()
+                .map(|k| vec!["missing".into(), k.clone()]),
+        );
+        rows.extend(
+            report
+                .size_mismatch
+                .iter()
+                .map(|(k, l, r)| vec![format!("size {l} != {r}"), k.clone()]),
+        );
+        rows.extend(
+            report
+                .checksum_mismatch
+                .iter()
+                .map(|k| vec!["content differs".into(), k.clone()]),
+        );
+        if !rows.is_empty() {
+            print!("{}", table(&["PROBLEM", "KEY"], &rows));
+        }
+    }
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(TuskError::VerificationFailed(format!(
+            "{} objects missing, {} differ in size, {} differ in content",
+            report.missing.len(),
+            report.size_mismatch.len(),
+            report.checksum_mismatch.len()
+        ))
+        .into())
+    }
+}
+
+async fn usage(ctx: &Context, args: MediaUsageArgs) -> Result<()> {
+    let session = ctx.source_server().await?;
+    let database = ctx
+        .settings
+        .database()?
+        .database()
+        .unwrap_or("postgres")
+        .to_string();
+    let session = session.connect(&database).await?;
+    let layout = layout(ctx);
+    let stored: Vec<ObjectInfo> = if args.bucket {
+        let storage = bucket(ctx)?;
+        crate::storage::list_all(&storage, &layout.list_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|mut o| {
+                o.key = layout.relative_for(&o.key)?.to_string();
+                Some(o)
+            })
+            .collect()
+    } else {
+        layout
+            .walk()
+            .await?
+            .into_iter()
+            .map(|f| ObjectInfo {
+                key: f.relative,
+                size: f.size,
+                etag: None,
+            })
+            .collect()
+    };
+    let rows = media::usage::usage(&session, &stored).await?;
+    if ctx.output.json {
+        return ctx.output.print_json(&rows);
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.class.clone(),
+                human_bytes(r.database_bytes.max(0) as u64),
+                r.local_bytes
+                    .map_or("-".into(), |b| human_bytes(b.max(0) as u64)),
+                human_bytes(r.stored_bytes),
+                r.stored_files.to_string(),
+                human_bytes(
+                    r.stored_bytes
+                        .saturating_sub(r.database_bytes.max(0) as u64),
+                ),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(
+            &[
+                "CLASS",
+                "DATABASE",
+                "LOCAL USERS",
+                "STORED",
+                "FILES",
+                "NOT IN DATABASE"
+            ],
+            &table_rows
+        )
+    );
+    Ok(())
+}

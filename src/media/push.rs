@@ -1,0 +1,202 @@
+//! `tusk media push`: the local media tree into the bucket.
+//!
+//! One listing tells what is already there (same size, and same MD5 where
+//! the listing gives one), so an interrupted run resumes and a finished one
+//! re-runs as a no-op without a request per object.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use anyhow::Result;
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::{LocalFile, MediaLayout};
+use crate::output::Output;
+use crate::storage::local::file_md5;
+use crate::storage::{ObjectInfo, Storage, list_all};
+
+#[derive(Debug, Clone)]
+pub struct PushOptions {
+    pub concurrency: usize,
+    pub dry_run: bool,
+    pub delete_local: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PushReport {
+    pub dry_run: bool,
+    pub local_files: usize,
+    pub local_bytes: u64,
+    pub already_present: usize,
+    pub uploaded: usize,
+    pub uploaded_bytes: u64,
+    /// (key, error) of uploads that failed after retries.
+    pub failed: Vec<(String, String)>,
+    /// Local files deleted after verification (`--delete-local`).
+    pub deleted_local: usize,
+    pub seconds: f64,
+}
+
+pub async fn run(
+    storage: &dyn Storage,
+    layout: &MediaLayout,
+    opts: &PushOptions,
+    output: &Output,
+) -> Result<PushReport> {
+    let started = Instant::now();
+    let local = layout.walk().await?;
+    let listing: HashMap<String, ObjectInfo> = list_all(storage, &layout.list_prefix())
+        .await?
+        .into_iter()
+        .map(|o| (o.key.clone(), o))
+        .collect();
+    let mut report = PushReport {
+        dry_run: opts.dry_run,
+        local_files: local.len(),
+        local_bytes: local.iter().map(|f| f.size).sum(),
+        ..Default::default()
+    };
+
+    let pending = files_to_upload(layout, &local, &listing, opts.concurrency).await?;
+    report.already_present = local.len() - pending.len();
+    let pending_bytes: u64 = pending.iter().map(|f| f.size).sum();
+    tracing::info!(
+        "{} files ({}) in {}; {} already in {}; {} to upload ({})",
+        local.len(),
+        crate::output::human_bytes(report.local_bytes),
+        layout.root.display(),
+        report.already_present,
+        storage.describe(),
+        pending.len(),
+        crate::output::human_bytes(pending_bytes)
+    );
+    if opts.dry_run {
+        for file in &pending {
+            tracing::debug!("would upload {}", layout.key_for(&file.relative));
+        }
+        report.uploaded = pending.len();
+        report.uploaded_bytes = pending_bytes;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
+    }
+
+    let progress = output.byte_progress("upload", Some(pending_bytes));
+    let failed = Mutex::new(Vec::new());
+    let uploads = futures_util::stream::iter(&pending)
+        .map(|file| {
+            let progress = &progress;
+            let failed = &failed;
+            async move {
+                let key = layout.key_for(&file.relative);
+                match storage
+                    .put_file(&key, &file.path, file.size, &layout.put_options(file))
+                    .await
+                {
+                    Ok(()) => {
+                        progress.inc(file.size);
+                        Some(file.size)
+                    }
+                    Err(err) => {
+                        tracing::warn!("{key}: {err:#}");
+                        failed.lock().unwrap().push((key, format!("{err:#}")));
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1));
+    let sizes: Vec<Option<u64>> = uploads.collect().await;
+    progress.finish_and_clear();
+    report.uploaded = sizes.iter().flatten().count();
+    report.uploaded_bytes = sizes.iter().flatten().sum();
+    report.failed = failed.into_inner().unwrap();
+    report.failed.sort();
+
+    if opts.delete_local && report.failed.is_empty() {
+        report.deleted_local = delete_verified(storage, layout, &local, opts.concurrency).await?;
+    } else if opts.delete_local {
+        tracing::warn!(
+            "not deleting local files: {} uploads failed",
+            report.failed.len()
+        );
+    }
+    report.seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The local files the listing does not show as stored already.
+async fn files_to_upload(
+    layout: &MediaLayout,
+    local: &[LocalFile],
+    listing: &HashMap<String, ObjectInfo>,
+    concurrency: usize,
+) -> Result<Vec<LocalFile>> {
+    let decisions: Vec<Result<Option<LocalFile>>> = futures_util::stream::iter(local)
+        .map(|file| async move {
+            let stored = listing.get(&layout.key_for(&file.relative));
+            let present = match stored {
+                None => false,
+                Some(object) if object.size != file.size => false,
+                // Same size and a plain MD5 ETag: compare contents.
+                Some(object) => match object.content_md5() {
+                    Some(md5) => file_md5(&file.path).await? == md5,
+                    None => true,
+                },
+            };
+            Ok((!present).then(|| file.clone()))
+        })
+        .buffer_unordered(concurrency.max(1))
+        .collect()
+        .await;
+    let mut pending: Vec<LocalFile> = decisions
+        .into_iter()
+        .filter_map(Result::transpose)
+        .collect::<Result<_>>()?;
+    pending.sort_by(|a, b| a.relative.cmp(&b.relative));
+    Ok(pending)
+}
+
+/// Deletes the local files a fresh verification proves stored and
+/// identical, and nothing at all if any file is not.
+async fn delete_verified(
+    storage: &dyn Storage,
+    layout: &MediaLayout,
+    local: &[LocalFile],
+    concurrency: usize,
+) -> Result<usize> {
+    let report = super::verify::run(storage, layout, concurrency).await?;
+    if !report.ok() {
+        return Err(crate::error::TuskError::VerificationFailed(format!(
+            "after the upload {} objects are missing, {} differ in size and {} in content; \
+             no local file was deleted",
+            report.missing.len(),
+            report.size_mismatch.len(),
+            report.checksum_mismatch.len()
+        ))
+        .into());
+    }
+    let proven: std::collections::HashSet<&str> =
+        report.identical.iter().map(String::as_str).collect();
+    let mut deleted = 0;
+    for file in local {
+        if proven.contains(layout.key_for(&file.relative).as_str()) {
+            tokio::fs::remove_file(&file.path).await?;
+            deleted += 1;
+            remove_empty_parents(&layout.root, &file.path);
+        }
+    }
+    tracing::info!("deleted {deleted} local files that are stored and identical");
+    Ok(deleted)
+}
+
+fn remove_empty_parents(root: &std::path::Path, path: &std::path::Path) {
+    let mut dir = path.parent();
+    while let Some(current) = dir {
+        if current == root || std::fs::remove_dir(current).is_err() {
+            break;
+        }
+        dir = current.parent();
+    }
+}

@@ -1,0 +1,106 @@
+//! Object storage: one interface, an S3 implementation and retrying as a
+//! wrapper. Media push (and next prune and off-site copies) are written
+//! against [`Storage`] and never know which store they talk to.
+
+pub mod local;
+pub mod retry;
+pub mod s3;
+
+use std::path::Path;
+
+use anyhow::Result;
+use async_trait::async_trait;
+
+/// One object as a listing reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub size: u64,
+    /// The ETag without quotes, when the store reports one in listings.
+    pub etag: Option<String>,
+}
+
+impl ObjectInfo {
+    /// The content MD5 in hex, when the ETag is one: single-part uploads
+    /// only (a multipart ETag is `md5-of-md5s-N`).
+    pub fn content_md5(&self) -> Option<&str> {
+        self.etag
+            .as_deref()
+            .filter(|etag| etag.len() == 32 && etag.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+}
+
+/// Headers an object is stored with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    pub content_type: String,
+    pub cache_control: Option<String>,
+    /// A canned ACL (`public-read`, `private`); `None` sends no ACL header,
+    /// for stores without object ACLs (B2, R2).
+    pub acl: Option<String>,
+}
+
+/// What a store holds about one object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub size: u64,
+    pub etag: Option<String>,
+    pub content_type: Option<String>,
+}
+
+#[async_trait]
+pub trait Storage: Send + Sync {
+    /// `s3://bucket/prefix at https://endpoint` or a directory, for messages.
+    fn describe(&self) -> String;
+
+    /// Stores the local file at `path` (`size` bytes) under `key`, replacing
+    /// any object there. Large files go up in parts; every request carries
+    /// the content's MD5 so the store rejects corrupted transfers.
+    async fn put_file(&self, key: &str, path: &Path, size: u64, opts: &PutOptions) -> Result<()>;
+
+    /// Calls `page` with every object whose key starts with `prefix`, in key
+    /// order, one listing page at a time, starting after `start_after`.
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        page: &mut (dyn FnMut(Vec<ObjectInfo>) -> Result<()> + Send),
+    ) -> Result<()>;
+
+    /// The object's size and headers, or `None` when there is no such key.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+}
+
+/// Lists everything under `prefix` into one vector.
+pub async fn list_all(storage: &dyn Storage, prefix: &str) -> Result<Vec<ObjectInfo>> {
+    let mut all = Vec::new();
+    storage
+        .list(prefix, None, &mut |page| {
+            all.extend(page);
+            Ok(())
+        })
+        .await?;
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plain_etags_are_content_md5s() {
+        let object = |etag: &str| ObjectInfo {
+            key: "k".into(),
+            size: 1,
+            etag: Some(etag.into()),
+        };
+        assert_eq!(
+            object("9e107d9d372bb6826bd81d3542a419d6").content_md5(),
+            Some("9e107d9d372bb6826bd81d3542a419d6")
+        );
+        assert_eq!(
+            object("9e107d9d372bb6826bd81d3542a419d6-3").content_md5(),
+            None
+        );
+    }
+}

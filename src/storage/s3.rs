@@ -1,0 +1,317 @@
+//! S3-compatible object storage (AWS, Backblaze B2, Cloudflare R2, Wasabi...).
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::config::{
+    BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl};
+use md5::{Digest, Md5};
+use tokio::io::AsyncReadExt;
+
+use super::{ObjectInfo, ObjectMeta, PutOptions, Storage};
+
+/// Files up to this size go up in one PutObject (Mastodon's own threshold
+/// is 15 MB, so nearly all media does).
+pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
+/// Part size for larger files; 10,000 parts cap a file at 80 GiB.
+pub const PART_SIZE: u64 = 8 << 20;
+
+/// Where the bucket is and how to talk to it.
+#[derive(Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// `https://s3.us-west-004.backblazeb2.com`; `None` means AWS.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Path-style URLs (`endpoint/bucket/key`), Mastodon's default with an endpoint.
+    pub path_style: bool,
+    /// Send the SDK's extra CRC32 checksum headers. Off by default for
+    /// non-AWS stores: B2 rejected them in 2025. Content-MD5 is always sent.
+    pub sdk_checksums: bool,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "S3Settings(s3://{} at {:?})", self.bucket, self.endpoint)
+    }
+}
+
+pub struct S3Storage {
+    client: Client,
+    settings: S3Settings,
+}
+
+impl S3Storage {
+    pub fn new(settings: S3Settings) -> Self {
+        let credentials = Credentials::new(
+            &settings.access_key_id,
+            &settings.secret_access_key,
+            None,
+            None,
+            "tusk",
+        );
+        let checksums = if settings.sdk_checksums {
+            RequestChecksumCalculation::WhenSupported
+        } else {
+            RequestChecksumCalculation::WhenRequired
+        };
+        let validation = if settings.sdk_checksums {
+            ResponseChecksumValidation::WhenSupported
+        } else {
+            ResponseChecksumValidation::WhenRequired
+        };
+        let mut config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(settings.region.clone()))
+            .credentials_provider(credentials)
+            .force_path_style(settings.path_style)
+            .request_checksum_calculation(checksums)
+            .response_checksum_validation(validation);
+        if let Some(endpoint) = &settings.endpoint {
+            config = config.endpoint_url(endpoint);
+        }
+        S3Storage {
+            client: Client::from_conf(config.build()),
+            settings,
+        }
+    }
+
+    async fn put_single(&self, key: &str, body: Vec<u8>, opts: &PutOptions) -> Result<()> {
+        let md5 = content_md5_base64(&body);
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .content_type(&opts.content_type)
+            .content_md5(md5)
+            .body(ByteStream::from(body));
+        if let Some(cache_control) = &opts.cache_control {
+            request = request.cache_control(cache_control);
+        }
+        if let Some(acl) = &opts.acl {
+            request = request.acl(ObjectCannedAcl::from(acl.as_str()));
+        }
+        request
+            .send()
+            .await
+            .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+            .with_context(|| format!("could not upload {key}"))?;
+        Ok(())
+    }
+
+    async fn put_multipart(&self, key: &str, path: &Path, opts: &PutOptions) -> Result<()> {
+        let mut request = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .content_type(&opts.content_type);
+        if let Some(cache_control) = &opts.cache_control {
+            request = request.cache_control(cache_control);
+        }
+        if let Some(acl) = &opts.acl {
+            request = request.acl(ObjectCannedAcl::from(acl.as_str()));
+        }
+        let upload = request
+            .send()
+            .await
+            .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+            .with_context(|| format!("could not start a multipart upload of {key}"))?;
+        let upload_id = upload.upload_id().context("no upload id")?.to_string();
+        match self.upload_parts(key, path, &upload_id).await {
+            Ok(parts) => {
+                self.client
+                    .complete_multipart_upload()
+                    .bucket(&self.settings.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
+                    .send()
+                    .await
+                    .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+                    .with_context(|| format!("could not complete the upload of {key}"))?;
+                Ok(())
+            }
+            Err(err) => {
+                // Parts of an abandoned upload are billed until aborted.
+                let _ = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.settings.bucket)
+                    .key(key)
+                    .upload_id(&upload_id)
+                    .send()
+                    .await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn upload_parts(
+        &self,
+        key: &str,
+        path: &Path,
+        upload_id: &str,
+    ) -> Result<Vec<CompletedPart>> {
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("could not read {}", path.display()))?;
+        let mut parts = Vec::new();
+        for number in 1.. {
+            let mut buffer = Vec::with_capacity(PART_SIZE as usize);
+            (&mut file).take(PART_SIZE).read_to_end(&mut buffer).await?;
+            if buffer.is_empty() && number > 1 {
+                break;
+            }
+            let last = (buffer.len() as u64) < PART_SIZE;
+            let md5 = content_md5_base64(&buffer);
+            let part = self
+                .client
+                .upload_part()
+                .bucket(&self.settings.bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .part_number(number)
+                .content_md5(md5)
+                .body(ByteStream::from(buffer))
+                .send()
+                .await
+                .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+                .with_context(|| format!("could not upload part {number} of {key}"))?;
+            parts.push(
+                CompletedPart::builder()
+                    .part_number(number)
+                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .build(),
+            );
+            if last {
+                break;
+            }
+        }
+        Ok(parts)
+    }
+}
+
+fn content_md5_base64(body: &[u8]) -> String {
+    aws_smithy_types::base64::encode(Md5::digest(body))
+}
+
+/// The service's own words for a failed request, not just "service error".
+fn describe_error<E, R>(err: &aws_sdk_s3::error::SdkError<E, R>) -> String
+where
+    E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    match err.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or("no message")
+        ),
+        None => format!(
+            "{}",
+            aws_smithy_types::error::display::DisplayErrorContext(err)
+        ),
+    }
+}
+
+fn trim_etag(etag: Option<&str>) -> Option<String> {
+    etag.map(|e| e.trim_matches('"').to_string())
+}
+
+#[async_trait]
+impl Storage for S3Storage {
+    fn describe(&self) -> String {
+        match &self.settings.endpoint {
+            Some(endpoint) => format!("s3://{} at {endpoint}", self.settings.bucket),
+            None => format!("s3://{} ({})", self.settings.bucket, self.settings.region),
+        }
+    }
+
+    async fn put_file(&self, key: &str, path: &Path, size: u64, opts: &PutOptions) -> Result<()> {
+        if size > MULTIPART_THRESHOLD {
+            return self.put_multipart(key, path, opts).await;
+        }
+        let body = tokio::fs::read(path)
+            .await
+            .with_context(|| format!("could not read {}", path.display()))?;
+        if body.len() as u64 != size {
+            bail!("{} changed while it was being uploaded", path.display());
+        }
+        self.put_single(key, body, opts).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        page: &mut (dyn FnMut(Vec<ObjectInfo>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let mut continuation: Option<String> = None;
+        loop {
+            let mut request = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.settings.bucket)
+                .prefix(prefix)
+                .max_keys(1000);
+            request = match &continuation {
+                Some(token) => request.continuation_token(token),
+                None => request.set_start_after(start_after.map(str::to_string)),
+            };
+            let response = request
+                .send()
+                .await
+                .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+                .with_context(|| format!("could not list {}", self.describe()))?;
+            let objects = response
+                .contents()
+                .iter()
+                .filter_map(|object| {
+                    Some(ObjectInfo {
+                        key: object.key()?.to_string(),
+                        size: object.size().unwrap_or(0).max(0) as u64,
+                        etag: trim_etag(object.e_tag()),
+                    })
+                })
+                .collect();
+            page(objects)?;
+            match (response.is_truncated(), response.next_continuation_token()) {
+                (Some(true), Some(token)) => continuation = Some(token.to_string()),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(head) => Ok(Some(ObjectMeta {
+                size: head.content_length().unwrap_or(0).max(0) as u64,
+                etag: trim_etag(head.e_tag()),
+                content_type: head.content_type().map(str::to_string),
+            })),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(err) => Err(anyhow::anyhow!("{}", describe_error(&err)))
+                .with_context(|| format!("could not read the headers of {key}")),
+        }
+    }
+}
