@@ -245,3 +245,39 @@ fn gzip_and_uncompressed_sets_restore_too() {
         assert_eq!(target.fingerprint(), before, "{compression}");
     }
 }
+
+#[test]
+fn on_a_terminal_force_asks_first_and_no_keeps_the_target() {
+    use std::io::Write;
+    let cluster = Cluster::main();
+    let source = cluster.mastodon_database("tty_src", 1);
+    let ws = Workspace::new();
+    let id = ws.backup(&source)["id"].as_str().unwrap().to_string();
+    let target = cluster.empty_database("tty_target");
+    target.sql("CREATE TABLE precious (id int); INSERT INTO precious VALUES (1)");
+    let before = target.fingerprint();
+
+    // `script` gives tusk a pseudo-terminal, as an admin's shell would.
+    let tusk_bin = assert_cmd::cargo::cargo_bin("tusk");
+    let command_line = format!(
+        "'{}' --backup-dir '{}' restore {id} --force --target-url '{}'",
+        tusk_bin.display(),
+        ws.backup_dir().display(),
+        target.url()
+    );
+    let mut child = std::process::Command::new("script")
+        .args(["-qec", &command_line, "/dev/null"])
+        .env("TUSK_PG_BIN_DIR", pg_bin())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(screen.contains("Replace database"), "no question asked:\n{screen}");
+    assert_eq!(out.status.code(), Some(1), "{screen}");
+    assert!(screen.contains("not changed"), "{screen}");
+    assert_eq!(target.fingerprint(), before);
+}
