@@ -2,13 +2,16 @@
 # scripts/test.sh — the one test command of tusk (CI runs it through .ci/run).
 #
 # Why: tusk's tests need real services that no machine has running: two throwaway PostgreSQL
-# clusters for direct mode (a source, and a fresh target where Mastodon's roles do not exist yet)
-# and a local Postgres Docker image for docker mode (no registry is reachable; the image is built
-# from Debian packages). This script installs what is missing, starts the clusters, makes the image
-# available, runs `cargo test`, and always stops what it started (also on failure or Ctrl-C).
-# Setup before cargo: ~3 s on a warm machine; a cold one adds apt installs (~30-60 s) and the
-# image build (~40 s). CI's fresh clone compiles into a kept CARGO_TARGET_DIR (see below), so only
-# the first CI run on a machine pays the ~5 min cold dependency build.
+# clusters for direct mode (a source, and a fresh target where Mastodon's roles do not exist yet),
+# a local Postgres Docker image for docker mode (no registry is reachable; the image is built
+# from Debian packages), and two local S3 servers for `tusk media` (s3s-fs, strict, on disk; moto,
+# lax, in memory; see lib/s3.sh). This script installs what is missing, starts the clusters and S3
+# servers, makes the image available, runs `cargo test`, and always stops what it started (also on
+# failure or Ctrl-C).
+# Setup before cargo: ~4 s on a warm machine; a cold one adds apt installs (~30-60 s), the image
+# build (~40 s), `cargo install s3s-fs` (~4-6 min, kept in TUSK_CACHE_DIR) and a pip install of
+# moto (~40 s). CI's fresh clone compiles into a kept CARGO_TARGET_DIR (see below), so only the
+# first CI run on a machine pays the ~5 min cold dependency build.
 #
 # Usage:  scripts/test.sh [CARGO TEST ARGS...] [-- TEST BINARY ARGS...]   (any cwd)
 #   e.g.  scripts/test.sh --test backup -- --nocapture
@@ -22,9 +25,21 @@
 #                                         containers are created by the Rust tests themselves)
 #   TUSK_TEST_DOCKER_IMAGE_<N>            one per TUSK_TEST_DOCKER_EXTRA_MAJORS entry
 #   TUSK_SKIP_DOCKER_TESTS                passed through as given
+#   TUSK_TEST_S3_ENDPOINT                 http://127.0.0.1:<port>, s3s-fs 0.14.1 (path-style, no TLS;
+#                                         strict SigV4/Content-MD5/CRC32; no buckets: tests create them)
+#   TUSK_TEST_S3_{ACCESS_KEY,SECRET_KEY,REGION}   tusk-test-key / tusk-test-secret / us-east-1
+#   TUSK_TEST_S3_DIR                      s3s-fs data dir: <bucket>/<key> files, .bucket-*.json sidecars
+#   TUSK_TEST_S3_{PORT,PID,LOG,START_CMD} see lib/s3.sh (START_CMD restarts the same server)
+#   TUSK_TEST_S3FS_BIN                    the s3s-fs binary, for tests that run (and kill) a private
+#                                         instance: BIN --host 127.0.0.1 --port P --access-key K
+#                                         --secret-key S DATA_DIR
+#   TUSK_TEST_MOTO_ENDPOINT               http://127.0.0.1:<port>, moto_server (accepts any keys)
+#   TUSK_TEST_MOTO_{ACCESS_KEY,SECRET_KEY,REGION,PORT,PID,LOG,DIR,START_CMD}   as for S3
+#   TUSK_SKIP_S3_TESTS                    passed through as given
 #
 # Environment knobs:
 #   TUSK_SKIP_DOCKER_TESTS=1        don't need a Docker Engine; no image is built
+#   TUSK_SKIP_S3_TESTS=1            don't install or start the S3 servers (no TUSK_TEST_S3_*/MOTO_*)
 #   TUSK_TEST_DOCKER_EXTRA_MAJORS   e.g. "13 17": also build tusk-test/postgres:13 and :17 (bullseye,
 #                                   trixie; ~40 s each when cold) for cross-major tests
 #   TUSK_TEST_ONLY_SERVICES=1       start the services, print their exports (and write them to
@@ -32,7 +47,8 @@
 #                                   up; for running `cargo test`/a debugger by hand in another shell
 #   TUSK_TEST_ONLY_SERVICES=exit    same, but check the services and exit at once (stops them)
 #   TUSK_PG_DURABLE=1               clusters with fsync on (see lib/pg-cluster.sh)
-#   TUSK_CACHE_DIR                  image tarball cache (default /var/cache/tusk-test)
+#   TUSK_CACHE_DIR                  image tarball cache, s3s-fs/ install root, venv/ with moto
+#                                   (default /var/cache/tusk-test)
 #   CARGO_TARGET_DIR                honoured; under CI=true it defaults to $TUSK_CACHE_DIR/cargo-target
 #                                   so that CI's fresh clones reuse compiled dependencies
 #                                   (TUSK_CARGO_TARGET_CACHE=0 turns that off)
@@ -44,13 +60,16 @@ cd "$REPO_ROOT"
 source scripts/lib/pg-cluster.sh
 # shellcheck source=scripts/lib/pg-image.sh
 source scripts/lib/pg-image.sh
+# shellcheck source=scripts/lib/s3.sh
+source scripts/lib/s3.sh
 
 T_START=$SECONDS
 STEP_NAMES=() STEP_RESULTS=()
 CURRENT_STEP='' STEP_T0=0 STEP_NO=0
-STEP_TOTAL=4
+STEP_TOTAL=5
 ONLY_SERVICES=${TUSK_TEST_ONLY_SERVICES:-}
-[[ -n $ONLY_SERVICES && $ONLY_SERVICES != 0 ]] && STEP_TOTAL=3
+[[ -n $ONLY_SERVICES && $ONLY_SERVICES != 0 ]] && STEP_TOTAL=4
+SKIP_S3=${TUSK_SKIP_S3_TESTS:-0}
 
 step() {
     end_step ok
@@ -95,6 +114,9 @@ if [[ -z $ONLY_SERVICES || $ONLY_SERVICES == 0 ]] && ! command -v cargo >/dev/nu
     exit 1
 fi
 command -v cargo >/dev/null 2>&1 && tusk_log "$(cargo --version)"
+if [[ $SKIP_S3 != 1 ]]; then
+    tusk_s3_install # s3s-fs (cargo install, ~5 min once) + moto (pip, ~40 s once); no-ops when warm
+fi
 
 # --- 2 ---------------------------------------------------------------------------------------------
 step "start PostgreSQL clusters"
@@ -103,6 +125,16 @@ tusk_pg_start TUSK_TEST_PG2
 export TUSK_TEST_PG_BIN TUSK_TEST_PG_URL TUSK_TEST_PG2_URL
 
 # --- 3 ---------------------------------------------------------------------------------------------
+if [[ $SKIP_S3 == 1 ]]; then
+    step "S3 servers (skipped: TUSK_SKIP_S3_TESTS=1)"
+    unset TUSK_TEST_S3_ENDPOINT TUSK_TEST_MOTO_ENDPOINT TUSK_TEST_S3FS_BIN
+else
+    step "start S3 servers (s3s-fs, moto)"
+    tusk_s3_start TUSK_TEST_S3
+    tusk_moto_start TUSK_TEST_MOTO
+fi
+
+# --- 4 ---------------------------------------------------------------------------------------------
 if [[ ${TUSK_SKIP_DOCKER_TESTS:-0} == 1 ]]; then
     step "docker image (skipped: TUSK_SKIP_DOCKER_TESTS=1)"
     unset TUSK_TEST_DOCKER_IMAGE
@@ -126,10 +158,10 @@ else
     done
 fi
 
-# --- 4 ---------------------------------------------------------------------------------------------
+# --- 5 ---------------------------------------------------------------------------------------------
 print_exports() {
     local v
-    for v in $(compgen -e | grep -E '^TUSK_(TEST_|SKIP_DOCKER_TESTS$)' | grep -vx TUSK_TEST_ONLY_SERVICES | sort); do
+    for v in $(compgen -e | grep -E '^TUSK_(TEST_|SKIP_DOCKER_TESTS$|SKIP_S3_TESTS$)' | grep -vx TUSK_TEST_ONLY_SERVICES | sort); do
         printf 'export %s=%q\n' "$v" "${!v}"
     done
 }
@@ -144,6 +176,10 @@ if [[ -n $ONLY_SERVICES && $ONLY_SERVICES != 0 ]]; then
     psql "$TUSK_TEST_PG_URL" -Atqc 'select 1' >/dev/null
     psql "$TUSK_TEST_PG2_URL" -Atqc 'select 1' >/dev/null
     tusk_log "both clusters answer over TCP with their passwords"
+    if [[ $SKIP_S3 != 1 ]]; then
+        _tusk_http_answers "$TUSK_TEST_S3_ENDPOINT/" && _tusk_http_answers "$TUSK_TEST_MOTO_ENDPOINT/"
+        tusk_log "both S3 servers answer HTTP"
+    fi
     if [[ $ONLY_SERVICES == exit ]]; then
         rm -f "$env_file"
         exit 0

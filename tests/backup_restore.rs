@@ -276,7 +276,10 @@ fn on_a_terminal_force_asks_first_and_no_keeps_the_target() {
     child.stdin.take().unwrap().write_all(b"n\n").unwrap();
     let out = child.wait_with_output().unwrap();
     let screen = String::from_utf8_lossy(&out.stdout);
-    assert!(screen.contains("Replace database"), "no question asked:\n{screen}");
+    assert!(
+        screen.contains("Replace database"),
+        "no question asked:\n{screen}"
+    );
     assert_eq!(out.status.code(), Some(1), "{screen}");
     assert!(screen.contains("not changed"), "{screen}");
     assert_eq!(target.fingerprint(), before);

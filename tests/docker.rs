@@ -220,12 +220,12 @@ fn sets_move_between_direct_and_docker_mode() {
 }
 
 /// Starts a Docker-mode backup with --stop-services on a database big
-/// enough to catch it mid-dump, and runs `interrupt` once pg_dump's COPY
-/// is under way.
+/// enough to catch it mid-dump, and calls `interrupt` with tusk's pid once
+/// pg_dump's COPY is under way.
 fn backup_interrupted_mid_dump(
     compose: &Compose,
     ws: &Workspace,
-    interrupt: impl FnOnce(),
+    interrupt: impl FnOnce(u32),
 ) -> std::process::Output {
     let source = seeded(compose, 1);
     source.sql(
@@ -249,7 +249,7 @@ fn backup_interrupted_mid_dump(
         assert!(Instant::now() < deadline, "never saw pg_dump's COPY");
         std::thread::sleep(Duration::from_millis(5));
     }
-    interrupt();
+    interrupt(child.id());
     child.wait_with_output().unwrap()
 }
 
@@ -261,7 +261,7 @@ fn a_failed_dump_still_starts_the_apps_again() {
     let compose = Compose::up("dk_fail");
     let ws = Workspace::new();
     let cluster = compose.cluster();
-    let out = backup_interrupted_mid_dump(&compose, &ws, || {
+    let out = backup_interrupted_mid_dump(&compose, &ws, |_| {
         cluster.sql(
             "postgres",
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -287,7 +287,7 @@ fn the_database_container_stopping_mid_dump_exits_1_and_restarts_the_apps() {
     let compose = Compose::up("dk_stop");
     let ws = Workspace::new();
     let pg = compose.container("postgres");
-    let out = backup_interrupted_mid_dump(&compose, &ws, || {
+    let out = backup_interrupted_mid_dump(&compose, &ws, |_| {
         let status = Command::new("docker")
             .args(["stop", "-t", "1", &pg])
             .status()
@@ -342,4 +342,31 @@ fn a_missing_container_exits_2_naming_it() {
     cmd.arg("backup");
     let out = run(cmd).expect_code(2);
     assert!(out.stderr.contains("compose service db"), "{}", out.stderr);
+}
+
+#[test]
+fn ctrl_c_mid_dump_starts_the_apps_again_and_keeps_no_set() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_int");
+    let ws = Workspace::new();
+    // SIGINT to tusk itself, as Ctrl-C at a terminal sends.
+    let out = backup_interrupted_mid_dump(&compose, &ws, |tusk_pid| {
+        let status = Command::new("kill")
+            .args(["-INT", &tusk_pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    });
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    assert!(ws.set_ids().is_empty());
+    for service in APP_SERVICES {
+        assert!(
+            compose.is_running(service),
+            "{service} not running again: {stderr}"
+        );
+    }
 }

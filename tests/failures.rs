@@ -316,3 +316,83 @@ fn artefacts_are_private_and_the_json_report_is_complete() {
         .sum();
     assert_eq!(report["bytes"].as_u64().unwrap(), total);
 }
+
+#[test]
+fn a_pg_dump_older_than_the_server_is_refused_before_anything_is_written() {
+    let source = Cluster::main().mastodon_database("old_src", 1);
+    let ws = Workspace::new();
+    // A pg_dump that claims to be 9.6 and must never be asked to dump.
+    let shims = ws.path().join("old-tools");
+    std::fs::create_dir(&shims).unwrap();
+    let marker = ws.path().join("dumped");
+    std::fs::write(
+        shims.join("pg_dump"),
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = --version ]; then echo 'pg_dump (PostgreSQL) 9.6.24'; exit 0; fi\ntouch '{}'\nexit 1\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        shims.join("pg_dump"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+
+    let mut cmd = ws.tusk();
+    cmd.args(["backup", "--database-url"])
+        .arg(source.url())
+        .env("TUSK_PG_BIN_DIR", &shims);
+    let out = run(cmd).expect_code(1);
+    assert!(
+        out.stderr.contains("9.6.24") && out.stderr.contains("cannot dump"),
+        "{}",
+        out.stderr
+    );
+    assert!(!marker.exists(), "pg_dump was asked to dump");
+    assert!(ws.set_ids().is_empty());
+}
+
+#[test]
+fn a_failed_parallel_restore_leaves_the_target_and_temp_dir_as_they_were() {
+    let cluster = Cluster::main();
+    let source = cluster.mastodon_database("rf_src", 1);
+    let ws = Workspace::new();
+    let id = ws.backup(&source)["id"].as_str().unwrap().to_string();
+    let target = cluster.empty_database("rf_target");
+    let temp = ws.path().join("tmp");
+    std::fs::create_dir(&temp).unwrap();
+
+    // pg_restore stops at its first error: the role does not exist.
+    let mut cmd = ws.tusk();
+    cmd.args([
+        "restore",
+        &id,
+        "-j",
+        "2",
+        "--no-globals",
+        "--no-owner",
+        "--role",
+        "no_such_role",
+    ])
+    .arg("--temp-dir")
+    .arg(&temp)
+    .arg("--target-url")
+    .arg(target.url());
+    let out = run(cmd).expect_code(1);
+    assert!(out.stderr.contains("no_such_role"), "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_dir(&temp).unwrap().count(),
+        0,
+        "staged copy left behind"
+    );
+    assert_eq!(
+        target.sql("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'"),
+        "0"
+    );
+    assert!(
+        cluster
+            .databases_like(&format!("{}_tusk", target.name))
+            .is_empty()
+    );
+}

@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # scripts/lib/common.sh — small helpers shared by the test-infrastructure libraries
-# (pg-cluster.sh, pg-image.sh) and scripts/test.sh.
+# (pg-cluster.sh, pg-image.sh, s3.sh) and scripts/test.sh.
 #
 # Why: the libraries are sourced into one shell, so they share one apt-get update, one EXIT trap
 # that runs every registered cleanup (in reverse order, also on failure or Ctrl-C), and one style
@@ -13,6 +13,8 @@
 #                              CMD can read the script's exit status in $_TUSK_EXIT_RC
 #   tusk_cancel_exit CMD       forget a registered CMD (after it was run by hand)
 #   tusk_random_hex N          N random bytes as 2N hex digits
+#   _tusk_pick_port            a TCP port in 20000-32000 that nothing listens on (below the kernel's
+#                              ephemeral range 32768-60999; the caller retries if the bind loses a race)
 
 [[ -n ${_TUSK_COMMON_SH:-} ]] && return 0
 _TUSK_COMMON_SH=1
@@ -90,4 +92,21 @@ tusk_cancel_exit() {
 
 tusk_random_hex() {
     od -An -N"${1:-16}" -tx1 /dev/urandom | tr -d ' \n'
+}
+
+_tusk_port_in_use() {
+    # ss -H: no header; any listening TCP socket on that port (any address) counts as taken.
+    # Without ss (iproute2) we skip the check: a taken port then fails the bind, and we retry.
+    command -v ss >/dev/null 2>&1 || return 1
+    [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]
+}
+
+_tusk_pick_port() {
+    local tries port
+    for ((tries = 0; tries < 200; tries++)); do
+        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12001))
+        _tusk_port_in_use "$port" || { printf '%s\n' "$port"; return 0; }
+    done
+    tusk_err "no free TCP port found in 20000-32000"
+    return 1
 }

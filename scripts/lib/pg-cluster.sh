@@ -76,23 +76,6 @@ _tusk_as_pg() {
     fi
 }
 
-_tusk_port_in_use() {
-    # ss -H: no header; any listening TCP socket on that port (any address) counts as taken.
-    # Without ss (iproute2) we skip the check: a taken port then fails the bind, and we retry.
-    command -v ss >/dev/null 2>&1 || return 1
-    [[ -n $(ss -Htln "sport = :$1" 2>/dev/null) ]]
-}
-
-_tusk_pick_port() {
-    local tries port
-    for ((tries = 0; tries < 200; tries++)); do
-        port=$((20000 + (RANDOM * 32768 + RANDOM) % 12001))
-        _tusk_port_in_use "$port" || { printf '%s\n' "$port"; return 0; }
-    done
-    tusk_err "no free TCP port found in 20000-32000"
-    return 1
-}
-
 tusk_pg_start() {
     local name=${1:?usage: tusk_pg_start NAME}
     [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || { tusk_err "tusk_pg_start: NAME must be a shell variable name, got '$name'"; return 1; }

@@ -71,17 +71,16 @@ async fn push(ctx: &Context, args: MediaPushArgs) -> Result<()> {
             },
             report.seconds
         );
-        if report.failed.is_empty() && !report.dry_run {
+        if report.failed.is_empty() && report.not_attempted == 0 && !report.dry_run {
             print_switch_over(ctx, &storage);
         }
     }
-    if !report.failed.is_empty() {
+    if let Some((key, error)) = report.failed.first() {
         anyhow::bail!(
-            "{} of {} uploads failed (first: {}: {}); run the same command again to retry them",
+            "{} uploads failed and {} were not attempted (first: {key}: {error}); \
+             run the same command again to finish: what arrived is not uploaded twice",
             report.failed.len(),
-            report.failed.len() + report.uploaded,
-            report.failed[0].0,
-            report.failed[0].1
+            report.not_attempted
         );
     }
     Ok(())

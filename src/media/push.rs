@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Result;
@@ -16,6 +17,9 @@ use super::{LocalFile, MediaLayout};
 use crate::output::Output;
 use crate::storage::local::file_md5;
 use crate::storage::{ObjectInfo, Storage, list_all};
+
+/// Consecutive failed uploads (each after its retries) that stop a push.
+const GIVE_UP_AFTER: usize = 8;
 
 #[derive(Debug, Clone)]
 pub struct PushOptions {
@@ -34,6 +38,8 @@ pub struct PushReport {
     pub uploaded_bytes: u64,
     /// (key, error) of uploads that failed after retries.
     pub failed: Vec<(String, String)>,
+    /// Uploads not started because the store kept failing.
+    pub not_attempted: usize,
     /// Local files deleted after verification (`--delete-local`).
     pub deleted_local: usize,
     pub seconds: f64,
@@ -84,21 +90,30 @@ pub async fn run(
 
     let progress = output.byte_progress("upload", Some(pending_bytes));
     let failed = Mutex::new(Vec::new());
+    let failing_in_a_row = AtomicUsize::new(0);
     let uploads = futures_util::stream::iter(&pending)
         .map(|file| {
             let progress = &progress;
             let failed = &failed;
+            let failing_in_a_row = &failing_in_a_row;
             async move {
+                // A store that keeps failing (down, full, wrong credentials)
+                // would otherwise be retried file by file.
+                if failing_in_a_row.load(Ordering::Relaxed) >= GIVE_UP_AFTER {
+                    return None;
+                }
                 let key = layout.key_for(&file.relative);
                 match storage
                     .put_file(&key, &file.path, file.size, &layout.put_options(file))
                     .await
                 {
                     Ok(()) => {
+                        failing_in_a_row.store(0, Ordering::Relaxed);
                         progress.inc(file.size);
                         Some(file.size)
                     }
                     Err(err) => {
+                        failing_in_a_row.fetch_add(1, Ordering::Relaxed);
                         tracing::warn!("{key}: {err:#}");
                         failed.lock().unwrap().push((key, format!("{err:#}")));
                         None
@@ -113,8 +128,15 @@ pub async fn run(
     report.uploaded_bytes = sizes.iter().flatten().sum();
     report.failed = failed.into_inner().unwrap();
     report.failed.sort();
+    report.not_attempted = pending.len() - report.uploaded - report.failed.len();
+    if report.not_attempted > 0 {
+        tracing::error!(
+            "stopped after {GIVE_UP_AFTER} uploads in a row failed; {} files were not attempted",
+            report.not_attempted
+        );
+    }
 
-    if opts.delete_local && report.failed.is_empty() {
+    if opts.delete_local && report.failed.is_empty() && report.not_attempted == 0 {
         report.deleted_local = delete_verified(storage, layout, &local, opts.concurrency).await?;
     } else if opts.delete_local {
         tracing::warn!(

@@ -73,7 +73,10 @@ impl S3Storage {
             .credentials_provider(credentials)
             .force_path_style(settings.path_style)
             .request_checksum_calculation(checksums)
-            .response_checksum_validation(validation);
+            .response_checksum_validation(validation)
+            // Retrying wraps every store, with its own backoff; SDK retries
+            // underneath would multiply the attempts.
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }

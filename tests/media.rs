@@ -1,0 +1,551 @@
+//! `tusk media`: the fixture's media tree into a real S3-compatible server
+//! (s3s-fs, strict about signatures and checksums; moto where s3s-fs does
+//! not report something, such as ACLs).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+use common::*;
+
+/// An S3 server the test talks to.
+struct S3Server {
+    endpoint: String,
+    access_key: String,
+    secret_key: String,
+    /// s3s-fs's data directory (buckets are directories in it).
+    data_dir: Option<PathBuf>,
+}
+
+impl S3Server {
+    fn s3s_fs() -> Self {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the tests through scripts/test.sh")
+            })
+        };
+        S3Server {
+            endpoint: var("TUSK_TEST_S3_ENDPOINT"),
+            access_key: var("TUSK_TEST_S3_ACCESS_KEY"),
+            secret_key: var("TUSK_TEST_S3_SECRET_KEY"),
+            data_dir: Some(PathBuf::from(var("TUSK_TEST_S3_DIR"))),
+        }
+    }
+
+    fn moto() -> Self {
+        S3Server {
+            endpoint: std::env::var("TUSK_TEST_MOTO_ENDPOINT").expect(
+                "TUSK_TEST_MOTO_ENDPOINT is not set: run the tests through scripts/test.sh",
+            ),
+            access_key: "testkey".into(),
+            secret_key: "testsecret".into(),
+            data_dir: None,
+        }
+    }
+
+    fn client(&self) -> aws_sdk_s3::Client {
+        let config = aws_sdk_s3::config::Builder::new()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                &self.access_key,
+                &self.secret_key,
+                None,
+                None,
+                "test",
+            ))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(config)
+    }
+
+    fn create_bucket(&self, prefix: &str) -> String {
+        let bucket = unique_name(prefix).replace('_', "-");
+        runtime()
+            .block_on(self.client().create_bucket().bucket(&bucket).send())
+            .unwrap();
+        bucket
+    }
+
+    /// `tusk` pointed at this server and `bucket`, media from `root`.
+    fn tusk(&self, ws: &Workspace, bucket: &str, root: &Path) -> Command {
+        let mut cmd = ws.tusk();
+        cmd.args([
+            "--s3-endpoint",
+            &self.endpoint,
+            "--s3-bucket",
+            bucket,
+            "--media-root",
+        ])
+        .arg(root)
+        .env("AWS_ACCESS_KEY_ID", &self.access_key)
+        .env("AWS_SECRET_ACCESS_KEY", &self.secret_key);
+        cmd
+    }
+
+    /// Every key in the bucket with its size.
+    fn listing(&self, bucket: &str) -> BTreeMap<String, i64> {
+        let client = self.client();
+        let mut out = BTreeMap::new();
+        let mut token = None;
+        loop {
+            let page = runtime()
+                .block_on(
+                    client
+                        .list_objects_v2()
+                        .bucket(bucket)
+                        .set_continuation_token(token.clone())
+                        .send(),
+                )
+                .unwrap();
+            for object in page.contents() {
+                out.insert(object.key().unwrap().to_string(), object.size().unwrap());
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => return out,
+            }
+        }
+    }
+}
+
+/// `TUSK_SKIP_S3_TESTS=1` skips these tests explicitly; otherwise missing
+/// servers fail them.
+fn s3_tests_enabled() -> bool {
+    if std::env::var("TUSK_SKIP_S3_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: TUSK_SKIP_S3_TESTS=1");
+        return false;
+    }
+    true
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// The fixture database at scale 1 and its media tree; returns the tree's
+/// summary (files, orphans, private paths) from the generator. Its
+/// manifest (`manifest.tsv` in the workspace) says, independently of tusk,
+/// which Content-Type and ACL each file should get.
+fn media_tree(ws: &Workspace, prefix: &str) -> (TestDb, PathBuf, serde_json::Value) {
+    let db = Cluster::main().mastodon_database(prefix, 1);
+    let root = ws.path().join("public/system");
+    let out = Command::new("python3")
+        .arg(repo_root().join("scripts/media-fixture.py"))
+        .args(["--database-url", &db.url(), "--root"])
+        .arg(&root)
+        .arg("--manifest")
+        .arg(ws.path().join("manifest.tsv"))
+        .env("PGBIN", pg_bin())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (db, root, summary)
+}
+
+/// Every file under `root`, relative, with its size.
+fn local_tree(root: &Path) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                dirs.push(entry.path());
+            } else {
+                let relative = entry
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(relative, entry.metadata().unwrap().len() as i64);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn push_stores_every_file_under_its_paperclip_key_with_mastodons_headers() {
+    if !s3_tests_enabled() {
+        return;
+    }
+    let ws = Workspace::new();
+    let (_db, root, summary) = media_tree(&ws, "mp_keys");
+    let tree = local_tree(&root);
+    assert!(tree.len() > 100, "fixture tree too small: {}", tree.len());
+    assert!(
+        !summary["private"].as_array().unwrap().is_empty(),
+        "the fixture has suspended accounts' files"
+    );
+    let expected = expected_headers(&ws.path().join("manifest.tsv"));
+    assert_eq!(expected.len(), tree.len());
+
+    for server in [S3Server::s3s_fs(), S3Server::moto()] {
+        let bucket = server.create_bucket("keys");
+        let mut cmd = server.tusk(&ws, &bucket, &root);
+        cmd.args(["--json", "media", "push"]);
+        let report = run(cmd).expect_code(0).json();
+        assert_eq!(report["uploaded"].as_u64().unwrap() as usize, tree.len());
+        assert_eq!(
+            server.listing(&bucket),
+            tree,
+            "keys and sizes equal the local tree"
+        );
+
+        check_headers(&server, &bucket, &expected);
+
+        // A second run uploads nothing.
+        let mut cmd = server.tusk(&ws, &bucket, &root);
+        cmd.args(["--json", "media", "push"]);
+        let again = run(cmd).expect_code(0).json();
+        assert_eq!(again["uploaded"], 0);
+        assert_eq!(
+            again["already_present"].as_u64().unwrap() as usize,
+            tree.len()
+        );
+    }
+}
+
+/// Per path: (Content-Type, ACL) from the generator's manifest.
+fn expected_headers(manifest: &Path) -> BTreeMap<String, (String, String)> {
+    let text = std::fs::read_to_string(manifest).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split('\t').collect();
+    let column = |name: &str| header.iter().position(|h| *h == name).unwrap();
+    let (path, content_type, acl) = (column("path"), column("content_type"), column("acl"));
+    lines
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            (
+                fields[path].to_string(),
+                (fields[content_type].to_string(), fields[acl].to_string()),
+            )
+        })
+        .collect()
+}
+
+/// Every object's Content-Type and Cache-Control (HeadObject), and on moto,
+/// which keeps ACLs, whether it is public (GetObjectAcl).
+fn check_headers(server: &S3Server, bucket: &str, expected: &BTreeMap<String, (String, String)>) {
+    use futures_util::StreamExt;
+    let client = server.client();
+    let check_acl = server.data_dir.is_none();
+    let checks = futures_util::stream::iter(expected.iter())
+        .map(|(key, (content_type, acl))| {
+            let client = client.clone();
+            async move {
+                let head = client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(key)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(head.content_type(), Some(content_type.as_str()), "{key}");
+                assert_eq!(head.cache_control(), Some(tusk_cache_control()), "{key}");
+                if check_acl {
+                    let grants = client
+                        .get_object_acl()
+                        .bucket(bucket)
+                        .key(key)
+                        .send()
+                        .await
+                        .unwrap();
+                    let public = grants.grants().iter().any(|g| {
+                        g.grantee()
+                            .and_then(|who| who.uri())
+                            .is_some_and(|uri| uri.ends_with("AllUsers"))
+                    });
+                    assert_eq!(public, acl == "public-read", "ACL of {key}");
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<()>>();
+    runtime().block_on(checks);
+}
+
+fn tusk_cache_control() -> &'static str {
+    "public, max-age=315576000, immutable"
+}
+
+#[test]
+fn verify_catches_missing_and_changed_objects_and_delete_local_keeps_everything_then() {
+    if !s3_tests_enabled() {
+        return;
+    }
+    let ws = Workspace::new();
+    let (_db, root, _) = media_tree(&ws, "mv_verify");
+    let server = S3Server::s3s_fs();
+    let bucket = server.create_bucket("verify");
+    let mut cmd = server.tusk(&ws, &bucket, &root);
+    cmd.args(["media", "push"]);
+    run(cmd).expect_code(0);
+    let mut cmd = server.tusk(&ws, &bucket, &root);
+    cmd.args(["media", "verify"]);
+    run(cmd).expect_code(0);
+
+    let tree = local_tree(&root);
+    let mut keys = tree.keys();
+    let gone = keys.next().unwrap().clone();
+    let changed = keys.next().unwrap().clone();
+    runtime()
+        .block_on(
+            server
+                .client()
+                .delete_object()
+                .bucket(&bucket)
+                .key(&gone)
+                .send(),
+        )
+        .unwrap();
+    // Same size, other bytes: only a checksum can tell.
+    let path = root.join(&changed);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let mut cmd = server.tusk(&ws, &bucket, &root);
+    cmd.args(["--json", "media", "verify"]);
+    let report = run(cmd).expect_code(3).json();
+    assert_eq!(report["missing"], serde_json::json!([gone]));
+    assert_eq!(report["checksum_mismatch"], serde_json::json!([changed]));
+
+    // The changed file has the stored size, so push trusts the listing and
+    // skips it; the verification before deleting catches it, and nothing
+    // local is deleted.
+    let before = local_tree(&root);
+    let mut cmd = server.tusk(&ws, &bucket, &root);
+    cmd.args(["media", "push", "--delete-local"]);
+    let out = run(cmd).expect_code(3);
+    assert!(
+        out.stderr.contains("no local file was deleted"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(local_tree(&root), before);
+}
+
+#[test]
+fn delete_local_removes_exactly_the_verified_files() {
+    if !s3_tests_enabled() {
+        return;
+    }
+    let ws = Workspace::new();
+    let (_db, root, _) = media_tree(&ws, "md_delete");
+    // A video big enough to go up in parts (its ETag is then md5-of-parts-N).
+    let video = root.join("media_attachments/files/000/000/999/original/0123456789abcdef.mp4");
+    std::fs::create_dir_all(video.parent().unwrap()).unwrap();
+    let big: Vec<u8> = (0..20u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(&video, &big).unwrap();
+    let tree = local_tree(&root);
+    let server = S3Server::s3s_fs();
+    let bucket = server.create_bucket("delete");
+    let mut cmd = server.tusk(&ws, &bucket, &root);
+    cmd.args(["--json", "media", "push", "--delete-local"]);
+    let report = run(cmd).expect_code(0).json();
+    assert_eq!(
+        report["deleted_local"].as_u64().unwrap() as usize,
+        tree.len()
+    );
+    assert_eq!(server.listing(&bucket), tree);
+    assert!(local_tree(&root).is_empty());
+}
+
+/// A private s3s-fs on its own port and directory, to kill and restart.
+struct OwnS3s {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl OwnS3s {
+    fn start(dir: &Path, port: u16) -> Self {
+        let bin = std::env::var("TUSK_TEST_S3FS_BIN").expect("TUSK_TEST_S3FS_BIN is not set");
+        let child = Command::new(bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", "killkey", "--secret-key", "killsecret"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnS3s {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    fn server(&self) -> S3Server {
+        S3Server {
+            endpoint: format!("http://127.0.0.1:{}", self.port),
+            access_key: "killkey".into(),
+            secret_key: "killsecret".into(),
+            data_dir: Some(self.dir.clone()),
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnS3s {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    // Bind to port 0 within the range the tests may use, then release it.
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_push_cut_off_by_a_dying_server_resumes_without_uploading_twice() {
+    if !s3_tests_enabled() {
+        return;
+    }
+    let ws = Workspace::new();
+    let (_db, root, _) = media_tree(&ws, "mk_kill");
+    let tree = local_tree(&root);
+    let data = ws.path().join("s3data");
+    std::fs::create_dir(&data).unwrap();
+    let port = free_port();
+    let mut s3 = OwnS3s::start(&data, port);
+    let bucket = s3.server().create_bucket("kill");
+
+    let mut cmd = s3.server().tusk(&ws, &bucket, &root);
+    cmd.args(["--json", "media", "push", "--concurrency", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    // Kill the server once some objects have arrived.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count_files(&data.join(&bucket)) < tree.len() / 4 {
+        assert!(Instant::now() < deadline, "uploads never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    s3.kill();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let s3 = OwnS3s::start(&data, port);
+    let arrived = s3.server().listing(&bucket);
+    assert!(
+        !arrived.is_empty() && arrived.len() < tree.len(),
+        "{} of {}",
+        arrived.len(),
+        tree.len()
+    );
+    let mut cmd = s3.server().tusk(&ws, &bucket, &root);
+    cmd.args(["--json", "media", "push"]);
+    let report = run(cmd).expect_code(0).json();
+    assert_eq!(
+        report["already_present"].as_u64().unwrap() as usize,
+        arrived.len()
+    );
+    assert_eq!(
+        report["uploaded"].as_u64().unwrap() as usize,
+        tree.len() - arrived.len()
+    );
+    assert_eq!(s3.server().listing(&bucket), tree);
+    let mut cmd = s3.server().tusk(&ws, &bucket, &root);
+    cmd.args(["media", "verify"]);
+    run(cmd).expect_code(0);
+}
+
+fn count_files(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                count_files(&e.path())
+            } else {
+                usize::from(!name.starts_with('.'))
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn usage_compares_the_database_with_storage() {
+    if !s3_tests_enabled() {
+        return;
+    }
+    let ws = Workspace::new();
+    let (db, root, summary) = media_tree(&ws, "mu_usage");
+    let mut cmd = ws.tusk();
+    cmd.args(["--json", "media", "usage", "--media-root"])
+        .arg(&root)
+        .arg("--database-url")
+        .arg(db.url());
+    let rows = run(cmd).expect_code(0).json();
+    let row = |class: &str| {
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["class"] == class)
+            .unwrap_or_else(|| panic!("no {class} row in {rows}"))
+            .clone()
+    };
+    let media = row("media attachments");
+    let expected: i64 = db
+        .sql("SELECT sum(COALESCE(file_file_size,0) + COALESCE(thumbnail_file_size,0)) FROM media_attachments")
+        .parse()
+        .unwrap();
+    assert_eq!(media["database_bytes"].as_i64().unwrap(), expected);
+    let tree = local_tree(&root);
+    let stored_media: i64 = tree
+        .iter()
+        .filter(|(k, _)| {
+            k.trim_start_matches("cache/")
+                .starts_with("media_attachments/")
+        })
+        .map(|(_, s)| s)
+        .sum();
+    assert_eq!(media["stored_bytes"].as_i64().unwrap(), stored_media);
+    let orphans = summary["orphans"].as_array().unwrap().len();
+    assert!(orphans > 0);
+    assert!(
+        row("other")["stored_files"].as_u64().unwrap() >= 1,
+        "unknown classes are counted apart"
+    );
+}
