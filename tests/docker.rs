@@ -18,18 +18,7 @@ fn seeded(compose: &Compose, scale: u32) -> TestDb {
         cluster,
         name: "mastodon".into(),
     };
-    let out = Command::new("bash")
-        .arg(repo_root().join("scripts/seed-fixture.sh"))
-        .arg(db.url())
-        .arg(scale.to_string())
-        .env("PGBIN", pg_bin())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    db.seed_mastodon(scale);
     db
 }
 

@@ -102,7 +102,11 @@ impl S3Storage {
         if let Some(acl) = &opts.acl {
             request = request.acl(ObjectCannedAcl::from(acl.as_str()));
         }
+        // Content-MD5 already guards the body; signing it too would hash
+        // every byte with SHA-256 on both ends.
         request
+            .customize()
+            .disable_payload_signing()
             .send()
             .await
             .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
@@ -189,6 +193,8 @@ impl S3Storage {
                 .part_number(number)
                 .content_md5(md5)
                 .body(ByteStream::from(buffer))
+                .customize()
+                .disable_payload_signing()
                 .send()
                 .await
                 .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))

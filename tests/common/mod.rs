@@ -93,18 +93,7 @@ impl Cluster {
     /// A database with Mastodon's schema and the fixture data at `scale`.
     pub fn mastodon_database(&self, prefix: &str, scale: u32) -> TestDb {
         let db = self.empty_database(prefix);
-        let status = Command::new("bash")
-            .arg(repo_root().join("scripts/seed-fixture.sh"))
-            .arg(db.url())
-            .arg(scale.to_string())
-            .env("PGBIN", pg_bin())
-            .output()
-            .expect("run scripts/seed-fixture.sh");
-        assert!(
-            status.status.success(),
-            "seeding failed: {}",
-            String::from_utf8_lossy(&status.stderr)
-        );
+        db.seed_mastodon(scale);
         db
     }
 
@@ -127,6 +116,22 @@ pub struct TestDb {
 impl TestDb {
     pub fn url(&self) -> String {
         self.cluster.db_url(&self.name)
+    }
+
+    /// Loads Mastodon's schema and the fixture data at `scale` into this (empty) database.
+    pub fn seed_mastodon(&self, scale: u32) {
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/seed-fixture.sh"))
+            .arg(self.url())
+            .arg(scale.to_string())
+            .env("PGBIN", pg_bin())
+            .output()
+            .expect("run scripts/seed-fixture.sh");
+        assert!(
+            out.status.success(),
+            "seeding failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     pub fn sql(&self, sql: &str) -> String {
