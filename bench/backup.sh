@@ -84,7 +84,7 @@ if [[ ${BENCH_DOCKER:-1} == 1 ]] && docker info >/dev/null 2>&1; then
     IMAGE=${TUSK_TEST_DOCKER_IMAGE:-tusk-test/postgres:15}
     docker image inspect "$IMAGE" >/dev/null 2>&1 || tusk_pg_image_build "" 15 "$IMAGE"
     docker rm -f tusk-bench-db >/dev/null 2>&1 || true
-    docker run -d --name tusk-bench-db -e POSTGRES_HOST_AUTH_METHOD=trust \
+    docker run -d --name tusk-bench-db --shm-size 256m -e POSTGRES_HOST_AUTH_METHOD=trust \
         --label com.docker.compose.service=db --label com.docker.compose.project=tuskbench "$IMAGE" >/dev/null
     tusk_on_exit "docker rm -f tusk-bench-db >/dev/null 2>&1"
     until docker exec tusk-bench-db pg_isready -q -h 127.0.0.1; do sleep 0.5; done

@@ -102,12 +102,19 @@ fn restore_where_the_roles_exist_in_parallel_and_with_no_owner() {
     let temp = ws.path().join("tmp");
     std::fs::create_dir(&temp).unwrap();
     let mut cmd = ws.tusk();
-    cmd.args(["restore", &id, "-j", "2", "--temp-dir"])
+    cmd.args(["-v", "restore", &id, "-j", "2", "--temp-dir"])
         .arg(&temp)
         .arg("--target-url")
         .arg(parallel.url());
-    run(cmd).expect_code(0);
+    let out = run(cmd).expect_code(0);
     assert_eq!(parallel.fingerprint(), before);
+    // The staged copy got the data offsets pg_dump could not write to a pipe.
+    assert!(
+        out.stderr
+            .contains("recorded the data offsets of 10 archive entries"),
+        "{}",
+        out.stderr
+    );
     // The seekable copy for parallel restore is gone.
     assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0);
 

@@ -197,6 +197,14 @@ fn push_stores_every_file_under_its_paperclip_key_with_mastodons_headers() {
 
     for server in [S3Server::s3s_fs(), S3Server::moto()] {
         let bucket = server.create_bucket("keys");
+        // A dry run reports the work and uploads nothing.
+        let mut cmd = server.tusk(&ws, &bucket, &root);
+        cmd.args(["--json", "media", "push", "--dry-run"]);
+        let dry = run(cmd).expect_code(0).json();
+        assert_eq!(dry["dry_run"], true);
+        assert_eq!(dry["uploaded"].as_u64().unwrap() as usize, tree.len());
+        assert!(server.listing(&bucket).is_empty());
+
         let mut cmd = server.tusk(&ws, &bucket, &root);
         cmd.args(["--json", "media", "push"]);
         let report = run(cmd).expect_code(0).json();
@@ -209,15 +217,19 @@ fn push_stores_every_file_under_its_paperclip_key_with_mastodons_headers() {
 
         check_headers(&server, &bucket, &expected);
 
-        // A second run uploads nothing.
+        // A second run uploads nothing, and says how to switch Mastodon over.
         let mut cmd = server.tusk(&ws, &bucket, &root);
-        cmd.args(["--json", "media", "push"]);
-        let again = run(cmd).expect_code(0).json();
-        assert_eq!(again["uploaded"], 0);
-        assert_eq!(
-            again["already_present"].as_u64().unwrap() as usize,
-            tree.len()
+        cmd.args(["media", "push"]);
+        let again = run(cmd).expect_code(0).stdout;
+        let summary = format!("{} already stored, uploaded 0", tree.len());
+        assert!(again.contains(&summary), "{again}");
+        assert!(again.contains("S3_ENABLED=true"), "{again}");
+        assert!(again.contains(&format!("S3_BUCKET={bucket}")), "{again}");
+        assert!(
+            again.contains(&format!("S3_ENDPOINT={}", server.endpoint)),
+            "{again}"
         );
+        assert!(again.contains("CORS"), "{again}");
     }
 }
 

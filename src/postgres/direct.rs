@@ -143,6 +143,15 @@ impl PgServer for DirectServer {
             .await
             .with_context(|| format!("could not write {}", path.display()))?;
         writer.flush().await?;
+        let offsets_path = path.clone();
+        match tokio::task::spawn_blocking(move || {
+            crate::restore::archive::add_data_offsets(&offsets_path)
+        })
+        .await?
+        {
+            Ok(count) => tracing::debug!("recorded the data offsets of {count} archive entries"),
+            Err(err) => tracing::debug!("restoring without data offsets: {err:#}"),
+        }
         Ok(StagedArchive {
             path: path_string(&path),
             cleanup,

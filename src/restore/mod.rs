@@ -1,6 +1,7 @@
 //! `tusk restore`: roles first, then the database, into a staging database
 //! that replaces the target only once it restored completely.
 
+pub mod archive;
 pub mod globals;
 
 use std::time::Instant;

@@ -1,0 +1,216 @@
+//! Data offsets for a custom-format archive that pg_dump wrote to a pipe.
+//!
+//! pg_dump only records where each table's data starts when it can seek
+//! back in its output; tusk streams it into the compressor, so those
+//! entries say "position not set". Parallel pg_restore then finds each
+//! table by skipping through the archive chunk by chunk from the start,
+//! once per table. After staging the archive in a file, tusk walks it once,
+//! notes where each data block starts, and writes the positions into the
+//! table of contents, exactly as pg_dump does on a seekable file.
+//!
+//! Layout (pg_backup_archiver.c, pg_backup_custom.c): header, table of
+//! contents, then per data entry a block `BLK_DATA dumpId (len bytes)* 0`.
+//! Anything unexpected leaves the file as it was: it restores without
+//! offsets too, only slower.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+const BLK_DATA: u8 = 1;
+const BLK_BLOBS: u8 = 3;
+const OFFSET_NOT_SET: u8 = 1;
+const OFFSET_SET: u8 = 2;
+/// Archive format versions whose table of contents this reader knows
+/// (1.12 to 1.15: PostgreSQL 11 to 16).
+const KNOWN_MINOR: std::ops::RangeInclusive<u8> = 12..=15;
+
+/// Writes the data offsets into the archive at `path`; returns how many
+/// entries it set.
+pub fn add_data_offsets(path: &Path) -> Result<usize> {
+    let file = File::options()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("could not open {}", path.display()))?;
+    let mut reader = ArchiveReader::new(BufReader::with_capacity(1 << 20, file.try_clone()?));
+    let unset = reader.read_toc()?;
+    if unset.is_empty() {
+        return Ok(0);
+    }
+    let starts = reader.data_block_starts()?;
+    let mut file = file;
+    let mut patched = 0;
+    for (dump_id, flag_position) in unset {
+        let Some(start) = starts.get(&dump_id) else {
+            continue;
+        };
+        let mut record = vec![OFFSET_SET];
+        record.extend_from_slice(&start.to_le_bytes()[..reader.offset_size]);
+        file.seek(SeekFrom::Start(flag_position))?;
+        file.write_all(&record)?;
+        patched += 1;
+    }
+    file.sync_all()?;
+    Ok(patched)
+}
+
+struct ArchiveReader<R> {
+    inner: R,
+    position: u64,
+    int_size: usize,
+    offset_size: usize,
+    minor: u8,
+}
+
+impl<R: BufRead + Seek> ArchiveReader<R> {
+    fn new(inner: R) -> Self {
+        ArchiveReader {
+            inner,
+            position: 0,
+            int_size: 4,
+            offset_size: 8,
+            minor: 0,
+        }
+    }
+
+    fn byte(&mut self) -> Result<u8> {
+        let mut one = [0u8];
+        self.inner.read_exact(&mut one)?;
+        self.position += 1;
+        Ok(one[0])
+    }
+
+    fn bytes(&mut self, count: usize) -> Result<Vec<u8>> {
+        let mut buffer = vec![0u8; count];
+        self.inner.read_exact(&mut buffer)?;
+        self.position += count as u64;
+        Ok(buffer)
+    }
+
+    fn skip(&mut self, count: u64) -> Result<()> {
+        self.inner.seek_relative(count as i64)?;
+        self.position += count;
+        Ok(())
+    }
+
+    /// pg_dump's WriteInt: a sign byte, then `int_size` little-endian bytes.
+    fn int(&mut self) -> Result<i64> {
+        let negative = self.byte()? != 0;
+        let mut value: i64 = 0;
+        for shift in 0..self.int_size {
+            value |= i64::from(self.byte()?) << (8 * shift);
+        }
+        Ok(if negative { -value } else { value })
+    }
+
+    /// pg_dump's WriteStr: a length (-1 for NULL), then the bytes.
+    fn skip_str(&mut self) -> Result<bool> {
+        let length = self.int()?;
+        if length < 0 {
+            return Ok(false);
+        }
+        self.skip(length as u64)?;
+        Ok(true)
+    }
+
+    /// Reads the header and table of contents; returns, for each entry
+    /// whose data position is not set, its dump id and the file position
+    /// of its offset record.
+    fn read_toc(&mut self) -> Result<Vec<(i64, u64)>> {
+        if self.bytes(5)? != b"PGDMP" {
+            bail!("not a custom-format archive");
+        }
+        let (major, minor, _revision) = (self.byte()?, self.byte()?, self.byte()?);
+        if major != 1 || !KNOWN_MINOR.contains(&minor) {
+            bail!("archive version 1.{minor} is not one tusk can add offsets to");
+        }
+        self.minor = minor;
+        self.int_size = usize::from(self.byte()?);
+        self.offset_size = usize::from(self.byte()?);
+        if self.byte()? != 1 || !(1..=8).contains(&self.offset_size) {
+            bail!("not a custom-format archive");
+        }
+        if self.minor >= 15 {
+            self.byte()?; // compression algorithm
+        } else {
+            self.int()?; // compression level
+        }
+        for _ in 0..7 {
+            self.int()?; // creation time
+        }
+        for _ in 0..3 {
+            self.skip_str()?; // database, server version, pg_dump version
+        }
+        let entries = self.int()?;
+        let mut unset = Vec::new();
+        for _ in 0..entries {
+            let dump_id = self.int()?;
+            self.int()?; // has a data dumper
+            // tableoid, oid, tag, desc
+            for _ in 0..4 {
+                self.skip_str()?;
+            }
+            self.int()?; // section
+            // defn, dropStmt, copyStmt, namespace, tablespace, tableam, owner, withOids
+            for _ in 0..8 {
+                self.skip_str()?;
+            }
+            while self.skip_str()? {} // dependencies, up to a NULL
+            let flag_position = self.position;
+            let flag = self.byte()?;
+            self.skip(self.offset_size as u64)?;
+            if flag == OFFSET_NOT_SET {
+                unset.push((dump_id, flag_position));
+            }
+        }
+        Ok(unset)
+    }
+
+    /// Walks the data blocks after the table of contents; returns where
+    /// each dump id's block starts.
+    fn data_block_starts(&mut self) -> Result<HashMap<i64, u64>> {
+        let mut starts = HashMap::new();
+        loop {
+            let start = self.position;
+            let kind = match self.byte() {
+                Ok(kind) => kind,
+                Err(err) if is_eof(&err) => return Ok(starts),
+                Err(err) => return Err(err),
+            };
+            let dump_id = self.int()?;
+            starts.insert(dump_id, start);
+            match kind {
+                BLK_DATA => self.skip_chunks()?,
+                BLK_BLOBS => loop {
+                    if self.int()? == 0 {
+                        break; // no more large objects
+                    }
+                    self.skip_chunks()?;
+                },
+                other => bail!("unknown data block type {other} at byte {start}"),
+            }
+        }
+    }
+
+    fn skip_chunks(&mut self) -> Result<()> {
+        loop {
+            let length = self.int()?;
+            if length == 0 {
+                return Ok(());
+            }
+            if length < 0 {
+                bail!("negative chunk length at byte {}", self.position);
+            }
+            self.skip(length as u64)?;
+        }
+    }
+}
+
+fn is_eof(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.kind() == std::io::ErrorKind::UnexpectedEof)
+}
