@@ -62,26 +62,23 @@ pub async fn write_compressed(
     let sink = match compression {
         Compression::Zstd => {
             let mut encoder = ZstdEncoder::with_quality(sink, Level::Precise(level));
-            tokio::io::copy_buf(&mut source, &mut encoder)
+            drain(&mut source, &mut encoder)
                 .await
                 .with_context(write_error)?;
-            encoder.shutdown().await.with_context(write_error)?;
             encoder.into_inner()
         }
         Compression::Gzip => {
             let mut encoder = GzipEncoder::with_quality(sink, Level::Precise(level));
-            tokio::io::copy_buf(&mut source, &mut encoder)
+            drain(&mut source, &mut encoder)
                 .await
                 .with_context(write_error)?;
-            encoder.shutdown().await.with_context(write_error)?;
             encoder.into_inner()
         }
         Compression::None => {
             let mut sink = sink;
-            tokio::io::copy_buf(&mut source, &mut sink)
+            drain(&mut source, &mut sink)
                 .await
                 .with_context(write_error)?;
-            sink.shutdown().await.with_context(write_error)?;
             sink
         }
     };
@@ -96,6 +93,17 @@ pub async fn write_compressed(
         sha256,
         uncompressed_bytes: source.count,
     })
+}
+
+/// Copies everything from `source` into `sink` and finishes it (an
+/// encoder writes its trailer on shutdown).
+async fn drain<R, W>(source: &mut R, sink: &mut W) -> std::io::Result<()>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    tokio::io::copy_buf(source, sink).await?;
+    sink.shutdown().await
 }
 
 /// Reads `source` in a task of its own, so the producer (pg_dump) keeps

@@ -1,8 +1,6 @@
 //! `tusk media usage`: what the database says media take (as
 //! `tootctl media usage` sums it) beside what storage really holds.
 
-use std::collections::BTreeMap;
-
 use anyhow::Result;
 use serde::Serialize;
 use tokio_postgres::Client;
@@ -96,7 +94,6 @@ const CLASSES: &[Class] = &[
 /// Per class: the database's sums beside what `stored` holds (keys relative
 /// to the media root). Tables a version lacks count as zero.
 pub async fn usage(session: &Client, stored: &[ObjectInfo]) -> Result<Vec<UsageRow>> {
-    let mut by_prefix: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
     let mut rows = Vec::new();
     for class in CLASSES {
         let exists: bool = session
@@ -125,7 +122,6 @@ pub async fn usage(session: &Client, stored: &[ObjectInfo]) -> Result<Vec<UsageR
                     .starts_with(class.prefix)
             })
             .fold((0u64, 0u64), |(n, b), o| (n + 1, b + o.size));
-        by_prefix.insert(class.prefix, (files, bytes));
         rows.push(UsageRow {
             class: class.name.to_string(),
             database_bytes,
