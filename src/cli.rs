@@ -120,6 +120,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TUSK_MEDIA_ROOT", value_name = "DIR")]
     pub media_root: Option<PathBuf>,
 
+    /// Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]
+    #[arg(long, global = true, env = "TUSK_MEDIA_STORE", value_name = "STORE")]
+    pub media_store: Option<crate::config::MediaStoreKind>,
+
     /// Media bucket [default: S3_BUCKET from .env.production]
     #[arg(long, global = true, env = "TUSK_S3_BUCKET", value_name = "NAME")]
     pub s3_bucket: Option<String>,
@@ -195,6 +199,8 @@ pub enum Command {
     /// Move the local media folder to S3-compatible storage, and check it
     #[command(subcommand)]
     Media(MediaCommand),
+    /// Remove cached media, avatars, headers, preview card images and orphaned files on retention rules
+    Prune(PruneArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -317,6 +323,76 @@ pub struct MediaPushArgs {
     /// Uploads in flight
     #[arg(long, short = 'c', default_value_t = 64, value_name = "N")]
     pub concurrency: usize,
+}
+
+/// Rules given here replace the `prune:` rules of the config for this run;
+/// without any, every configured rule runs.
+#[derive(Debug, Args)]
+pub struct PruneArgs {
+    /// Clear cached remote media attachments created more than N days ago
+    #[arg(long, value_name = "DAYS", help_heading = "Rules")]
+    pub media_cache_days: Option<u32>,
+
+    /// Remote avatars/headers of accounts neither webfingered nor updated for N days
+    #[arg(long, value_name = "DAYS", help_heading = "Rules")]
+    pub profiles_days: Option<u32>,
+
+    /// Preview card images not updated for N days (Mastodon refetches only after 14)
+    #[arg(long, value_name = "DAYS", help_heading = "Rules")]
+    pub preview_cards_days: Option<u32>,
+
+    /// Delete attachments never posted, older than a day (rows and files)
+    #[arg(long, help_heading = "Rules")]
+    pub unattached_media: bool,
+
+    /// Delete stored files that no database row points at
+    #[arg(long, help_heading = "Rules")]
+    pub orphans: bool,
+
+    /// Run only these of the configured rules
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "RULE",
+        help_heading = "Rules"
+    )]
+    pub only: Vec<crate::config::PruneRule>,
+
+    /// tootctl (created before the cutoff) or vacuum (created and updated before it)
+    #[arg(long, value_name = "SEMANTICS")]
+    pub media_cache_semantics: Option<crate::prune::CacheSemantics>,
+
+    /// With --profiles-days: prune avatars [default: avatars and headers]
+    #[arg(long)]
+    pub avatars: bool,
+
+    /// With --profiles-days: prune headers [default: avatars and headers]
+    #[arg(long)]
+    pub headers: bool,
+
+    /// With --profiles-days: also accounts that follow or are followed
+    #[arg(long)]
+    pub include_follows: bool,
+
+    /// Keep orphan candidates written less than this many minutes ago [default: 60]
+    #[arg(long, value_name = "MINUTES")]
+    pub orphans_min_age: Option<u64>,
+
+    /// Resume an orphan scan after this key (printed when a scan stops)
+    #[arg(long, value_name = "KEY")]
+    pub start_after: Option<String>,
+
+    /// Report what would be freed; change nothing (-v lists the keys)
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Batches in flight, each with its own database session [default: 4]
+    #[arg(long, short = 'c', value_name = "N")]
+    pub concurrency: Option<usize>,
+
+    /// Rows per batch [default: 1000]
+    #[arg(long, value_name = "N")]
+    pub batch_size: Option<usize>,
 }
 
 #[derive(Debug, Args)]

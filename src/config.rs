@@ -85,6 +85,8 @@ pub struct FileSettings {
     pub mastodon: MastodonSection,
     #[serde(default)]
     pub s3: S3Section,
+    #[serde(default)]
+    pub prune: PruneSection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +111,46 @@ pub struct MastodonSection {
     pub env_file: Option<PathBuf>,
     pub services: Option<Vec<String>>,
     pub media_root: Option<PathBuf>,
+    pub media_store: Option<MediaStoreKind>,
+}
+
+/// Retention rules for `tusk prune`; a rule left out does not run.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneSection {
+    pub media_cache_days: Option<u32>,
+    pub media_cache_semantics: Option<crate::prune::CacheSemantics>,
+    pub profiles_days: Option<u32>,
+    pub avatars: Option<bool>,
+    pub headers: Option<bool>,
+    pub include_follows: Option<bool>,
+    pub preview_cards_days: Option<u32>,
+    pub unattached_media: Option<bool>,
+    pub orphans: Option<bool>,
+    pub orphans_min_age_minutes: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub batch_size: Option<usize>,
+}
+
+/// The prune rules by name, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[clap(rename_all = "snake_case")]
+pub enum PruneRule {
+    MediaCache,
+    Profiles,
+    PreviewCards,
+    UnattachedMedia,
+    Orphans,
+}
+
+/// Where Mastodon keeps its media: `S3_ENABLED` in Mastodon's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaStoreKind {
+    /// The media folder (`mastodon.media_root`).
+    Local,
+    /// The bucket (`s3:`).
+    S3,
 }
 
 /// The bucket media go to; unset keys come from `.env.production`.
@@ -177,6 +219,10 @@ pub struct Settings {
     pub s3_key_prefix: Option<String>,
     /// `S3_PERMISSION`; `None` when ACLs are off.
     pub s3_permission: Option<String>,
+    /// Where Mastodon's media live now.
+    pub media_store: MediaStoreKind,
+    /// The `prune:` section as written.
+    pub prune: PruneSection,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
 }
@@ -298,8 +344,20 @@ impl Settings {
             .unwrap_or_else(|| "public-read".into());
         let s3_permission = (!s3_permission.is_empty()).then_some(s3_permission);
         let s3 = resolve_s3(args, &file.s3, env_file.as_ref())?;
+        let media_store = args
+            .media_store
+            .or(file.mastodon.media_store)
+            .unwrap_or_else(|| {
+                if env_value("S3_ENABLED").as_deref() == Some("true") {
+                    MediaStoreKind::S3
+                } else {
+                    MediaStoreKind::Local
+                }
+            });
 
         Ok(Settings {
+            media_store,
+            prune: file.prune,
             media_root,
             s3,
             s3_key_prefix,

@@ -11,6 +11,7 @@ mod mastodon;
 mod media;
 mod output;
 mod postgres;
+mod prune;
 mod restore;
 mod storage;
 mod verify;

@@ -58,6 +58,25 @@ impl Output {
         bar
     }
 
+    /// A counter of items (rows, objects) for a stage with a known total;
+    /// invisible without a terminal.
+    pub fn count_progress(&self, stage: &str, total: u64) -> ProgressBar {
+        if !self.interactive || self.quiet {
+            return ProgressBar::hidden();
+        }
+        let bar = ProgressBar::new(total).with_style(
+            ProgressStyle::with_template(
+                "{prefix:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+        bar.set_prefix(stage.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    }
+
     /// Asks before something destructive. Without a terminal nobody can
     /// answer, so only `--yes` (or an explicit flag checked by the caller)
     /// lets it go ahead.

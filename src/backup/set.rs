@@ -212,10 +212,10 @@ impl PartialSet {
 
 impl Drop for PartialSet {
     fn drop(&mut self) {
-        if !self.committed {
-            if let Err(err) = std::fs::remove_dir_all(&self.dir) {
-                tracing::warn!("could not remove {}: {err}", self.dir.display());
-            }
+        if !self.committed
+            && let Err(err) = std::fs::remove_dir_all(&self.dir)
+        {
+            tracing::warn!("could not remove {}: {err}", self.dir.display());
         }
     }
 }

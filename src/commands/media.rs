@@ -199,6 +199,7 @@ async fn usage(ctx: &Context, args: MediaUsageArgs) -> Result<()> {
                 key: f.relative,
                 size: f.size,
                 etag: None,
+                modified: None,
             })
             .collect()
     };

@@ -5,6 +5,7 @@ pub mod backup;
 pub mod backups;
 pub mod completions;
 pub mod media;
+pub mod prune;
 pub mod restore;
 pub mod verify;
 
@@ -102,6 +103,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Restore(args) => restore::exec(&ctx, args).await,
         Command::Verify(args) => verify::exec(&ctx, args).await,
         Command::Media(args) => media::exec(&ctx, args).await,
+        Command::Prune(args) => prune::exec(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
     }
 }

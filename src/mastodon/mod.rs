@@ -1,3 +1,4 @@
 //! Facts about a Mastodon installation that tusk reads from the outside.
 
 pub mod env_file;
+pub mod paperclip;

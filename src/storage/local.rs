@@ -1,11 +1,136 @@
 //! A local directory seen as objects: keys are relative paths.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
 use md5::{Digest, Md5};
 
-use super::ObjectInfo;
+use super::{DELETE_BATCH, ObjectInfo, ObjectMeta, PutOptions, Storage};
+
+/// A directory as a store: Mastodon's `public/system` when media stay local.
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    pub fn new(root: PathBuf) -> Self {
+        LocalStorage { root }
+    }
+
+    /// The file for a key; keys that would leave the root are refused.
+    fn path_of(&self, key: &str) -> Result<PathBuf> {
+        let relative = Path::new(key);
+        if key.is_empty()
+            || !relative
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+        {
+            bail!(
+                "refusing key {key:?}: not a plain path below {}",
+                self.root.display()
+            );
+        }
+        Ok(self.root.join(relative))
+    }
+}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    async fn put_file(&self, key: &str, path: &Path, _size: u64, _opts: &PutOptions) -> Result<()> {
+        let target = self.path_of(key)?;
+        let source = path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let parent = target.parent().expect("a key has a parent: the root");
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("could not create {}", parent.display()))?;
+            // Copy beside the target and rename, so no reader sees half a file.
+            let partial = target.with_extension("tusk-partial");
+            std::fs::copy(&source, &partial).with_context(|| {
+                format!(
+                    "could not copy {} to {}",
+                    source.display(),
+                    partial.display()
+                )
+            })?;
+            std::fs::rename(&partial, &target)?;
+            Ok(())
+        })
+        .await?
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        page: &mut (dyn FnMut(Vec<ObjectInfo>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let root = self.root.clone();
+        let mut objects = tokio::task::spawn_blocking(move || walk(&root)).await??;
+        objects.retain(|o| {
+            o.key.starts_with(prefix) && start_after.is_none_or(|after| o.key.as_str() > after)
+        });
+        objects.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut objects = objects.into_iter().peekable();
+        while objects.peek().is_some() {
+            page(objects.by_ref().take(DELETE_BATCH).collect())?;
+        }
+        Ok(())
+    }
+
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        let path = self.path_of(key)?;
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta {
+                size: meta.len(),
+                etag: None,
+                content_type: Some(crate::media::content_type(key).to_string()),
+            })),
+            Ok(_) => Ok(None),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(err).with_context(|| format!("could not read {}", path.display())),
+        }
+    }
+
+    async fn delete_batch(&self, keys: &[String]) -> Result<()> {
+        let paths = keys
+            .iter()
+            .map(|key| self.path_of(key))
+            .collect::<Result<Vec<_>>>()?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || {
+            for path in &paths {
+                match std::fs::remove_file(path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(err) => {
+                        return Err(err)
+                            .with_context(|| format!("could not delete {}", path.display()));
+                    }
+                }
+                remove_empty_parents(&root, path);
+            }
+            Ok(())
+        })
+        .await?
+    }
+}
+
+/// Removes the now-empty folders above a deleted file, as Paperclip does,
+/// stopping at the first one that still holds something (or at the root).
+fn remove_empty_parents(root: &Path, file: &Path) {
+    let mut dir = file.parent();
+    while let Some(current) = dir {
+        if current == root || !current.starts_with(root) || std::fs::remove_dir(current).is_err() {
+            break;
+        }
+        dir = current.parent();
+    }
+}
 
 /// The MD5 of a file's content, hex.
 pub async fn file_md5(path: &Path) -> Result<String> {
@@ -41,10 +166,12 @@ pub fn walk(root: &Path) -> Result<Vec<ObjectInfo>> {
             } else if kind.is_file() {
                 let path = entry.path();
                 let key = key_of(root, &path)?;
+                let meta = entry.metadata()?;
                 objects.push(ObjectInfo {
                     key,
-                    size: entry.metadata()?.len(),
+                    size: meta.len(),
                     etag: None,
+                    modified: meta.modified().ok(),
                 });
             }
         }

@@ -7,6 +7,7 @@ pub mod retry;
 pub mod s3;
 
 use std::path::Path;
+use std::time::SystemTime;
 
 use anyhow::Result;
 use async_trait::async_trait;
@@ -18,6 +19,8 @@ pub struct ObjectInfo {
     pub size: u64,
     /// The ETag without quotes, when the store reports one in listings.
     pub etag: Option<String>,
+    /// When the object was last written, when the store says.
+    pub modified: Option<SystemTime>,
 }
 
 impl ObjectInfo {
@@ -69,7 +72,15 @@ pub trait Storage: Send + Sync {
 
     /// The object's size and headers, or `None` when there is no such key.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
+
+    /// Deletes at most [`DELETE_BATCH`] keys in one request where the store
+    /// allows it. Keys that do not exist count as deleted, so a re-run after
+    /// an interruption simply finishes the job. Fails if any key survives.
+    async fn delete_batch(&self, keys: &[String]) -> Result<()>;
 }
+
+/// S3's limit on keys per DeleteObjects request.
+pub const DELETE_BATCH: usize = 1000;
 
 /// Lists everything under `prefix` into one vector.
 pub async fn list_all(storage: &dyn Storage, prefix: &str) -> Result<Vec<ObjectInfo>> {
@@ -93,6 +104,7 @@ mod tests {
             key: "k".into(),
             size: 1,
             etag: Some(etag.into()),
+            modified: None,
         };
         assert_eq!(
             object("9e107d9d372bb6826bd81d3542a419d6").content_md5(),

@@ -102,4 +102,9 @@ impl<S: Storage> Storage for Retrying<S> {
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
         self.retry(key, || self.inner.head(key)).await
     }
+
+    async fn delete_batch(&self, keys: &[String]) -> Result<()> {
+        let what = format!("deleting {} keys", keys.len());
+        self.retry(&what, || self.inner.delete_batch(keys)).await
+    }
 }

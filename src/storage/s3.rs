@@ -9,7 +9,9 @@ use aws_sdk_s3::config::{
     BehaviorVersion, Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
 };
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ObjectCannedAcl};
+use aws_sdk_s3::types::{
+    CompletedMultipartUpload, CompletedPart, Delete, ObjectCannedAcl, ObjectIdentifier,
+};
 use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
@@ -20,6 +22,11 @@ use super::{ObjectInfo, ObjectMeta, PutOptions, Storage};
 pub const MULTIPART_THRESHOLD: u64 = 16 << 20;
 /// Part size for larger files; 10,000 parts cap a file at 80 GiB.
 pub const PART_SIZE: u64 = 8 << 20;
+/// Longest wait for one request. A DeleteObjects of 1000 keys can take
+/// tens of seconds on B2 (Mastodon's 5 s read timeout made its daily
+/// vacuum fail, mastodon#27752); an 8 MiB part on a slow uplink too.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where the bucket is and how to talk to it.
 #[derive(Clone)]
@@ -76,7 +83,13 @@ impl S3Storage {
             .response_checksum_validation(validation)
             // Retrying wraps every store, with its own backoff; SDK retries
             // underneath would multiply the attempts.
-            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled());
+            .retry_config(aws_sdk_s3::config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(REQUEST_TIMEOUT)
+                    .build(),
+            );
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }
@@ -293,6 +306,9 @@ impl Storage for S3Storage {
                         key: object.key()?.to_string(),
                         size: object.size().unwrap_or(0).max(0) as u64,
                         etag: trim_etag(object.e_tag()),
+                        modified: object
+                            .last_modified()
+                            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
                     })
                 })
                 .collect();
@@ -322,5 +338,47 @@ impl Storage for S3Storage {
             Err(err) => Err(anyhow::anyhow!("{}", describe_error(&err)))
                 .with_context(|| format!("could not read the headers of {key}")),
         }
+    }
+
+    async fn delete_batch(&self, keys: &[String]) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        if keys.len() > super::DELETE_BATCH {
+            bail!(
+                "{} keys in one delete; S3 takes at most {}",
+                keys.len(),
+                super::DELETE_BATCH
+            );
+        }
+        let objects = keys
+            .iter()
+            .map(|key| ObjectIdentifier::builder().key(key).build())
+            .collect::<Result<Vec<_>, _>>()?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()?;
+        let response = self
+            .client
+            .delete_objects()
+            .bucket(&self.settings.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+            .with_context(|| format!("could not delete {} objects", keys.len()))?;
+        // Quiet mode reports only the keys that failed.
+        if let Some(first) = response.errors().first() {
+            bail!(
+                "{} of {} objects were not deleted (first: {}: {} {})",
+                response.errors().len(),
+                keys.len(),
+                first.key().unwrap_or("?"),
+                first.code().unwrap_or("error"),
+                first.message().unwrap_or("")
+            );
+        }
+        Ok(())
     }
 }
