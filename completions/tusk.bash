@@ -34,6 +34,9 @@ _tusk() {
             tusk,media)
                 cmd="tusk__subcmd__media"
                 ;;
+            tusk,prune)
+                cmd="tusk__subcmd__prune"
+                ;;
             tusk,restore)
                 cmd="tusk__subcmd__restore"
                 ;;
@@ -69,6 +72,9 @@ _tusk() {
                 ;;
             tusk__subcmd__help,media)
                 cmd="tusk__subcmd__help__subcmd__media"
+                ;;
+            tusk__subcmd__help,prune)
+                cmd="tusk__subcmd__help__subcmd__prune"
                 ;;
             tusk__subcmd__help,restore)
                 cmd="tusk__subcmd__help__subcmd__restore"
@@ -119,7 +125,7 @@ _tusk() {
 
     case "${cmd}" in
         tusk)
-            opts="-y -v -q -h -V --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help --version backup backups restore verify media completions man help"
+            opts="-y -v -q -h -V --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help --version backup backups restore verify media prune completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,6 +191,10 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
                 --s3-bucket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -225,7 +235,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backup)
-            opts="-y -v -q -h --stop-services --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --stop-services --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -289,6 +299,10 @@ _tusk() {
                     ;;
                 --media-root)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
                     return 0
                     ;;
                 --s3-bucket)
@@ -331,7 +345,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help list help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -395,6 +409,10 @@ _tusk() {
                     ;;
                 --media-root)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
                     return 0
                     ;;
                 --s3-bucket)
@@ -479,7 +497,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups__subcmd__list)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -545,6 +563,10 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
                 --s3-bucket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -585,7 +607,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__completions)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -651,6 +673,10 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
                 --s3-bucket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -691,7 +717,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__help)
-            opts="backup backups restore verify media completions man help"
+            opts="backup backups restore verify media prune completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -844,6 +870,20 @@ _tusk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        tusk__subcmd__help__subcmd__prune)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         tusk__subcmd__help__subcmd__restore)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
@@ -873,7 +913,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__man)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -937,6 +977,10 @@ _tusk() {
                     ;;
                 --media-root)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
                     return 0
                     ;;
                 --s3-bucket)
@@ -979,7 +1023,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help push verify usage help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help push verify usage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1043,6 +1087,10 @@ _tusk() {
                     ;;
                 --media-root)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
                     return 0
                     ;;
                 --s3-bucket)
@@ -1155,7 +1203,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__push)
-            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1227,6 +1275,10 @@ _tusk() {
                     ;;
                 --media-root)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
                     return 0
                     ;;
                 --s3-bucket)
@@ -1269,7 +1321,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__usage)
-            opts="-y -v -q -h --bucket --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --bucket --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1335,6 +1387,10 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
                 --s3-bucket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1375,7 +1431,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__verify)
-            opts="-c -y -v -q -h --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1449,6 +1505,160 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
+                --s3-bucket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-endpoint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-region)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-key-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-permission)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-path-style)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --s3-sdk-checksums)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --mastodon-env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tusk__subcmd__prune)
+            opts="-c -y -v -q -h --media-cache-days --profiles-days --preview-cards-days --unattached-media --orphans --only --media-cache-semantics --avatars --headers --include-follows --orphans-min-age --start-after --dry-run --concurrency --batch-size --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --media-cache-days)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --profiles-days)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --preview-cards-days)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --only)
+                    COMPREPLY=($(compgen -W "media_cache profiles preview_cards unattached_media orphans" -- "${cur}"))
+                    return 0
+                    ;;
+                --media-cache-semantics)
+                    COMPREPLY=($(compgen -W "tootctl vacuum" -- "${cur}"))
+                    return 0
+                    ;;
+                --orphans-min-age)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --start-after)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --concurrency)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -c)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --batch-size)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backup-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compression)
+                    COMPREPLY=($(compgen -W "zstd gzip none" -- "${cur}"))
+                    return 0
+                    ;;
+                --compression-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --temp-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --postgres-mode)
+                    COMPREPLY=($(compgen -W "direct docker" -- "${cur}"))
+                    return 0
+                    ;;
+                --docker-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --container)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compose-service)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compose-project)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --services)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
                 --s3-bucket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1489,7 +1699,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__restore)
-            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1579,6 +1789,10 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
                 --s3-bucket)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -1619,7 +1833,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__verify)
-            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1699,6 +1913,10 @@ _tusk() {
                     ;;
                 --media-root)
                     COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
                     return 0
                     ;;
                 --s3-bucket)

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= container= compose-service= compose-project= services= media-root= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -42,6 +42,8 @@ complete -c tusk -n "__fish_tusk_needs_command" -l compose-service -d 'PostgreSQ
 complete -c tusk -n "__fish_tusk_needs_command" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_needs_command" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -63,6 +65,7 @@ complete -c tusk -n "__fish_tusk_needs_command" -f -a "backups" -d 'Inspect back
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "restore" -d 'Restore a backup set onto a server'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images and orphaned files on retention rules'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "completions" -d 'Print shell completions'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "man" -d 'Write man pages into a directory'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -84,6 +87,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-service -d 
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -118,6 +123,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_s
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -153,6 +160,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subco
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -193,6 +202,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-service -d
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -232,6 +243,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-service -d 
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -266,6 +279,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_sub
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -304,6 +319,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -340,6 +357,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -373,6 +392,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -393,6 +414,61 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from help" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from help" -f -a "usage" -d 'Media sizes as the database records them beside what storage holds'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l media-cache-days -d 'Clear cached remote media attachments created more than N days ago' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l profiles-days -d 'Remote avatars/headers of accounts neither webfingered nor updated for N days' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l preview-cards-days -d 'Preview card images not updated for N days (Mastodon refetches only after 14)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l only -d 'Run only these of the configured rules' -r -f -a "media_cache\t''
+profiles\t''
+preview_cards\t''
+unattached_media\t''
+orphans\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l media-cache-semantics -d 'tootctl (created before the cutoff) or vacuum (created and updated before it)' -r -f -a "tootctl\t'`tootctl media remove`: created before the cutoff'
+vacuum\t'Mastodon\'s daily vacuum: created and updated before the cutoff'"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l orphans-min-age -d 'Keep orphan candidates written less than this many minutes ago [default: 60]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l start-after -d 'Resume an orphan scan after this key (printed when a scan stops)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -s c -l concurrency -d 'Batches in flight, each with its own database session [default: 4]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l batch-size -d 'Rows per batch [default: 1000]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l unattached-media -d 'Delete attachments never posted, older than a day (rows and files)'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l orphans -d 'Delete stored files that no database row points at'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l avatars -d 'With --profiles-days: prune avatars [default: avatars and headers]'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l headers -d 'With --profiles-days: prune headers [default: avatars and headers]'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l include-follows -d 'With --profiles-days: also accounts that follow or are followed'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l dry-run -d 'Report what would be freed; change nothing (-v lists the keys)'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
@@ -411,6 +487,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-servic
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -444,6 +522,8 @@ complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-service -d 'Po
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
@@ -459,14 +539,15 @@ complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer ye
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "backups" -d 'Inspect backup sets'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "man" -d 'Write man pages into a directory'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "backups" -d 'Inspect backup sets'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images and orphaned files on retention rules'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "man" -d 'Write man pages into a directory'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "list" -d 'List backup sets, oldest first'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'

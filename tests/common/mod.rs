@@ -7,6 +7,8 @@
 
 #![allow(dead_code)]
 
+pub mod s3;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -136,6 +138,19 @@ impl TestDb {
 
     pub fn sql(&self, sql: &str) -> String {
         self.cluster.sql(&self.name, sql)
+    }
+
+    /// An identical copy (`CREATE DATABASE ... TEMPLATE`), for twin runs.
+    pub fn copy(&self, prefix: &str) -> TestDb {
+        let name = unique_name(prefix);
+        self.cluster.sql(
+            "postgres",
+            &format!("CREATE DATABASE \"{name}\" TEMPLATE \"{}\"", self.name),
+        );
+        TestDb {
+            cluster: self.cluster.clone(),
+            name,
+        }
     }
 
     /// Per table: row count and md5 of all rows in a fixed order.
