@@ -549,6 +549,23 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configs_parse() {
+        for (name, text) in [
+            ("examples/tusk.yaml", include_str!("../examples/tusk.yaml")),
+            ("examples/tusk-docker.yaml", include_str!("../examples/tusk-docker.yaml")),
+        ] {
+            let parsed = FileSettings::parse(Path::new(name), text);
+            assert!(parsed.is_ok(), "{name}: {:#}", parsed.unwrap_err());
+        }
+        let example = FileSettings::parse(
+            Path::new("tusk.yaml"),
+            include_str!("../examples/tusk.yaml"),
+        )
+        .unwrap();
+        assert_eq!(example.prune.media_cache_days, Some(7));
+    }
+
+    #[test]
     fn sanitizes_instance_names() {
         assert_eq!(
             sanitize_instance("social.example").unwrap(),
