@@ -92,6 +92,9 @@ if [[ ${BENCH_DOCKER:-1} == 1 ]] && docker info >/dev/null 2>&1; then
     "$PGBIN/psql" -X -q -h "$DIP" -p 5432 -U postgres -c 'CREATE DATABASE bench' >/dev/null
     PGBIN=$PGBIN scripts/seed-fixture.sh "postgresql://postgres@$DIP:5432/bench" "$SCALE" >/dev/null
     "$PGBIN/psql" -X -q -h "$DIP" -p 5432 -U postgres -d bench -c 'VACUUM ANALYZE' >/dev/null
+    # The Engine's own floor: the bare dump through `docker exec` against the same dump over TCP.
+    timed "pg_dump -Fc -Z0 over TCP > /dev/null" "$PGBIN/pg_dump -Fc -Z0 -h $DIP -p 5432 -U postgres bench > /dev/null"
+    timed "docker exec pg_dump -Fc -Z0 > /dev/null" "docker exec tusk-bench-db pg_dump -Fc -Z0 -U postgres bench > /dev/null"
     for round in 1 2; do
         timed "tusk backup direct (container) $round" "$TUSK -q --backup-dir $WORK/dsets --instance direct --pg-bin-dir $PGBIN --database-url postgresql://postgres@$DIP:5432/bench backup > /dev/null"
         timed "tusk backup docker mode $round" "$TUSK -q --backup-dir $WORK/dsets --instance docker --postgres-mode docker --compose-project tuskbench --database-url postgresql://postgres@db/bench backup > /dev/null"
@@ -129,6 +132,7 @@ $(if ((DOCKER_OK)); then
     d=$(best_of "tusk backup direct (container)"); k=$(best_of "tusk backup docker mode")
     echo "docker mode (best of 2)"
     echo "  docker mode / direct mode                  $(awk -v a="$k" -v b="$d" 'BEGIN { printf "%.2f", a / b }')   (target <= 1.10; $k s vs $d s)"
+    echo "  floor: docker exec pg_dump / pg_dump over TCP, both to /dev/null  $(ratio "docker exec pg_dump -Fc -Z0 > /dev/null" "pg_dump -Fc -Z0 over TCP > /dev/null")"
 else
     echo "docker mode: skipped (no Docker Engine or BENCH_DOCKER=0)"
 fi)
