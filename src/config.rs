@@ -552,7 +552,10 @@ mod tests {
     fn the_example_configs_parse() {
         for (name, text) in [
             ("examples/tusk.yaml", include_str!("../examples/tusk.yaml")),
-            ("examples/tusk-docker.yaml", include_str!("../examples/tusk-docker.yaml")),
+            (
+                "examples/tusk-docker.yaml",
+                include_str!("../examples/tusk-docker.yaml"),
+            ),
         ] {
             let parsed = FileSettings::parse(Path::new(name), text);
             assert!(parsed.is_ok(), "{name}: {:#}", parsed.unwrap_err());

@@ -359,3 +359,41 @@ fn ctrl_c_mid_dump_starts_the_apps_again_and_keeps_no_set() {
         );
     }
 }
+
+#[test]
+fn prune_works_in_docker_mode() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("prune");
+    let db = seeded(&compose, 1);
+    let ws = Workspace::new();
+    let (root, _) = common::s3::media_files(&ws, &db);
+    let cached = "remote_url <> '' AND file_file_name IS NOT NULL \
+                  AND created_at < (now() AT TIME ZONE 'UTC') - interval '7 days'";
+    let expected: usize = db
+        .sql(&format!(
+            "SELECT count(*) FROM media_attachments WHERE {cached}"
+        ))
+        .parse()
+        .unwrap();
+    assert!(expected > 0);
+    let files_before = common::s3::local_tree(&root).len();
+
+    let mut cmd = compose.tusk(&ws);
+    cmd.args(["--database-url", DB_URL, "--media-root"])
+        .arg(&root)
+        .args(["--json", "prune", "--media-cache-days", "7", "--yes"]);
+    let report = run(cmd).expect_code(0).json();
+
+    assert_eq!(report["rules"][0]["rows"], expected);
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM media_attachments WHERE {cached}"
+        )),
+        "0"
+    );
+    let freed = report["rules"][0]["files"].as_u64().unwrap() as usize;
+    assert!(freed >= expected);
+    assert_eq!(common::s3::local_tree(&root).len(), files_before - freed);
+}

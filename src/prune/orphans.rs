@@ -3,7 +3,7 @@
 //! one request per page. Only keys of classes Mastodon stores, in one of
 //! Paperclip's two partition shapes, can be orphans; everything else stays.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -123,9 +123,8 @@ pub async fn apply(
 struct Checker<'a> {
     control: &'a Client,
     schema: &'a Schema,
-    /// Classes already seen to have rows (an empty table with files in
-    /// storage means the wrong database, not millions of orphans).
-    populated: HashSet<&'static str>,
+    /// Whether the database was seen to be a Mastodon instance's.
+    checked_instance: bool,
 }
 
 /// One key that parsed as an attachment.
@@ -141,7 +140,7 @@ impl<'a> Checker<'a> {
         Checker {
             control,
             schema,
-            populated: HashSet::new(),
+            checked_instance: false,
         }
     }
 
@@ -190,7 +189,7 @@ impl<'a> Checker<'a> {
                 .push(candidate.id);
         }
         for (attachment, ids) in by_class.into_values() {
-            self.check_populated(attachment).await?;
+            self.check_instance_database().await?;
             let rows = self
                 .control
                 .query(
@@ -235,27 +234,27 @@ impl<'a> Checker<'a> {
         Ok(orphans)
     }
 
-    async fn check_populated(&mut self, attachment: &'static Attachment) -> Result<()> {
-        if self.populated.contains(attachment.table) {
+    /// Every Mastodon database has accounts (at least the instance actor);
+    /// without any, tusk is connected to some other database and every
+    /// file would look orphaned.
+    async fn check_instance_database(&mut self) -> Result<()> {
+        if self.checked_instance {
             return Ok(());
         }
         let any: bool = self
             .control
-            .query_one(
-                &format!("SELECT EXISTS (SELECT 1 FROM {})", attachment.table),
-                &[],
-            )
-            .await?
+            .query_one("SELECT EXISTS (SELECT 1 FROM accounts)", &[])
+            .await
+            .context("could not read the accounts table")?
             .get(0);
         if !any {
             bail!(
-                "storage holds {} files but the database's {} table is empty: is tusk connected \
-                 to this instance's database? Nothing was deleted for this class",
-                attachment.table,
-                attachment.table
+                "the database has no accounts, so it is not this instance's (every Mastodon \
+                 database holds at least the instance actor): check --database-url; no orphan \
+                 was deleted"
             );
         }
-        self.populated.insert(attachment.table);
+        self.checked_instance = true;
         Ok(())
     }
 }

@@ -144,6 +144,13 @@ pub fn media_tree_at(
     scale: u32,
 ) -> (TestDb, PathBuf, serde_json::Value) {
     let db = Cluster::main().mastodon_database(prefix, scale);
+    let (root, summary) = media_files(ws, &db);
+    (db, root, summary)
+}
+
+/// Writes the media tree of `db`'s rows into `<ws>/public/system` and
+/// its manifest into `<ws>/manifest.tsv`; returns the root and the summary.
+pub fn media_files(ws: &Workspace, db: &TestDb) -> (PathBuf, serde_json::Value) {
     let root = ws.path().join("public/system");
     let out = Command::new("python3")
         .arg(repo_root().join("scripts/media-fixture.py"))
@@ -160,7 +167,7 @@ pub fn media_tree_at(
         String::from_utf8_lossy(&out.stderr)
     );
     let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    (db, root, summary)
+    (root, summary)
 }
 
 /// Every file under `root`, relative, with its size.
