@@ -72,9 +72,11 @@ fn docker_round_trip_stops_the_apps_only_during_the_dump() {
             .iter()
             .find(|(n, action, _)| *n == name && action == "stop")
             .unwrap_or_else(|| panic!("{name} was not stopped: {events:?}"));
+        // The first start after the stop: the window may also hold the
+        // start from bringing the deployment up.
         let started = events
             .iter()
-            .find(|(n, action, _)| *n == name && action == "start")
+            .find(|(n, action, at)| *n == name && action == "start" && *at >= stopped.2)
             .unwrap_or_else(|| panic!("{name} was not started again: {events:?}"));
         assert!(
             stopped.2 <= dump_started,
