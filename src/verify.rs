@@ -105,6 +105,7 @@ async fn test_restore(
         no_owner: true,
         no_acl: true,
         role: None,
+        analyze: false,
     };
     let started = Instant::now();
     let restore = restore::load_database(server, set, &scratch, &load, output);

@@ -117,6 +117,29 @@ fn restore_where_the_roles_exist_in_parallel_and_with_no_owner() {
     );
     // The seekable copy for parallel restore is gone.
     assert_eq!(std::fs::read_dir(&temp).unwrap().count(), 0);
+    // Every table with rows has planner statistics, most of them gathered
+    // while pg_restore was still at work.
+    assert_eq!(
+        parallel.sql(
+            "SELECT string_agg(relname, ',') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'r' AND c.reltuples <> 0 \
+             AND NOT EXISTS (SELECT 1 FROM pg_stats s WHERE s.schemaname = 'public' AND s.tablename = c.relname)"
+        ),
+        "",
+        "tables without statistics"
+    );
+    let early: usize = out
+        .stderr
+        .split("analyzed ")
+        .nth(1)
+        .and_then(|rest| rest.split(": ").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no ANALYZE summary in:\n{}", out.stderr));
+    assert!(
+        early >= 5,
+        "only {early} tables analyzed during the restore"
+    );
 
     // Mastodon's documented cross-server form.
     let no_owner = TestDb {

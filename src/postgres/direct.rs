@@ -101,10 +101,16 @@ impl PgServer for DirectServer {
         let stdout = Box::new(stdout);
         let mut stderr = child.stderr.take().expect("piped stderr");
         let label = command.tool.program().to_string();
+        let mut collector = super::StderrCollector::new(command.stderr_lines.clone(), STDERR_TAIL);
         let stderr_task = tokio::spawn(async move {
-            let mut buffer = Vec::new();
-            let _ = stderr.read_to_end(&mut buffer).await;
-            tail_text(&buffer, STDERR_TAIL)
+            let mut chunk = vec![0u8; 8192];
+            loop {
+                match stderr.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => collector.push(&chunk[..n]),
+                }
+            }
+            collector.finish()
         });
         let exit = async move {
             let status = child.wait().await?;
@@ -171,10 +177,4 @@ fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
 
 fn path_string(path: &Path) -> String {
     path.to_string_lossy().into_owned()
-}
-
-/// The last `limit` bytes of `bytes`, as text.
-fn tail_text(bytes: &[u8], limit: usize) -> String {
-    let start = bytes.len().saturating_sub(limit);
-    String::from_utf8_lossy(&bytes[start..]).into_owned()
 }

@@ -67,11 +67,17 @@ impl DockerServer {
 
     /// Runs a plain command in the container and checks its exit status.
     async fn exec_simple(&self, cmd: Vec<String>) -> Result<()> {
-        let process = self.exec(cmd, Vec::new(), false).await?;
+        let process = self.exec(cmd, Vec::new(), false, None).await?;
         process.wait().await.map(drop)
     }
 
-    async fn exec(&self, cmd: Vec<String>, env: Vec<String>, stdin: bool) -> Result<ToolProcess> {
+    async fn exec(
+        &self,
+        cmd: Vec<String>,
+        env: Vec<String>,
+        stdin: bool,
+        stderr_lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    ) -> Result<ToolProcess> {
         let label = format!("{} (in container {})", cmd[0], self.container.name);
         let exec = self
             .docker
@@ -107,8 +113,8 @@ impl DockerServer {
         // Demultiplex: stdout into a bounded channel (backpressure reaches
         // the Engine), stderr into a buffer for the error message.
         let (stdout_tx, mut stdout_rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
+        let mut stderr = super::StderrCollector::new(stderr_lines, STDERR_TAIL);
         let pump = tokio::spawn(async move {
-            let mut stderr = Vec::new();
             let mut reader_gone = false;
             while let Some(item) = output.next().await {
                 match item {
@@ -118,10 +124,7 @@ impl DockerServer {
                         }
                     }
                     Ok(bollard::container::LogOutput::StdErr { message }) => {
-                        stderr.extend_from_slice(&message);
-                        if stderr.len() > 2 * STDERR_TAIL {
-                            stderr.drain(..stderr.len() - STDERR_TAIL);
-                        }
+                        stderr.push(&message);
                     }
                     Ok(_) => {}
                     Err(err) => {
@@ -132,7 +135,7 @@ impl DockerServer {
                     }
                 }
             }
-            String::from_utf8_lossy(&stderr).into_owned()
+            stderr.finish()
         });
         let stdout_stream = futures_util::stream::poll_fn(move |cx| stdout_rx.poll_recv(cx));
         let stdout: BoxReader = Box::new(StreamReader::new(stdout_stream));
@@ -176,7 +179,13 @@ impl PgServer for DockerServer {
     async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess> {
         let mut cmd = vec![command.tool.program().to_string()];
         cmd.extend(command.args.iter().cloned());
-        self.exec(cmd, self.exec_env(&command), command.stdin).await
+        self.exec(
+            cmd,
+            self.exec_env(&command),
+            command.stdin,
+            command.stderr_lines.clone(),
+        )
+        .await
     }
 
     async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive> {

@@ -51,6 +51,9 @@ pub struct ToolCommand {
     pub env: Vec<(String, String)>,
     /// Whether the caller writes to the tool's standard input.
     pub stdin: bool,
+    /// Receives every stderr line as it comes (pg_restore's `--verbose`
+    /// progress); those progress lines stay out of the error message.
+    pub stderr_lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
 }
 
 impl ToolCommand {
@@ -61,7 +64,14 @@ impl ToolCommand {
             database: None,
             env: Vec::new(),
             stdin: false,
+            stderr_lines: None,
         }
+    }
+
+    /// Sends each stderr line to `lines` while the tool runs.
+    pub fn observe_stderr(mut self, lines: tokio::sync::mpsc::UnboundedSender<String>) -> Self {
+        self.stderr_lines = Some(lines);
+        self
     }
 
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
@@ -169,6 +179,70 @@ impl ToolProcess {
         }
         Ok(exit)
     }
+}
+
+/// A tool's stderr as it arrives: whole lines go to the observer, if any,
+/// and the tail worth showing in an error message is kept.
+pub struct StderrCollector {
+    observer: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    partial: Vec<u8>,
+    kept: Vec<u8>,
+    limit: usize,
+}
+
+impl StderrCollector {
+    pub fn new(observer: Option<tokio::sync::mpsc::UnboundedSender<String>>, limit: usize) -> Self {
+        StderrCollector {
+            observer,
+            partial: Vec::new(),
+            kept: Vec::new(),
+            limit,
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.partial.extend_from_slice(chunk);
+        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=end).collect();
+            self.line(&line);
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let text = String::from_utf8_lossy(line);
+        let text = text.trim_end();
+        if let Some(observer) = &self.observer {
+            let _ = observer.send(text.to_string());
+            if is_progress(text) {
+                return;
+            }
+        }
+        self.kept.extend_from_slice(line);
+        if self.kept.len() > 2 * self.limit {
+            self.kept.drain(..self.kept.len() - self.limit);
+        }
+    }
+
+    /// The kept tail, including an unfinished last line.
+    pub fn finish(mut self) -> String {
+        if !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            self.line(&rest);
+        }
+        let start = self.kept.len().saturating_sub(self.limit);
+        String::from_utf8_lossy(&self.kept[start..]).into_owned()
+    }
+}
+
+/// `pg_restore: finished item ...`, not `pg_restore: error: ...`.
+fn is_progress(line: &str) -> bool {
+    let Some((_, message)) = line.split_once(": ") else {
+        return false;
+    };
+    line.starts_with("pg_")
+        && !["error:", "warning:", "detail:", "hint:"]
+            .iter()
+            .any(|level| message.starts_with(level))
 }
 
 fn describe_stderr(stderr: &str) -> String {

@@ -1,9 +1,11 @@
 //! `tusk restore`: roles first, then the database, into a staging database
 //! that replaces the target only once it restored completely.
 
+pub mod analyze;
 pub mod archive;
 pub mod globals;
 
+use std::collections::HashSet;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -55,6 +57,9 @@ pub struct LoadOptions {
     pub no_owner: bool,
     pub no_acl: bool,
     pub role: Option<String>,
+    /// Collect planner statistics: table by table while a parallel
+    /// pg_restore still runs, the rest at the end.
+    pub analyze: bool,
 }
 
 pub async fn run(
@@ -125,9 +130,9 @@ pub async fn run(
         no_owner: opts.no_owner,
         no_acl: false,
         role: opts.role.clone(),
+        analyze: true,
     };
     load_database(server, set, &staging, &load, output).await?;
-    analyze(server, &staging, opts.jobs).await?;
 
     if existing.owner.is_some() {
         swap_in(&admin, &staging, database).await?;
@@ -406,20 +411,45 @@ pub async fn load_database(
             staging_started.elapsed().as_secs_f64()
         );
         progress.set_prefix("pg_restore");
-        let command = command
+        let mut command = command
             .arg(format!("--jobs={}", opts.jobs))
             .arg(staged.path.clone());
-        let restored = match server.spawn(command).await {
-            Ok(process) => process.wait().await.map(drop),
-            Err(err) => Err(err),
+        let plan = match opts.analyze {
+            true => analyze::read_plan(&path, compression).await,
+            false => None,
         };
+        let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        if plan.is_some() {
+            command = command.arg("--verbose").observe_stderr(lines_tx);
+        } else {
+            drop(lines_tx);
+        }
+        let early = analyze_while_restoring(server, database, plan, lines);
+        let restore = async {
+            match server.spawn(command).await {
+                Ok(process) => process.wait().await.map(drop),
+                Err(err) => Err(err),
+            }
+        };
+        let (restored, analyzed) = tokio::join!(restore, early);
         let removed = staged.cleanup.run().await;
-        restored.and(removed)
+        let analyzed = restored.and(removed).and(analyzed)?;
+        if opts.analyze {
+            finish_analyze(server, database, opts.jobs, &analyzed).await
+        } else {
+            Ok(())
+        }
     } else {
         let process = server.spawn(command.with_stdin()).await?;
         let source = open_decompressed(&path, compression).await?;
         let mut counted = crate::backup::stream::CountingReader::new(source, progress.clone());
-        process.feed(&mut counted).await.map(drop)
+        match process.feed(&mut counted).await {
+            Ok(_) if opts.analyze => {
+                finish_analyze(server, database, opts.jobs, &HashSet::new()).await
+            }
+            Ok(_) => Ok(()),
+            Err(err) => Err(err),
+        }
     };
     progress.finish_and_clear();
     tracing::debug!(
@@ -437,48 +467,43 @@ fn conninfo_dbname(database: &str) -> String {
     )
 }
 
-/// Collects planner statistics (a dump carries none), one table per
-/// session across `jobs` sessions, largest tables first.
-async fn analyze(server: &dyn PgServer, database: &str, jobs: u32) -> Result<()> {
-    let started = Instant::now();
-    let session = server.connect(database).await?;
-    let tables: Vec<String> = session
-        .query(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'm', 'p') \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-               AND n.nspname NOT LIKE 'pg\\_toast%' \
-             ORDER BY pg_total_relation_size(c.oid) DESC",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| row.get(0))
-        .collect();
-    let queue = std::sync::Mutex::new(tables.into_iter());
-    let worker = |session: tokio_postgres::Client| {
-        let queue = &queue;
-        async move {
-            loop {
-                let next = queue.lock().unwrap().next();
-                let Some(table) = next else {
-                    return anyhow::Ok(());
-                };
-                session
-                    .batch_execute(&format!("ANALYZE {table}"))
-                    .await
-                    .with_context(|| format!("ANALYZE {table} failed in {database}"))?;
-            }
-        }
+/// ANALYZEs each table on one extra session as soon as pg_restore's
+/// progress lines show it complete; returns the tables it analyzed.
+async fn analyze_while_restoring(
+    server: &dyn PgServer,
+    database: &str,
+    plan: Option<analyze::Plan>,
+    mut lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+) -> Result<HashSet<analyze::TableName>> {
+    let mut analyzed = HashSet::new();
+    let Some(mut plan) = plan else {
+        return Ok(analyzed);
     };
-    let mut workers = vec![worker(session)];
-    for _ in 1..jobs.max(1) {
-        workers.push(worker(server.connect(database).await?));
+    let session = server.connect(database).await?;
+    while let Some(line) = lines.recv().await {
+        let Some(item) = analyze::finished_item(&line) else {
+            continue;
+        };
+        for table in plan.finished(item) {
+            analyze::analyze_table(&session, &table).await?;
+            analyzed.insert(table);
+        }
     }
-    futures_util::future::try_join_all(workers).await?;
+    Ok(analyzed)
+}
+
+/// ANALYZEs what the restore has not analyzed yet, on `jobs` sessions.
+async fn finish_analyze(
+    server: &dyn PgServer,
+    database: &str,
+    jobs: u32,
+    done: &HashSet<analyze::TableName>,
+) -> Result<()> {
+    let started = Instant::now();
+    analyze::analyze_rest(server, database, jobs, done).await?;
     tracing::info!(
-        "analyzed {database} in {:.1}s",
+        "analyzed {database}: {} tables while restoring, the rest in {:.1}s",
+        done.len(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
