@@ -172,12 +172,7 @@ async fn verify(ctx: &Context, args: MediaVerifyArgs) -> Result<()> {
 
 async fn usage(ctx: &Context, args: MediaUsageArgs) -> Result<()> {
     let session = ctx.source_server().await?;
-    let database = ctx
-        .settings
-        .database()?
-        .database()
-        .unwrap_or("postgres")
-        .to_string();
+    let database = ctx.source_database_name()?;
     let session = session.connect(&database).await?;
     let layout = layout(ctx);
     let stored: Vec<ObjectInfo> = if args.bucket {

@@ -70,6 +70,17 @@ impl Context {
         )?))
     }
 
+    /// The instance's database name (libpq's default, `postgres`, if the
+    /// login names none).
+    pub fn source_database_name(&self) -> Result<String> {
+        Ok(self
+            .settings
+            .database()?
+            .database()
+            .unwrap_or("postgres")
+            .to_string())
+    }
+
     pub fn backup_dir(&self) -> PathBuf {
         self.settings.backup_dir.clone()
     }

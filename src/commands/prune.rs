@@ -31,12 +31,7 @@ pub async fn exec(ctx: &Context, args: PruneArgs) -> Result<()> {
         }
     }
     let server = ctx.source_server().await?;
-    let database = ctx
-        .settings
-        .database()?
-        .database()
-        .unwrap_or("postgres")
-        .to_string();
+    let database = ctx.source_database_name()?;
     let report = prune::run(server.as_ref(), &database, &store, &opts, &ctx.output).await?;
 
     if ctx.output.json {
