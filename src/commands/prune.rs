@@ -20,9 +20,11 @@ pub async fn exec(ctx: &Context, args: PruneArgs) -> Result<()> {
     let opts = options(ctx, &args);
     prune::validate(&opts)?;
     let store = media_store(ctx)?;
+    let server = ctx.source_server().await?;
+    let database = ctx.source_database_name()?;
     if !opts.dry_run {
         let question = format!(
-            "Prune {} from {} and the database?",
+            "Prune {} from {} and database {database}?",
             rule_names(&opts).join(", "),
             store.storage.describe()
         );
@@ -30,8 +32,6 @@ pub async fn exec(ctx: &Context, args: PruneArgs) -> Result<()> {
             anyhow::bail!("nothing pruned: not confirmed");
         }
     }
-    let server = ctx.source_server().await?;
-    let database = ctx.source_database_name()?;
     let report = prune::run(server.as_ref(), &database, &store, &opts, &ctx.output).await?;
 
     if ctx.output.json {
