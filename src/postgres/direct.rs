@@ -150,12 +150,16 @@ impl PgServer for DirectServer {
             .with_context(|| format!("could not write {}", path.display()))?;
         writer.flush().await?;
         let offsets_path = path.clone();
+        let started = std::time::Instant::now();
         match tokio::task::spawn_blocking(move || {
             crate::restore::archive::add_data_offsets(&offsets_path)
         })
         .await?
         {
-            Ok(count) => tracing::debug!("recorded the data offsets of {count} archive entries"),
+            Ok(count) => tracing::debug!(
+                "recorded the data offsets of {count} archive entries in {:.2}s",
+                started.elapsed().as_secs_f64()
+            ),
             Err(err) => tracing::debug!("restoring without data offsets: {err:#}"),
         }
         Ok(StagedArchive {
