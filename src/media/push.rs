@@ -52,12 +52,11 @@ pub async fn run(
     output: &Output,
 ) -> Result<PushReport> {
     let started = Instant::now();
-    let local = layout.walk().await?;
-    let listing: HashMap<String, ObjectInfo> = list_all(storage, &layout.list_prefix())
-        .await?
-        .into_iter()
-        .map(|o| (o.key.clone(), o))
-        .collect();
+    // Walking a cold tree and listing the bucket both wait on I/O: together.
+    let prefix = layout.list_prefix();
+    let (local, listing) = tokio::try_join!(layout.walk(), list_all(storage, &prefix))?;
+    let listing: HashMap<String, ObjectInfo> =
+        listing.into_iter().map(|o| (o.key.clone(), o)).collect();
     let mut report = PushReport {
         dry_run: opts.dry_run,
         local_files: local.len(),

@@ -145,38 +145,104 @@ pub async fn file_md5(path: &Path) -> Result<String> {
     .await?
 }
 
+/// Directories read at once by [`walk`]: a cold media tree is thousands of
+/// small directories, and the disk answers several reads at a time.
+const WALKERS: usize = 16;
+
 /// Every regular file under `root` as an object (no ETag: computing MD5s
-/// for a listing would read every file).
+/// for a listing would read every file), in no particular order.
 pub fn walk(root: &Path) -> Result<Vec<ObjectInfo>> {
-    let mut objects = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(dir) = pending.pop() {
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound && dir == root => break,
-            Err(err) => {
-                return Err(err).with_context(|| format!("could not read {}", dir.display()));
-            }
-        };
-        for entry in entries {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                pending.push(entry.path());
-            } else if kind.is_file() {
-                let path = entry.path();
-                let key = key_of(root, &path)?;
-                let meta = entry.metadata()?;
-                objects.push(ObjectInfo {
-                    key,
-                    size: meta.len(),
-                    etag: None,
-                    modified: meta.modified().ok(),
-                });
-            }
-        }
+    use std::sync::{Condvar, Mutex};
+    struct Queue {
+        dirs: Vec<PathBuf>,
+        busy: usize,
+        failed: Option<anyhow::Error>,
     }
-    Ok(objects)
+    let queue = Mutex::new(Queue {
+        dirs: vec![root.to_path_buf()],
+        busy: 0,
+        failed: None,
+    });
+    let wakeup = Condvar::new();
+    let found = Mutex::new(Vec::new());
+
+    let read_dir =
+        |dir: &Path, subdirs: &mut Vec<PathBuf>, files: &mut Vec<ObjectInfo>| -> Result<()> {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(entries) => entries,
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound && dir == root => {
+                    return Ok(());
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| format!("could not read {}", dir.display()));
+                }
+            };
+            for entry in entries {
+                let entry = entry?;
+                let kind = entry.file_type()?;
+                if kind.is_dir() {
+                    subdirs.push(entry.path());
+                } else if kind.is_file() {
+                    let path = entry.path();
+                    let meta = entry.metadata()?;
+                    files.push(ObjectInfo {
+                        key: key_of(root, &path)?,
+                        size: meta.len(),
+                        etag: None,
+                        modified: meta.modified().ok(),
+                    });
+                }
+            }
+            Ok(())
+        };
+
+    std::thread::scope(|scope| {
+        for _ in 0..WALKERS {
+            scope.spawn(|| {
+                let mut files = Vec::new();
+                loop {
+                    let dir = {
+                        let mut q = queue.lock().expect("walk queue");
+                        loop {
+                            if q.failed.is_some() {
+                                break None;
+                            }
+                            if let Some(dir) = q.dirs.pop() {
+                                q.busy += 1;
+                                break Some(dir);
+                            }
+                            if q.busy == 0 {
+                                break None;
+                            }
+                            q = wakeup.wait(q).expect("walk queue");
+                        }
+                    };
+                    let Some(dir) = dir else {
+                        wakeup.notify_all();
+                        break;
+                    };
+                    let mut subdirs = Vec::new();
+                    let result = read_dir(&dir, &mut subdirs, &mut files);
+                    let mut q = queue.lock().expect("walk queue");
+                    q.busy -= 1;
+                    match result {
+                        Ok(()) => q.dirs.extend(subdirs),
+                        Err(err) => {
+                            q.failed.get_or_insert(err);
+                        }
+                    }
+                    drop(q);
+                    wakeup.notify_all();
+                }
+                found.lock().expect("walk results").extend(files);
+            });
+        }
+    });
+    let queue = queue.into_inner().expect("walk queue");
+    if let Some(err) = queue.failed {
+        return Err(err);
+    }
+    Ok(found.into_inner().expect("walk results"))
 }
 
 /// `root/a/b/c.png` -> `a/b/c.png`, always with `/`.
@@ -189,4 +255,32 @@ pub fn key_of(root: &Path, path: &Path) -> Result<String> {
         .map(|c| c.as_os_str().to_string_lossy().into_owned())
         .collect();
     Ok(parts.join("/"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn walk_finds_every_file_in_a_deep_tree_once() {
+        let root = tempfile::tempdir().unwrap();
+        let mut expected = Vec::new();
+        for i in 0..300 {
+            let key = format!("media_attachments/files/{:03}/{:03}/original/f{i}.png", i % 7, i);
+            let path = root.path().join(&key);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, vec![0u8; i]).unwrap();
+            expected.push((key, i as u64));
+        }
+        std::fs::create_dir_all(root.path().join("empty/dir")).unwrap();
+        let mut found: Vec<(String, u64)> = walk(root.path())
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.key, o.size))
+            .collect();
+        found.sort();
+        expected.sort();
+        assert_eq!(found, expected);
+        assert!(walk(&root.path().join("missing")).unwrap().is_empty());
+    }
 }
