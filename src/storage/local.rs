@@ -266,7 +266,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let mut expected = Vec::new();
         for i in 0..300 {
-            let key = format!("media_attachments/files/{:03}/{:03}/original/f{i}.png", i % 7, i);
+            let key = format!(
+                "media_attachments/files/{:03}/{:03}/original/f{i}.png",
+                i % 7,
+                i
+            );
             let path = root.path().join(&key);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, vec![0u8; i]).unwrap();
