@@ -15,6 +15,19 @@ use crate::storage::PutOptions;
 /// Paperclip's header on every upload: media never changes under its name.
 pub const CACHE_CONTROL: &str = "public, max-age=315576000, immutable";
 
+/// The object key for a path below the media root, under `S3_KEY_PREFIX`.
+pub fn key_for(key_prefix: Option<&str>, relative: &str) -> String {
+    match key_prefix {
+        Some(prefix) => format!("{prefix}/{relative}"),
+        None => relative.to_string(),
+    }
+}
+
+/// The listing prefix that holds every media key.
+pub fn list_prefix(key_prefix: Option<&str>) -> String {
+    key_prefix.map(|p| format!("{p}/")).unwrap_or_default()
+}
+
 /// A local media tree and how its files map to keys and headers.
 #[derive(Debug, Clone)]
 pub struct MediaLayout {
@@ -40,18 +53,12 @@ pub struct LocalFile {
 impl MediaLayout {
     /// The object key for a path relative to the media root.
     pub fn key_for(&self, relative: &str) -> String {
-        match &self.key_prefix {
-            Some(prefix) => format!("{prefix}/{relative}"),
-            None => relative.to_string(),
-        }
+        key_for(self.key_prefix.as_deref(), relative)
     }
 
     /// The listing prefix that holds every media key.
     pub fn list_prefix(&self) -> String {
-        self.key_prefix
-            .as_ref()
-            .map(|p| format!("{p}/"))
-            .unwrap_or_default()
+        list_prefix(self.key_prefix.as_deref())
     }
 
     /// The path relative to the media root for a key, if it is a media key.

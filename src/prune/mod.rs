@@ -107,10 +107,7 @@ pub struct MediaStore {
 impl MediaStore {
     /// The storage key of a key below the media root.
     pub fn key(&self, relative: &str) -> String {
-        match &self.key_prefix {
-            Some(prefix) => format!("{prefix}/{relative}"),
-            None => relative.to_string(),
-        }
+        crate::media::key_for(self.key_prefix.as_deref(), relative)
     }
 }
 

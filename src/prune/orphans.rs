@@ -39,11 +39,7 @@ pub async fn apply(
     opts: &PruneOptions,
     output: &Output,
 ) -> Result<RuleReport> {
-    let prefix = store
-        .key_prefix
-        .as_ref()
-        .map(|p| format!("{p}/"))
-        .unwrap_or_default();
+    let prefix = crate::media::list_prefix(store.key_prefix.as_deref());
     tracing::info!(
         "orphans: scanning {}{}",
         store.storage.describe(),
