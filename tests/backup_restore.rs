@@ -278,7 +278,6 @@ fn gzip_and_uncompressed_sets_restore_too() {
 
 #[test]
 fn on_a_terminal_force_asks_first_and_no_keeps_the_target() {
-    use std::io::Write;
     let cluster = Cluster::main();
     let source = cluster.mastodon_database("tty_src", 1);
     let ws = Workspace::new();
@@ -295,22 +294,12 @@ fn on_a_terminal_force_asks_first_and_no_keeps_the_target() {
         ws.backup_dir().display(),
         target.url()
     );
-    let mut child = std::process::Command::new("script")
-        .args(["-qec", &command_line, "/dev/null"])
-        .env("TUSK_PG_BIN_DIR", pg_bin())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
+    let (code, screen) = run_on_terminal(&command_line, b"n\n");
     assert!(
         screen.contains("Replace database"),
         "no question asked:\n{screen}"
     );
-    assert_eq!(out.status.code(), Some(1), "{screen}");
+    assert_eq!(code, Some(1), "{screen}");
     assert!(screen.contains("not changed"), "{screen}");
     assert_eq!(target.fingerprint(), before);
 }

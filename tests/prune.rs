@@ -713,35 +713,23 @@ fn orphan_scans_resume_after_a_key_and_empty_tables_own_no_files() {
 
 #[test]
 fn on_a_terminal_prune_asks_first_and_no_changes_nothing() {
-    use std::io::Write;
     let ws = Workspace::new();
     let (db, root, _) = media_tree(&ws, "pr_tty");
     let fingerprint = db.fingerprint();
     let tree = tree_md5s(&root);
 
-    // `script` gives tusk a pseudo-terminal, as an admin's shell would.
     let command_line = format!(
         "'{}' --database-url '{}' --media-root '{}' prune --media-cache-days 7",
         assert_cmd::cargo::cargo_bin("tusk").display(),
         db.url(),
         root.display()
     );
-    let mut child = Command::new("script")
-        .args(["-qec", &command_line, "/dev/null"])
-        .env("TUSK_PG_BIN_DIR", pg_bin())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(b"n\n").unwrap();
-    let out = child.wait_with_output().unwrap();
-    let screen = String::from_utf8_lossy(&out.stdout);
+    let (code, screen) = run_on_terminal(&command_line, b"n\n");
     assert!(
         screen.contains("Prune media cached over 7 days"),
         "no question asked:\n{screen}"
     );
-    assert_eq!(out.status.code(), Some(1), "{screen}");
+    assert_eq!(code, Some(1), "{screen}");
     assert!(screen.contains("nothing pruned"), "{screen}");
     assert_eq!(db.fingerprint(), fingerprint);
     assert_eq!(tree_md5s(&root), tree);

@@ -172,18 +172,18 @@ impl<'a> Checker<'a> {
             }
         }
 
-        // One query per class on this page.
-        let mut stored: HashMap<(&'static str, &'static str), HashMap<i64, Option<String>>> =
-            HashMap::new();
-        let mut by_class: HashMap<*const Attachment, (&'static Attachment, Vec<i64>)> =
-            HashMap::new();
+        // One query per class on this page, keyed like the rows it returns.
+        type Class = (&'static str, &'static str);
+        let class = |a: &'static Attachment| -> Class { (a.table, a.name) };
+        let mut by_class: HashMap<Class, (&'static Attachment, Vec<i64>)> = HashMap::new();
         for candidate in &candidates {
             by_class
-                .entry(candidate.attachment as *const Attachment)
+                .entry(class(candidate.attachment))
                 .or_insert((candidate.attachment, Vec::new()))
                 .1
                 .push(candidate.id);
         }
+        let mut stored: HashMap<Class, HashMap<i64, Option<String>>> = HashMap::new();
         for (attachment, ids) in by_class.into_values() {
             self.check_instance_database().await?;
             let rows = self
@@ -199,7 +199,7 @@ impl<'a> Checker<'a> {
                 .await
                 .with_context(|| format!("could not look up {} rows", attachment.table))?;
             stored.insert(
-                (attachment.table, attachment.name),
+                class(attachment),
                 rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
             );
         }
@@ -207,7 +207,7 @@ impl<'a> Checker<'a> {
         let mut orphans = Vec::new();
         for candidate in candidates {
             let file_name = stored
-                .get(&(candidate.attachment.table, candidate.attachment.name))
+                .get(&class(candidate.attachment))
                 .and_then(|rows| rows.get(&candidate.id))
                 .cloned()
                 .flatten()

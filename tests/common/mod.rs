@@ -233,6 +233,27 @@ pub fn tusk(workdir: &Path) -> Command {
     cmd
 }
 
+/// Runs `command_line` (a shell line) on a pseudo-terminal, as an admin's
+/// shell would, typing `input`; returns the exit code and what the
+/// terminal showed.
+pub fn run_on_terminal(command_line: &str, input: &[u8]) -> (Option<i32>, String) {
+    use std::io::Write;
+    let mut child = Command::new("script")
+        .args(["-qec", command_line, "/dev/null"])
+        .env("TUSK_PG_BIN_DIR", pg_bin())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run script(1)");
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// The outcome of one tusk run.
 pub struct Run {
     pub code: i32,
