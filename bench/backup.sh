@@ -9,8 +9,9 @@
 #   restore: zcat | psql, pg_restore -j2, tusk restore -j2
 # and prints each as a ratio against its baseline, plus tusk's peak RSS.
 # BENCH_RSS_SCALES (default "900 3600") adds tusk's peak RSS at ~1 GB and ~4 GB.
-# With a Docker Engine it also compares Docker mode with direct mode on one
-# container (BENCH_DOCKER=0 skips that).
+# With a Docker Engine it also compares Docker mode (both transports: the
+# default pipe through a helper container, and the exec stream) with direct
+# mode on one container (BENCH_DOCKER=0 skips that).
 #
 # Usage: bench/backup.sh            (root; ~10 min at the defaults on 2 cores)
 # Env:   BENCH_SCALE=900  BENCH_RSS_SCALES="900 3600"  BENCH_KEEP=1 (keep the work dir)
@@ -98,6 +99,7 @@ if [[ ${BENCH_DOCKER:-1} == 1 ]] && docker info >/dev/null 2>&1; then
     for round in 1 2; do
         timed "tusk backup direct (container) $round" "$TUSK -q --backup-dir $WORK/dsets --instance direct --pg-bin-dir $PGBIN --database-url postgresql://postgres@$DIP:5432/bench backup > /dev/null"
         timed "tusk backup docker mode $round" "$TUSK -q --backup-dir $WORK/dsets --instance docker --postgres-mode docker --compose-project tuskbench --database-url postgresql://postgres@db/bench backup > /dev/null"
+        timed "tusk backup docker exec $round" "$TUSK -q --backup-dir $WORK/dsets --instance docker --postgres-mode docker --docker-transport exec --compose-project tuskbench --database-url postgresql://postgres@db/bench backup > /dev/null"
     done
     DOCKER_OK=1
     docker rm -f tusk-bench-db >/dev/null
@@ -129,9 +131,10 @@ restore
   tusk restore -j2 / pg_restore -j2          $(ratio "tusk restore -j2" "pg_restore -j2")   (target <= 1.0, aim 0.8)
   tusk restore -j2 / zcat | psql             $(ratio "tusk restore -j2" "zcat | psql")
 $(if ((DOCKER_OK)); then
-    d=$(best_of "tusk backup direct (container)"); k=$(best_of "tusk backup docker mode")
+    d=$(best_of "tusk backup direct (container)"); k=$(best_of "tusk backup docker mode"); e=$(best_of "tusk backup docker exec")
     echo "docker mode (best of 2)"
-    echo "  docker mode / direct mode                  $(awk -v a="$k" -v b="$d" 'BEGIN { printf "%.2f", a / b }')   (target <= 1.10; $k s vs $d s)"
+    echo "  docker mode / direct mode                  $(awk -v a="$k" -v b="$d" 'BEGIN { printf "%.2f", a / b }')   (target <= 1.10; $k s vs $d s; default transport: pipe)"
+    echo "  docker mode, --docker-transport exec / direct  $(awk -v a="$e" -v b="$d" 'BEGIN { printf "%.2f", a / b }')   ($e s)"
     echo "  floor: docker exec pg_dump / pg_dump over TCP, both to /dev/null  $(ratio "docker exec pg_dump -Fc -Z0 > /dev/null" "pg_dump -Fc -Z0 over TCP > /dev/null")"
 else
     echo "docker mode: skipped (no Docker Engine or BENCH_DOCKER=0)"

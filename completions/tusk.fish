@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -37,6 +37,9 @@ complete -c tusk -n "__fish_tusk_needs_command" -l temp-dir -d 'Directory for te
 complete -c tusk -n "__fish_tusk_needs_command" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_needs_command" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_needs_command" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -82,6 +85,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand backup" -l temp-dir -d 'Direct
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -118,6 +124,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_s
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -155,6 +164,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subco
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -197,6 +209,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand restore" -l temp-dir -d 'Direc
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -238,6 +253,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -l temp-dir -d 'Direct
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -274,6 +292,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_sub
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -314,6 +335,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -352,6 +376,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -387,6 +414,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -441,6 +471,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand prune" -l temp-dir -d 'Directo
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -482,6 +515,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand completions" -l temp-dir -d 'D
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
@@ -517,6 +553,9 @@ complete -c tusk -n "__fish_tusk_using_subcommand man" -l temp-dir -d 'Directory
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l container -d 'PostgreSQL container by name (Docker mode)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compose-project -d 'Compose project of the containers (Docker mode)' -r

@@ -84,6 +84,16 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TUSK_DOCKER_HOST", value_name = "URL")]
     pub docker_host: Option<String>,
 
+    /// How pg_dump's output leaves the container (Docker mode) [default: auto]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_DOCKER_TRANSPORT",
+        value_enum,
+        value_name = "HOW"
+    )]
+    pub docker_transport: Option<crate::config::DumpTransport>,
+
     /// PostgreSQL container by name (Docker mode)
     #[arg(long, global = true, env = "TUSK_CONTAINER", value_name = "NAME")]
     pub container: Option<String>,

@@ -103,6 +103,7 @@ pub struct DockerSection {
     pub container: Option<String>,
     pub compose_service: Option<String>,
     pub compose_project: Option<String>,
+    pub transport: Option<DumpTransport>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +179,20 @@ pub enum PgMode {
     Docker,
 }
 
+/// How a dump leaves the database container in Docker mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DumpTransport {
+    /// `pipe` when the Engine runs on this machine, else `exec`; falls back
+    /// to `exec` when the helper container cannot deliver.
+    Auto,
+    /// pg_dump runs in a helper container from the same image and writes
+    /// into a named pipe on this machine.
+    Pipe,
+    /// pg_dump's output streams through the Engine's exec API.
+    Exec,
+}
+
 /// Mastodon's compose file calls its database service `db` and its app
 /// services these.
 pub const DEFAULT_COMPOSE_SERVICE: &str = "db";
@@ -209,6 +224,8 @@ pub struct Settings {
     pub docker_host: Option<String>,
     /// The database container (Docker mode).
     pub container: ContainerSelector,
+    /// How pg_dump's output reaches tusk in Docker mode.
+    pub transport: DumpTransport,
     /// Mastodon's app services, stopped around a dump with `--stop-services`.
     pub services: Vec<String>,
     /// The local media folder (`public/system`).
@@ -364,6 +381,10 @@ impl Settings {
             s3_permission,
             mode,
             docker_host: args.docker_host.clone().or(file.docker.host),
+            transport: args
+                .docker_transport
+                .or(file.docker.transport)
+                .unwrap_or(DumpTransport::Auto),
             container,
             services,
             instance,

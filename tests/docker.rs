@@ -96,12 +96,17 @@ fn docker_round_trip_stops_the_apps_only_during_the_dump() {
                 && ["stop", "kill", "die"].contains(&action.as_str())),
         "the database container was stopped: {events:?}"
     );
-    assert!(
-        events
-            .iter()
-            .any(|(n, action, _)| *n == database && action.starts_with("exec_start: pg_dump")),
-        "pg_dump did not run inside the database container: {events:?}"
-    );
+    // The dump ran in a helper container from the database's image (the
+    // default transport on a local Engine), which is gone again.
+    let helper = compose.helper_events(since, until);
+    for action in ["create", "start", "die", "destroy"] {
+        assert!(
+            helper.iter().any(|a| a == action),
+            "no helper {action}: {helper:?}"
+        );
+    }
+    assert!(compose.helpers().is_empty(), "helper container left behind");
+    assert!(ws.temp_leftovers().is_empty(), "{:?}", ws.temp_leftovers());
 
     // Restore inside the same container under another name.
     let mut cmd = compose.tusk(&ws);
@@ -210,6 +215,145 @@ fn sets_move_between_direct_and_docker_mode() {
     );
 }
 
+#[test]
+fn the_exec_transport_and_the_fallback_to_it_dump_the_same_database() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_exec");
+    let source = seeded(&compose, 1);
+    let before = source.fingerprint();
+    let database = compose.container("postgres");
+    let ws = Workspace::new();
+    let restores_to_the_source = |id: &str, name: &str| {
+        let mut cmd = compose.tusk(&ws);
+        cmd.args(["--database-url", DB_URL, "restore", id, "--database", name]);
+        run(cmd).expect_code(0);
+        let restored = TestDb {
+            cluster: compose.cluster(),
+            name: name.into(),
+        };
+        assert_eq!(restored.fingerprint(), before, "{id}");
+    };
+
+    // Asked for: pg_dump runs in the database container, no helper.
+    let since = now_nanos() / 1_000_000_000 - 1;
+    let mut cmd = compose.tusk(&ws);
+    cmd.args([
+        "--json",
+        "--docker-transport",
+        "exec",
+        "--database-url",
+        DB_URL,
+        "backup",
+    ]);
+    let id = run(cmd).expect_code(0).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let until = now_nanos() / 1_000_000_000 + 1;
+    let events = compose.events(since, until);
+    assert!(
+        events.iter().any(|(n, action, _)| *n == database
+            && action.starts_with("exec_start: pg_dump --format=custom")),
+        "pg_dump did not run inside the database container: {events:?}"
+    );
+    assert!(compose.helper_events(since, until).is_empty());
+    restores_to_the_source(&id, "via_exec");
+
+    // The helper cannot get its directory (the temporary directory does
+    // not exist): `auto` warns and streams through exec...
+    let missing = ws.path().join("no-such-dir");
+    let mut cmd = compose.tusk_with_temp_dir(&ws, &missing);
+    cmd.args(["--json", "--database-url", DB_URL, "backup"]);
+    let out = run(cmd).expect_code(0);
+    assert!(
+        out.stderr.contains("streaming through docker exec instead"),
+        "{}",
+        out.stderr
+    );
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    restores_to_the_source(&id, "via_fallback");
+
+    // ... while `pipe` fails without leaving a set.
+    let sets = ws.set_ids();
+    let mut cmd = compose.tusk_with_temp_dir(&ws, &missing);
+    cmd.args([
+        "--docker-transport",
+        "pipe",
+        "--database-url",
+        DB_URL,
+        "backup",
+    ]);
+    let out = run(cmd).expect_code(1);
+    assert!(out.stderr.contains("no-such-dir"), "{}", out.stderr);
+    assert_eq!(ws.set_ids(), sets);
+    assert!(compose.helpers().is_empty());
+}
+
+#[test]
+fn the_helper_logs_in_with_a_password_when_the_server_asks_for_one() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dk_pw");
+    let source = seeded(&compose, 1);
+    let before = source.fingerprint();
+    let database = compose.container("postgres");
+    // Passwords for every TCP login, 127.0.0.1 inside the container included;
+    // the local socket (docker exec) stays trusted.
+    source.sql(r"CREATE ROLE pw_admin SUPERUSER LOGIN PASSWORD 'p:w\d'");
+    let tcp_logins = |from: &str, to: &str| {
+        let script = format!(
+            "sed -i 's/^\\(host.*\\){from}$/\\1{to}/' /var/lib/postgresql/data/pg_hba.conf \
+             && psql -U postgres -Atc 'SELECT pg_reload_conf()'"
+        );
+        let status = Command::new("docker")
+            .args(["exec", &database, "sh", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    tcp_logins("trust", "scram-sha-256");
+    let ws = Workspace::new();
+
+    let since = now_nanos() / 1_000_000_000 - 1;
+    let mut cmd = compose.tusk(&ws);
+    cmd.args([
+        "--json",
+        "--database-url",
+        "postgresql://pw_admin:p%3Aw%5Cd@db/mastodon",
+        "backup",
+    ]);
+    let out = run(cmd).expect_code(0);
+    let until = now_nanos() / 1_000_000_000 + 1;
+    assert!(!out.stderr.contains("instead"), "{}", out.stderr);
+    assert!(
+        compose
+            .helper_events(since, until)
+            .contains(&"destroy".to_string())
+    );
+    assert!(ws.temp_leftovers().is_empty(), "the password file is gone");
+
+    let id = out.json()["id"].as_str().unwrap().to_string();
+    let mut cmd = compose.tusk(&ws);
+    cmd.args([
+        "--database-url",
+        "postgresql://pw_admin:p%3Aw%5Cd@db/mastodon",
+        "restore",
+        &id,
+        "--database",
+        "restored",
+    ]);
+    run(cmd).expect_code(0);
+    tcp_logins("scram-sha-256", "trust");
+    let restored = TestDb {
+        cluster: compose.cluster(),
+        name: "restored".into(),
+    };
+    assert_eq!(restored.fingerprint(), before);
+}
+
 /// Starts a Docker-mode backup with --stop-services on a database big
 /// enough to catch it mid-dump, and calls `interrupt` with tusk's pid once
 /// pg_dump's COPY is under way.
@@ -262,6 +406,8 @@ fn a_failed_dump_still_starts_the_apps_again() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(ws.set_ids().is_empty());
+    assert!(compose.helpers().is_empty(), "helper left behind: {stderr}");
+    assert!(ws.temp_leftovers().is_empty(), "{:?}", ws.temp_leftovers());
     for service in APP_SERVICES {
         assert!(
             compose.is_running(service),
@@ -292,6 +438,8 @@ fn the_database_container_stopping_mid_dump_exits_1_and_restarts_the_apps() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert!(partials <= 1, "only the lock file may remain"); // .tusk.lock
+    assert!(compose.helpers().is_empty(), "helper left behind: {stderr}");
+    assert!(ws.temp_leftovers().is_empty(), "{:?}", ws.temp_leftovers());
     for service in APP_SERVICES {
         assert!(
             compose.is_running(service),
@@ -354,6 +502,8 @@ fn ctrl_c_mid_dump_starts_the_apps_again_and_keeps_no_set() {
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("interrupted"), "{stderr}");
     assert!(ws.set_ids().is_empty());
+    assert!(compose.helpers().is_empty(), "helper left behind: {stderr}");
+    assert!(ws.temp_leftovers().is_empty(), "{:?}", ws.temp_leftovers());
     for service in APP_SERVICES {
         assert!(
             compose.is_running(service),

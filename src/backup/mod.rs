@@ -232,7 +232,8 @@ async fn dump_database(
         .arg("--compress=0")
         .arg(format!("--snapshot={snapshot}"))
         .arg("--no-password")
-        .database(&opts.database);
+        .database(&opts.database)
+        .bulk_output();
     let name = format!("database.dump{}", opts.compression.suffix());
     let dump = stream_tool_to_artefact(
         server,

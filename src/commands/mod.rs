@@ -37,7 +37,14 @@ impl Context {
             PgMode::Direct => Ok(self.direct_server(login.clone())),
             PgMode::Docker => {
                 let (docker, container) = self.source_container().await?;
-                Ok(Box::new(DockerServer::new(docker, container, login)?))
+                let engine_is_local =
+                    crate::docker::engine_is_local(self.settings.docker_host.as_deref());
+                let server = DockerServer::new(docker, container, login)?.with_dump_transport(
+                    self.settings.transport,
+                    engine_is_local,
+                    self.settings.temp_dir.clone(),
+                )?;
+                Ok(Box::new(server))
             }
         }
     }

@@ -33,6 +33,16 @@ pub fn connect(host: Option<&str>) -> Result<Docker> {
     })
 }
 
+/// Whether the Engine at `host` (else `DOCKER_HOST`, else the local socket)
+/// runs on this machine and sees its file system.
+pub fn engine_is_local(host: Option<&str>) -> bool {
+    let from_env = std::env::var("DOCKER_HOST").ok();
+    match host.or(from_env.as_deref()) {
+        None => cfg!(target_os = "linux"),
+        Some(host) => cfg!(target_os = "linux") && host.starts_with("unix://"),
+    }
+}
+
 /// How the PostgreSQL container is named in the configuration.
 #[derive(Debug, Clone)]
 pub enum ContainerSelector {

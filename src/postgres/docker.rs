@@ -1,6 +1,9 @@
 //! Docker mode: the client tools run inside the database container through
 //! the Engine's exec API, so they always match the server's major version;
-//! SQL sessions reach the container's address.
+//! SQL sessions reach the container's address. pg_dump's large output may
+//! take a faster way out instead ([`super::docker_pipe`]).
+
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
@@ -13,9 +16,12 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::io::{ReaderStream, StreamReader};
 
+use super::docker_pipe::{self, PipeError};
 use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolExit, ToolProcess};
 use crate::cleanup;
+use crate::config::DumpTransport;
 use crate::docker::Container;
+use crate::error::TuskError;
 
 /// Keep this much of a tool's stderr for the error message.
 const STDERR_TAIL: usize = 16 * 1024;
@@ -29,6 +35,19 @@ pub struct DockerServer {
     docker: Docker,
     container: Container,
     target: DbTarget,
+    dump_transport: Transport,
+    temp_dir: Option<PathBuf>,
+}
+
+/// How pg_dump's output leaves the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transport {
+    Exec,
+    /// Through a helper container and a named pipe; `fallback` allows the
+    /// exec stream when the helper delivered nothing.
+    Pipe {
+        fallback: bool,
+    },
 }
 
 impl DockerServer {
@@ -45,7 +64,34 @@ impl DockerServer {
             docker,
             container,
             target,
+            dump_transport: Transport::Exec,
+            temp_dir: None,
         })
+    }
+
+    /// Chooses how pg_dump's output leaves the container. The pipe needs the
+    /// Engine on this machine (`engine_is_local`), since the helper mounts a
+    /// directory from here.
+    pub fn with_dump_transport(
+        mut self,
+        transport: DumpTransport,
+        engine_is_local: bool,
+        temp_dir: Option<PathBuf>,
+    ) -> Result<Self> {
+        self.dump_transport = match transport {
+            DumpTransport::Exec => Transport::Exec,
+            DumpTransport::Auto if engine_is_local => Transport::Pipe { fallback: true },
+            DumpTransport::Auto => Transport::Exec,
+            DumpTransport::Pipe if engine_is_local => Transport::Pipe { fallback: false },
+            DumpTransport::Pipe => {
+                return Err(TuskError::usage(
+                    "docker.transport: pipe needs the Docker Engine on this machine \
+                     (a unix socket); use exec for a remote Engine",
+                ));
+            }
+        };
+        self.temp_dir = temp_dir;
+        Ok(self)
     }
 
     /// The libpq environment inside the container: its local socket, the
@@ -177,6 +223,37 @@ impl PgServer for DockerServer {
     }
 
     async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess> {
+        if let Transport::Pipe { fallback } = self.dump_transport
+            && command.bulk_output
+            && !command.stdin
+        {
+            let env = self
+                .exec_env(&command)
+                .into_iter()
+                .filter(|var| !var.starts_with("PGPASSWORD="))
+                .collect();
+            let password = self.target.password();
+            match docker_pipe::spawn(
+                &self.docker,
+                &self.container,
+                self.temp_dir.as_deref(),
+                env,
+                password.as_deref(),
+                &command,
+            )
+            .await
+            {
+                Ok(process) => return Ok(process),
+                Err(PipeError::NothingDelivered(err)) if fallback => {
+                    tracing::warn!(
+                        "the helper container could not dump ({err:#}); \
+                         streaming through docker exec instead (set docker.transport: exec \
+                         to skip this attempt)"
+                    );
+                }
+                Err(err) => return Err(err.into()),
+            }
+        }
         let mut cmd = vec![command.tool.program().to_string()];
         cmd.extend(command.args.iter().cloned());
         self.exec(

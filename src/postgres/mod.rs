@@ -6,6 +6,7 @@
 
 pub mod direct;
 pub mod docker;
+mod docker_pipe;
 pub mod target;
 
 use std::future::Future;
@@ -54,6 +55,9 @@ pub struct ToolCommand {
     /// Receives every stderr line as it comes (pg_restore's `--verbose`
     /// progress); those progress lines stay out of the error message.
     pub stderr_lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
+    /// Whether stdout carries a whole database, worth a faster way out of a
+    /// container than the exec stream.
+    pub bulk_output: bool,
 }
 
 impl ToolCommand {
@@ -65,7 +69,14 @@ impl ToolCommand {
             env: Vec::new(),
             stdin: false,
             stderr_lines: None,
+            bulk_output: false,
         }
+    }
+
+    /// Marks stdout as carrying a whole database (pg_dump's archive).
+    pub fn bulk_output(mut self) -> Self {
+        self.bulk_output = true;
+        self
     }
 
     /// Sends each stderr line to `lines` while the tool runs.

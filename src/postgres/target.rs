@@ -79,6 +79,13 @@ impl DbTarget {
         Self::from_config(fresh)
     }
 
+    /// The password, for a password file only a helper container reads.
+    pub fn password(&self) -> Option<String> {
+        self.config
+            .get_password()
+            .map(|password| String::from_utf8_lossy(password).into_owned())
+    }
+
     fn host(&self) -> String {
         match self.config.get_hosts().first() {
             Some(Host::Tcp(host)) => host.clone(),
@@ -112,8 +119,8 @@ impl DbTarget {
             ("PGAPPNAME", "tusk".to_string()),
             ("PGCONNECT_TIMEOUT", "15".to_string()),
         ];
-        if let Some(password) = self.config.get_password() {
-            env.push(("PGPASSWORD", String::from_utf8_lossy(password).into_owned()));
+        if let Some(password) = self.password() {
+            env.push(("PGPASSWORD", password));
         }
         env
     }

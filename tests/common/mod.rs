@@ -315,6 +315,21 @@ impl Workspace {
         self.dir.path().join("backups")
     }
 
+    /// A directory for tusk's temporary files (`--temp-dir`), created on demand.
+    pub fn temp_dir(&self) -> PathBuf {
+        let dir = self.dir.path().join("tmp");
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// What tusk left in its temporary directory.
+    pub fn temp_leftovers(&self) -> Vec<String> {
+        std::fs::read_dir(self.temp_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect()
+    }
+
     /// `tusk` with `--backup-dir` and `--instance test` preset.
     pub fn tusk(&self) -> Command {
         let mut cmd = tusk(self.path());
@@ -524,6 +539,11 @@ impl Compose {
 
     /// `tusk` in Docker mode against this deployment.
     pub fn tusk(&self, ws: &Workspace) -> Command {
+        self.tusk_with_temp_dir(ws, &ws.temp_dir())
+    }
+
+    /// The same with another `--temp-dir`.
+    pub fn tusk_with_temp_dir(&self, ws: &Workspace, temp_dir: &Path) -> Command {
         let mut cmd = ws.tusk();
         cmd.args([
             "--postgres-mode",
@@ -531,7 +551,36 @@ impl Compose {
             "--compose-project",
             &self.project,
         ]);
+        cmd.arg("--temp-dir").arg(temp_dir);
         cmd
+    }
+
+    /// Helper containers tusk started beside the database container that
+    /// still exist, running or not.
+    pub fn helpers(&self) -> Vec<String> {
+        let filter = format!("label=tusk.for={}", self.container("postgres"));
+        let out = docker(&["ps", "-aq", "--filter", &filter]);
+        out.split_whitespace().map(str::to_string).collect()
+    }
+
+    /// Lifecycle actions of helper containers beside the database
+    /// container between two Unix times (seconds).
+    pub fn helper_events(&self, since: i64, until: i64) -> Vec<String> {
+        let filter = format!("label=tusk.for={}", self.container("postgres"));
+        let out = docker(&[
+            "events",
+            "--since",
+            &since.to_string(),
+            "--until",
+            &until.to_string(),
+            "--filter",
+            &filter,
+            "--filter",
+            "type=container",
+            "--format",
+            "{{.Action}}",
+        ]);
+        out.lines().map(str::to_string).collect()
     }
 }
 
