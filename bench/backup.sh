@@ -6,7 +6,8 @@
 # then times, on the same data:
 #   backup:  pg_dump > /dev/null (the bare dump), pg_dump -Fc -Z0 > /dev/null,
 #            pg_dump | gzip, pg_dump -Fc, tusk backup (zstd)
-#   restore: zcat | psql, pg_restore -j2, tusk restore -j2
+#   restore: zcat | psql, pg_restore -j2, pg_restore -j2 + vacuumdb --analyze-only
+#            (the same end state as tusk's: planner statistics), tusk restore -j2
 # and prints each as a ratio against its baseline, plus tusk's peak RSS.
 # BENCH_RSS_SCALES (default "900 3600") adds tusk's peak RSS at ~1 GB and ~4 GB.
 # With a Docker Engine it also compares Docker mode (both transports: the
@@ -77,6 +78,9 @@ timed "zcat | psql" "zcat $WORK/bench.sql.gz | $PGBIN/psql -X -q -v ON_ERROR_STO
 "$PGBIN/createdb" r_pgrestore
 timed "pg_restore -j2" "$PGBIN/pg_restore -j2 -d r_pgrestore $WORK/bench.dump"
 timed "tusk restore -j2" "/usr/bin/time -f %M -o $WORK/rss.restore $TUSK -q --backup-dir $WORK/sets --pg-bin-dir $PGBIN --temp-dir $WORK restore $SET -j 2 --no-globals --target-url '$(url r_tusk)'"
+"$PGBIN/createdb" r_analyzed
+# pg_restore leaves no planner statistics; tusk restore ANALYZEs. This is the same end state.
+timed "pg_restore -j2 + vacuumdb -Z -j2" "$PGBIN/pg_restore -j2 -d r_analyzed $WORK/bench.dump && $PGBIN/vacuumdb -q --analyze-only -j2 r_analyzed"
 
 echo "== Docker mode vs direct mode (same container, same data)"
 DOCKER_OK=0
@@ -130,6 +134,7 @@ backup
 restore
   tusk restore -j2 / pg_restore -j2          $(ratio "tusk restore -j2" "pg_restore -j2")   (target <= 1.0, aim 0.8)
   tusk restore -j2 / zcat | psql             $(ratio "tusk restore -j2" "zcat | psql")
+  tusk restore -j2 / pg_restore -j2 + vacuumdb --analyze-only -j2   $(ratio "tusk restore -j2" "pg_restore -j2 + vacuumdb -Z -j2")   (same end state)
 $(if ((DOCKER_OK)); then
     d=$(best_of "tusk backup direct (container)"); k=$(best_of "tusk backup docker mode"); e=$(best_of "tusk backup docker exec")
     echo "docker mode (best of 2)"
