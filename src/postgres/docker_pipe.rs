@@ -238,20 +238,17 @@ async fn deliver(
             return Err(PipeError::Failed(err));
         }
     };
-    // SAFETY: a valid descriptor; growing a pipe's buffer is harmless if refused.
-    unsafe {
-        use std::os::fd::AsRawFd;
-        libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
-    }
-    let mut receiver = tokio::net::unix::pipe::Receiver::from_file(file)
-        .context("could not read the pipe")
-        .map_err(PipeError::Failed)?;
     let mut first = vec![0u8; 1 << 16];
-    let first_len = receiver
-        .read(&mut first)
+    let read = read_first(file, &mut first)
         .await
-        .context("could not read the pipe")
-        .map_err(PipeError::Failed)?;
+        .with_context(|| format!("could not read {}", fifo.display()));
+    let (receiver, first_len) = match read {
+        Ok(read) => read,
+        Err(err) => {
+            let _ = guard.run().await;
+            return Err(PipeError::Failed(err));
+        }
+    };
     first.truncate(first_len);
 
     let exit = async move {
@@ -287,6 +284,21 @@ async fn deliver(
     }
     let stdout = Box::new(std::io::Cursor::new(first).chain(receiver));
     Ok(ToolProcess::new(label, None, stdout, exit))
+}
+
+/// Reads the first bytes from the opened pipe.
+async fn read_first(
+    file: std::fs::File,
+    buffer: &mut [u8],
+) -> Result<(tokio::net::unix::pipe::Receiver, usize)> {
+    // SAFETY: a valid descriptor; growing a pipe's buffer is harmless if refused.
+    unsafe {
+        use std::os::fd::AsRawFd;
+        libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
+    }
+    let mut receiver = tokio::net::unix::pipe::Receiver::from_file(file)?;
+    let read = receiver.read(buffer).await?;
+    Ok((receiver, read))
 }
 
 /// The helper's exit status.
