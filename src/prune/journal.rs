@@ -16,17 +16,35 @@ pub const TABLE: &str = "tusk_prune_pending";
 /// Session-level advisory lock: one prune per database at a time.
 const LOCK_KEY: i64 = 0x7475_736b_7072_756e; // "tuskprun"
 
+/// How long to wait for the lock: a run that just ended may still hold it
+/// for a moment, until its server process notices the closed connection.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Takes the prune lock for the session's lifetime, or fails with exit 4.
 pub async fn lock(client: &Client) -> Result<()> {
-    let row = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
-        .await?;
-    if !row.get::<_, bool>(0) {
-        return Err(TuskError::Locked(
-            "another tusk prune is running on this database; wait for it to finish".into(),
-        )
-        .into());
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        let row = client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LOCK_KEY])
+            .await?;
+        if row.get::<_, bool>(0) {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(TuskError::Locked(
+                "another tusk prune is running on this database; wait for it to finish".into(),
+            )
+            .into());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+/// Releases the lock before the session closes, so the next run finds it free.
+pub async fn unlock(client: &Client) -> Result<()> {
+    client
+        .query_one("SELECT pg_advisory_unlock($1)", &[&LOCK_KEY])
+        .await?;
     Ok(())
 }
 

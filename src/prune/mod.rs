@@ -166,6 +166,7 @@ pub async fn run(
 
     if !opts.dry_run {
         journal::drop_if_empty(&control).await?;
+        journal::unlock(&control).await?;
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
