@@ -3,6 +3,12 @@
 //! A dump is compressed while pg_dump writes it and hashed while the
 //! compressed bytes are written, so no uncompressed copy ever touches the
 //! disk and the checksum costs no second read.
+//!
+//! zstd output is a series of independent frames of [`ZSTD_FRAME_BYTES`]
+//! input each: any zstd decoder reads it as one stream, and compressing a
+//! whole frame at once costs 16 % less CPU than zstd's streaming mode
+//! (docs/performance.md), which matters on a 2-core server where the dump
+//! itself keeps both cores busy.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
@@ -12,14 +18,15 @@ use std::task::{Context as TaskContext, Poll};
 use anyhow::{Context, Result};
 use async_compression::Level;
 use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
-use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
+use async_compression::tokio::write::GzipEncoder;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{
-    AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter, ReadBuf,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    BufWriter, ReadBuf,
 };
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
@@ -28,6 +35,9 @@ use crate::config::Compression;
 use crate::postgres::BoxReader;
 
 const IO_BUFFER: usize = 1 << 20;
+/// Input per zstd frame: large enough that the frame boundaries cost under
+/// 1 % of the ratio, small enough to keep memory flat.
+pub const ZSTD_FRAME_BYTES: usize = 4 << 20;
 
 /// What was written for one artefact.
 #[derive(Debug, Clone)]
@@ -61,11 +71,11 @@ pub async fn write_compressed(
 
     let sink = match compression {
         Compression::Zstd => {
-            let mut encoder = ZstdEncoder::with_quality(sink, Level::Precise(level));
-            drain(&mut source, &mut encoder)
+            let mut sink = sink;
+            compress_zstd_frames(&mut source, &mut sink, level)
                 .await
                 .with_context(write_error)?;
-            encoder.into_inner()
+            sink
         }
         Compression::Gzip => {
             let mut encoder = GzipEncoder::with_quality(sink, Level::Precise(level));
@@ -93,6 +103,52 @@ pub async fn write_compressed(
         sha256,
         uncompressed_bytes: source.count,
     })
+}
+
+/// Compresses `source` into `sink` as independent zstd frames, each on a
+/// blocking thread (a frame takes ~10 ms of CPU), and flushes `sink`.
+async fn compress_zstd_frames<R, W>(source: &mut R, sink: &mut W, level: i32) -> std::io::Result<()>
+where
+    R: AsyncBufRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut compressor = zstd::bulk::Compressor::new(level)?;
+    let mut input = Vec::with_capacity(ZSTD_FRAME_BYTES);
+    let mut output = Vec::with_capacity(zstd::zstd_safe::compress_bound(ZSTD_FRAME_BYTES));
+    let mut frames = 0u64;
+    loop {
+        input.clear();
+        while input.len() < ZSTD_FRAME_BYTES {
+            let available = source.fill_buf().await?;
+            if available.is_empty() {
+                break;
+            }
+            let take = available.len().min(ZSTD_FRAME_BYTES - input.len());
+            input.extend_from_slice(&available[..take]);
+            source.consume(take);
+        }
+        // An empty source still gets one (empty) frame: a valid zstd file.
+        if input.is_empty() && frames > 0 {
+            break;
+        }
+        let last = input.len() < ZSTD_FRAME_BYTES;
+        let compressed = tokio::task::spawn_blocking(move || {
+            output.clear();
+            let result = compressor.compress_to_buffer(&input, &mut output);
+            (compressor, input, output, result)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        let result;
+        (compressor, input, output, result) = compressed;
+        result?;
+        sink.write_all(&output).await?;
+        frames += 1;
+        if last {
+            break;
+        }
+    }
+    sink.shutdown().await
 }
 
 /// Copies everything from `source` into `sink` and finishes it (an
@@ -337,6 +393,44 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(back, data, "{compression:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn zstd_output_is_independent_frames_that_decode_as_one_stream() {
+        let dir = tempfile::tempdir().unwrap();
+        for (len, frames) in [(0, 1), (1000, 1), (2 * ZSTD_FRAME_BYTES + 5, 3)] {
+            let data: Vec<u8> = (0..len).map(|i| (i % 251 ^ i / 7919) as u8).collect();
+            let path = dir.path().join(format!("{len}.zst"));
+            write_compressed(
+                Box::new(std::io::Cursor::new(data.clone())),
+                &path,
+                Compression::Zstd,
+                1,
+                &ProgressBar::hidden(),
+            )
+            .await
+            .unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let mut rest = &bytes[..];
+            let mut found = 0;
+            while !rest.is_empty() {
+                let size = zstd::zstd_safe::find_frame_compressed_size(rest).unwrap();
+                let content = zstd::zstd_safe::get_frame_content_size(rest).unwrap();
+                assert!(content.is_some_and(|n| n <= ZSTD_FRAME_BYTES as u64));
+                rest = &rest[size..];
+                found += 1;
+            }
+            assert_eq!(found, frames, "{len} bytes");
+            assert_eq!(zstd::decode_all(&bytes[..]).unwrap(), data);
+            let mut back = Vec::new();
+            open_decompressed(&path, Compression::Zstd)
+                .await
+                .unwrap()
+                .read_to_end(&mut back)
+                .await
+                .unwrap();
+            assert_eq!(back, data, "{len} bytes");
         }
     }
 
