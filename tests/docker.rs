@@ -215,6 +215,26 @@ fn sets_move_between_direct_and_docker_mode() {
     );
 }
 
+/// Restores set `id` into database `name` of the deployment, logging in
+/// with `url`, and checks it against the source's fingerprint.
+fn restores_as_before(
+    compose: &Compose,
+    ws: &Workspace,
+    url: &str,
+    id: &str,
+    name: &str,
+    before: &std::collections::BTreeMap<String, (i64, String)>,
+) {
+    let mut cmd = compose.tusk(ws);
+    cmd.args(["--database-url", url, "restore", id, "--database", name]);
+    run(cmd).expect_code(0);
+    let restored = TestDb {
+        cluster: compose.cluster(),
+        name: name.into(),
+    };
+    assert_eq!(&restored.fingerprint(), before, "{id}");
+}
+
 #[test]
 fn the_exec_transport_and_the_fallback_to_it_dump_the_same_database() {
     if !docker_tests_enabled() {
@@ -225,16 +245,6 @@ fn the_exec_transport_and_the_fallback_to_it_dump_the_same_database() {
     let before = source.fingerprint();
     let database = compose.container("postgres");
     let ws = Workspace::new();
-    let restores_to_the_source = |id: &str, name: &str| {
-        let mut cmd = compose.tusk(&ws);
-        cmd.args(["--database-url", DB_URL, "restore", id, "--database", name]);
-        run(cmd).expect_code(0);
-        let restored = TestDb {
-            cluster: compose.cluster(),
-            name: name.into(),
-        };
-        assert_eq!(restored.fingerprint(), before, "{id}");
-    };
 
     // Asked for: pg_dump runs in the database container, no helper.
     let since = now_nanos() / 1_000_000_000 - 1;
@@ -259,7 +269,7 @@ fn the_exec_transport_and_the_fallback_to_it_dump_the_same_database() {
         "pg_dump did not run inside the database container: {events:?}"
     );
     assert!(compose.helper_events(since, until).is_empty());
-    restores_to_the_source(&id, "via_exec");
+    restores_as_before(&compose, &ws, DB_URL, &id, "via_exec", &before);
 
     // The helper cannot get its directory (the temporary directory does
     // not exist): `auto` warns and streams through exec...
@@ -273,7 +283,7 @@ fn the_exec_transport_and_the_fallback_to_it_dump_the_same_database() {
         out.stderr
     );
     let id = out.json()["id"].as_str().unwrap().to_string();
-    restores_to_the_source(&id, "via_fallback");
+    restores_as_before(&compose, &ws, DB_URL, &id, "via_fallback", &before);
 
     // ... while `pipe` fails without leaving a set.
     let sets = ws.set_ids();
@@ -336,10 +346,12 @@ fn the_helper_logs_in_with_a_password_when_the_server_asks_for_one() {
     assert!(ws.temp_leftovers().is_empty(), "the password file is gone");
 
     let id = out.json()["id"].as_str().unwrap().to_string();
+    // The fingerprint logs in as postgres without a password.
+    let url = "postgresql://pw_admin:p%3Aw%5Cd@db/mastodon";
     let mut cmd = compose.tusk(&ws);
     cmd.args([
         "--database-url",
-        "postgresql://pw_admin:p%3Aw%5Cd@db/mastodon",
+        url,
         "restore",
         &id,
         "--database",

@@ -399,6 +399,24 @@ pub fn docker_tests_enabled() -> bool {
 
 pub const APP_SERVICES: [&str; 3] = ["web", "streaming", "sidekiq"];
 
+/// `docker events` lines `nanos name action` of containers matching a
+/// label filter between two Unix times (seconds).
+fn container_events(label_filter: &str, since: i64, until: i64) -> String {
+    docker(&[
+        "events",
+        "--since",
+        &since.to_string(),
+        "--until",
+        &until.to_string(),
+        "--filter",
+        label_filter,
+        "--filter",
+        "type=container",
+        "--format",
+        "{{.TimeNano}} {{.Actor.Attributes.name}} {{.Action}}",
+    ])
+}
+
 fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
@@ -513,27 +531,26 @@ impl Compose {
     /// `docker events` of this project's containers between two instants, as
     /// (container name, action, unix nanoseconds).
     pub fn events(&self, since: i64, until: i64) -> Vec<(String, String, i64)> {
-        let out = docker(&[
-            "events",
-            "--since",
-            &since.to_string(),
-            "--until",
-            &until.to_string(),
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            "type=container",
-            "--format",
-            "{{.TimeNano}} {{.Actor.Attributes.name}} {{.Action}}",
-        ]);
+        let label = format!("label=com.docker.compose.project={}", self.project);
         // Actions such as `exec_start: pg_dump ...` contain spaces; they come last.
-        out.lines()
+        container_events(&label, since, until)
+            .lines()
             .map(|line| {
                 let mut parts = line.splitn(3, ' ');
                 let nanos = parts.next().unwrap().parse().unwrap();
                 let name = parts.next().unwrap_or_default().to_string();
                 (name, parts.next().unwrap_or_default().to_string(), nanos)
             })
+            .collect()
+    }
+
+    /// Lifecycle actions of helper containers beside the database
+    /// container between two Unix times (seconds).
+    pub fn helper_events(&self, since: i64, until: i64) -> Vec<String> {
+        let label = format!("label=tusk.for={}", self.container("postgres"));
+        container_events(&label, since, until)
+            .lines()
+            .filter_map(|line| Some(line.splitn(3, ' ').nth(2)?.to_string()))
             .collect()
     }
 
@@ -561,26 +578,6 @@ impl Compose {
         let filter = format!("label=tusk.for={}", self.container("postgres"));
         let out = docker(&["ps", "-aq", "--filter", &filter]);
         out.split_whitespace().map(str::to_string).collect()
-    }
-
-    /// Lifecycle actions of helper containers beside the database
-    /// container between two Unix times (seconds).
-    pub fn helper_events(&self, since: i64, until: i64) -> Vec<String> {
-        let filter = format!("label=tusk.for={}", self.container("postgres"));
-        let out = docker(&[
-            "events",
-            "--since",
-            &since.to_string(),
-            "--until",
-            &until.to_string(),
-            "--filter",
-            &filter,
-            "--filter",
-            "type=container",
-            "--format",
-            "{{.Action}}",
-        ]);
-        out.lines().map(str::to_string).collect()
     }
 }
 
