@@ -400,7 +400,7 @@ mod tests {
     async fn zstd_output_is_independent_frames_that_decode_as_one_stream() {
         let dir = tempfile::tempdir().unwrap();
         for (len, frames) in [(0, 1), (1000, 1), (2 * ZSTD_FRAME_BYTES + 5, 3)] {
-            let data: Vec<u8> = (0..len).map(|i| (i % 251 ^ i / 7919) as u8).collect();
+            let data: Vec<u8> = (0..len).map(|i| ((i % 251) ^ (i / 7919)) as u8).collect();
             let path = dir.path().join(format!("{len}.zst"));
             write_compressed(
                 Box::new(std::io::Cursor::new(data.clone())),
