@@ -220,11 +220,17 @@ async fn deliver(
         code = &mut exited => {
             exit_code = Some(code);
             // The helper never opened its end: open it here so the blocked
-            // open above returns (and reads end of file at once).
-            let _ = std::fs::OpenOptions::new()
+            // open above returns (and reads end of file at once). Until that
+            // open has begun there is no reader and this one fails; retry.
+            while std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_NONBLOCK)
-                .open(&fifo);
+                .open(&fifo)
+                .is_err()
+                && !opening.is_finished()
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
             opening.await
         }
     };
