@@ -37,10 +37,11 @@ pub fn connect(host: Option<&str>) -> Result<Docker> {
 /// runs on this machine and sees its file system.
 pub fn engine_is_local(host: Option<&str>) -> bool {
     let from_env = std::env::var("DOCKER_HOST").ok();
-    match host.or(from_env.as_deref()) {
-        None => cfg!(target_os = "linux"),
-        Some(host) => cfg!(target_os = "linux") && host.starts_with("unix://"),
-    }
+    is_local_address(host.or(from_env.as_deref()))
+}
+
+fn is_local_address(host: Option<&str>) -> bool {
+    cfg!(target_os = "linux") && host.is_none_or(|host| host.starts_with("unix://"))
 }
 
 /// How the PostgreSQL container is named in the configuration.
@@ -186,4 +187,15 @@ pub async fn running_names(docker: &Docker) -> Result<String> {
     } else {
         names.join(", ")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_a_unix_socket_is_a_local_engine() {
+        assert!(super::is_local_address(None));
+        assert!(super::is_local_address(Some("unix:///var/run/docker.sock")));
+        assert!(!super::is_local_address(Some("tcp://10.0.0.5:2375")));
+        assert!(!super::is_local_address(Some("ssh://admin@host")));
+    }
 }

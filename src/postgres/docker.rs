@@ -50,6 +50,23 @@ enum Transport {
     },
 }
 
+impl Transport {
+    fn choose(setting: DumpTransport, engine_is_local: bool) -> Result<Self> {
+        Ok(match setting {
+            DumpTransport::Exec => Transport::Exec,
+            DumpTransport::Auto if engine_is_local => Transport::Pipe { fallback: true },
+            DumpTransport::Auto => Transport::Exec,
+            DumpTransport::Pipe if engine_is_local => Transport::Pipe { fallback: false },
+            DumpTransport::Pipe => {
+                return Err(TuskError::usage(
+                    "docker.transport: pipe needs the Docker Engine on this machine \
+                     (a unix socket); use exec for a remote Engine",
+                ));
+            }
+        })
+    }
+}
+
 impl DockerServer {
     /// `login` gives the user, password and database; the host is the container.
     pub fn new(docker: Docker, container: Container, login: &DbTarget) -> Result<Self> {
@@ -78,18 +95,7 @@ impl DockerServer {
         engine_is_local: bool,
         temp_dir: Option<PathBuf>,
     ) -> Result<Self> {
-        self.dump_transport = match transport {
-            DumpTransport::Exec => Transport::Exec,
-            DumpTransport::Auto if engine_is_local => Transport::Pipe { fallback: true },
-            DumpTransport::Auto => Transport::Exec,
-            DumpTransport::Pipe if engine_is_local => Transport::Pipe { fallback: false },
-            DumpTransport::Pipe => {
-                return Err(TuskError::usage(
-                    "docker.transport: pipe needs the Docker Engine on this machine \
-                     (a unix socket); use exec for a remote Engine",
-                ));
-            }
-        };
+        self.dump_transport = Transport::choose(transport, engine_is_local)?;
         self.temp_dir = temp_dir;
         Ok(self)
     }
@@ -323,5 +329,29 @@ impl PgServer for DockerServer {
                 )
             })?;
         Ok(StagedArchive { path, cleanup })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pipe_needs_a_local_engine_and_auto_may_fall_back() {
+        use DumpTransport::*;
+        let choose = |setting, local| Transport::choose(setting, local).ok();
+        assert_eq!(choose(Auto, true), Some(Transport::Pipe { fallback: true }));
+        assert_eq!(choose(Auto, false), Some(Transport::Exec));
+        assert_eq!(
+            choose(Pipe, true),
+            Some(Transport::Pipe { fallback: false })
+        );
+        assert_eq!(choose(Pipe, false), None);
+        assert_eq!(choose(Exec, true), Some(Transport::Exec));
+        let err = Transport::choose(Pipe, false).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            std::process::ExitCode::from(crate::error::EXIT_USAGE)
+        );
     }
 }
