@@ -22,12 +22,14 @@ fn a_good_set_verifies_by_restoring_and_records_it() {
     let mut cmd = ws.tusk();
     cmd.args(["--json", "verify", &id, "--database-url"])
         .arg(source.url());
-    let report = run(cmd).expect_code(0).json();
+    let out = run(cmd).expect_code(0);
+    let report = out.json();
     assert_eq!(report["ok"], true);
     assert_eq!(report["tables_compared"], 10);
     assert!(report["restore_seconds"].as_f64().unwrap() > 0.0);
     assert!(report["peak_database_bytes"].as_i64().unwrap() > 1_000_000);
-    assert!(cluster.databases_like("tusk_verify_").is_empty());
+    assert!(!cluster.scratch_databases_of(&out.stderr).is_empty());
+    assert!(cluster.kept_scratch_of(&out.stderr).is_empty());
 
     // The verification is recorded next to the manifest and listed.
     let mut cmd = ws.tusk();
@@ -47,7 +49,8 @@ fn verify_on_another_server_compares_counts() {
     cmd.args(["verify", &id, "--verify-url"]).arg(&other.url);
     let out = run(cmd).expect_code(0);
     assert!(out.stdout.contains("OK"), "{}", out.stdout);
-    assert!(other.databases_like("tusk_verify_").is_empty());
+    assert!(!other.scratch_databases_of(&out.stderr).is_empty());
+    assert!(other.kept_scratch_of(&out.stderr).is_empty());
 }
 
 #[test]
@@ -82,8 +85,9 @@ fn a_flipped_byte_fails_verification_with_exit_3() {
         assert!(out.stdout.contains("FAILED"), "{}", out.stdout);
         assert!(out.stdout.contains("checksum"), "{}", out.stdout);
         assert!(out.stdout.contains("database.dump.zst"), "{}", out.stdout);
+        // A damaged set is not even test-restored.
+        assert!(cluster.scratch_databases_of(&out.stderr).is_empty());
     }
-    assert!(cluster.databases_like("tusk_verify_").is_empty());
 
     // A damaged set is not restored either.
     let target_name = unique_name("vb_target");
