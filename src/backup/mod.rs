@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use chrono::Utc;
+use indicatif::ProgressBar;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
@@ -110,13 +111,18 @@ pub async fn run(
         opts.compression_level
     );
 
+    // The roles do not belong to the snapshot, so their small dump runs
+    // alongside the database's instead of before it.
     let stage = Instant::now();
-    let globals = dump_globals(server, opts, &partial, superuser, output).await?;
-    durations.insert("globals".into(), stage.elapsed().as_secs_f64());
-
-    let stage = Instant::now();
-    let (database_artefact, facts) =
-        dump_database(server, &session, opts, &partial, output).await?;
+    let globals = async {
+        let artefact = dump_globals(server, opts, &partial, superuser).await?;
+        Ok::<_, anyhow::Error>((artefact, stage.elapsed().as_secs_f64()))
+    };
+    let ((globals, globals_seconds), (database_artefact, facts)) = tokio::try_join!(
+        globals,
+        dump_database(server, &session, opts, &partial, output)
+    )?;
+    durations.insert("globals".into(), globals_seconds);
     durations.insert("database".into(), stage.elapsed().as_secs_f64());
     tracing::info!(
         "database dumped: {} tables, {} rows, {} compressed from {} in {:.1}s",
@@ -182,7 +188,6 @@ async fn dump_globals(
     opts: &BackupOptions,
     partial: &PartialSet,
     superuser: bool,
-    output: &Output,
 ) -> Result<Artefact> {
     let mut command = ToolCommand::new(Tool::PgDumpall)
         .arg("--globals-only")
@@ -199,7 +204,8 @@ async fn dump_globals(
         &name,
         ArtefactKind::Globals,
         opts,
-        output,
+        // A few kilobytes; a second bar would only flicker beside pg_dump's.
+        ProgressBar::hidden(),
     )
     .await
 }
@@ -242,7 +248,7 @@ async fn dump_database(
         &name,
         ArtefactKind::Database,
         opts,
-        output,
+        output.byte_progress("pg_dump", None),
     );
     let (artefact, facts) = tokio::try_join!(dump, database_facts(session))?;
     session.batch_execute("COMMIT").await?;
@@ -256,10 +262,9 @@ async fn stream_tool_to_artefact(
     name: &str,
     kind: ArtefactKind,
     opts: &BackupOptions,
-    output: &Output,
+    progress: ProgressBar,
 ) -> Result<Artefact> {
     let label = command.tool.program();
-    let progress = output.byte_progress(label, None);
     let mut process = server.spawn(command).await?;
     let stdout = process.take_stdout();
     let path = partial.dir.join(name);
