@@ -28,7 +28,7 @@ fn a_good_set_verifies_by_restoring_and_records_it() {
     assert_eq!(report["tables_compared"], 10);
     assert!(report["restore_seconds"].as_f64().unwrap() > 0.0);
     assert!(report["peak_database_bytes"].as_i64().unwrap() > 1_000_000);
-    assert!(!cluster.scratch_databases_of(&out.stderr).is_empty());
+    assert!(!scratch_databases_in(&out.stderr).is_empty());
     assert!(cluster.kept_scratch_of(&out.stderr).is_empty());
 
     // The verification is recorded next to the manifest and listed.
@@ -49,7 +49,7 @@ fn verify_on_another_server_compares_counts() {
     cmd.args(["verify", &id, "--verify-url"]).arg(&other.url);
     let out = run(cmd).expect_code(0);
     assert!(out.stdout.contains("OK"), "{}", out.stdout);
-    assert!(!other.scratch_databases_of(&out.stderr).is_empty());
+    assert!(!scratch_databases_in(&out.stderr).is_empty());
     assert!(other.kept_scratch_of(&out.stderr).is_empty());
 }
 
@@ -86,7 +86,7 @@ fn a_flipped_byte_fails_verification_with_exit_3() {
         assert!(out.stdout.contains("checksum"), "{}", out.stdout);
         assert!(out.stdout.contains("database.dump.zst"), "{}", out.stdout);
         // A damaged set is not even test-restored.
-        assert!(cluster.scratch_databases_of(&out.stderr).is_empty());
+        assert!(scratch_databases_in(&out.stderr).is_empty());
     }
 
     // A damaged set is not restored either.

@@ -90,7 +90,7 @@ pub async fn spawn(
         },
     );
     match start(docker, database, &dir, &name, env, password, command).await {
-        Ok(started) => deliver(docker.clone(), started, dir, name, label, guard).await,
+        Ok(stderr) => deliver(docker.clone(), stderr, dir, name, label, guard).await,
         Err(err) => {
             let _ = guard.run().await;
             Err(failed(err))
@@ -98,10 +98,7 @@ pub async fn spawn(
     }
 }
 
-struct Started {
-    stderr: tokio::task::JoinHandle<String>,
-}
-
+/// Creates and starts the helper; returns the task collecting its stderr.
 async fn start(
     docker: &Docker,
     database: &Container,
@@ -110,7 +107,7 @@ async fn start(
     mut env: Vec<String>,
     password: Option<&str>,
     command: &ToolCommand,
-) -> Result<Started> {
+) -> Result<tokio::task::JoinHandle<String>> {
     make_fifo(&dir.join("pipe"))?;
     if let Some(password) = password {
         write_private(&dir.join("pgpass"), &pgpass_line(password))?;
@@ -194,14 +191,14 @@ async fn start(
         command.tool.program(),
         database.name
     );
-    Ok(Started { stderr })
+    Ok(stderr)
 }
 
 /// Opens the pipe once the helper does (or unblocks it when the helper ended
 /// without opening it) and waits for the first bytes.
 async fn deliver(
     docker: Docker,
-    started: Started,
+    stderr: tokio::task::JoinHandle<String>,
     dir: PathBuf,
     name: String,
     label: String,
@@ -262,7 +259,7 @@ async fn deliver(
             Some(code) => code,
             None => exited.await,
         };
-        let stderr = started.stderr.await.unwrap_or_default();
+        let stderr = stderr.await.unwrap_or_default();
         guard.run().await?;
         let code = code?;
         if !stderr.trim().is_empty() {

@@ -100,19 +100,9 @@ impl Cluster {
     }
 
     /// Drops every database whose name starts with `prefix` (scratch leftovers).
-    /// The scratch databases a verify run says it restored into (tests run
-    /// in parallel, so other runs' scratch databases may exist meanwhile).
-    pub fn scratch_databases_of(&self, verify_stderr: &str) -> Vec<String> {
-        verify_stderr
-            .split_whitespace()
-            .filter(|word| word.starts_with("tusk_verify_"))
-            .map(str::to_string)
-            .collect()
-    }
-
     /// The scratch databases named in a verify run's log that still exist.
     pub fn kept_scratch_of(&self, verify_stderr: &str) -> Vec<String> {
-        self.scratch_databases_of(verify_stderr)
+        scratch_databases_in(verify_stderr)
             .into_iter()
             .filter(|name| self.database_exists(name))
             .collect()
@@ -125,6 +115,16 @@ impl Cluster {
         );
         out.lines().map(str::to_string).collect()
     }
+}
+
+/// The scratch databases a verify run says it restored into (tests run in
+/// parallel, so other runs' scratch databases may exist meanwhile).
+pub fn scratch_databases_in(verify_stderr: &str) -> Vec<String> {
+    verify_stderr
+        .split_whitespace()
+        .filter(|word| word.starts_with("tusk_verify_"))
+        .map(str::to_string)
+        .collect()
 }
 
 /// A database owned by one test.
