@@ -1743,7 +1743,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__restore)
-            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-acl --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

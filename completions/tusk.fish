@@ -231,6 +231,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l force -d 'Replace a target database that already holds tables'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-owner -d 'Do not set object owners from the dump (Mastodon\'s cross-server form)'
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-acl -d 'Leave out the grants: the objects\' and the database\'s own'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-globals -d 'Skip the roles (globals) and restore only the database'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'

@@ -277,6 +277,10 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "ROLE")]
     pub role: Option<String>,
 
+    /// Leave out the grants: the objects' and the database's own
+    #[arg(long)]
+    pub no_acl: bool,
+
     /// Skip the roles (globals) and restore only the database
     #[arg(long)]
     pub no_globals: bool,

@@ -5,6 +5,7 @@ mod cleanup;
 mod cli;
 mod commands;
 mod config;
+mod database_properties;
 mod docker;
 mod error;
 mod mastodon;

@@ -4,7 +4,10 @@
 //! database is restored into a scratch database and compared with the
 //! manifest: each table's row count, the schema_migrations set, and the
 //! objects Mastodon needs but schema.rb does not create (`timestamp_id()`
-//! and the id sequences). The scratch database is dropped in every case.
+//! and the id sequences). Then the database's own properties (settings,
+//! role settings, comment, grants, connection limit) are applied from the
+//! archive as a restore applies them and compared with those the backup
+//! recorded. The scratch database is dropped in every case.
 
 use std::time::{Duration, Instant};
 
@@ -16,6 +19,7 @@ use tokio_postgres::Client;
 use crate::backup::manifest::{Problem, Verification};
 use crate::backup::set::BackupSet;
 use crate::backup::{migrations_facts, table_key};
+use crate::database_properties::{self, existing_roles};
 use crate::output::Output;
 use crate::postgres::PgServer;
 use crate::restore::{self, LoadOptions};
@@ -36,6 +40,8 @@ pub struct VerifyReport {
     pub restore_seconds: Option<f64>,
     pub peak_database_bytes: Option<i64>,
     pub problems: Vec<Problem>,
+    /// What was not compared, and why.
+    pub notes: Vec<String>,
 }
 
 /// Verifies `set`; `server` hosts the scratch restore unless checksums only.
@@ -55,6 +61,7 @@ pub async fn run(
         restore_seconds: None,
         peak_database_bytes: None,
         problems: Vec::new(),
+        notes: Vec::new(),
     };
     if problems.is_empty() {
         tracing::info!("checksums of {} match its manifest", set.manifest.id);
@@ -85,7 +92,7 @@ async fn test_restore(
     report: &mut VerifyReport,
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
-    let admin = restore::connect_maintenance(server).await?;
+    let mut admin = restore::connect_maintenance(server).await?;
     let me: String = admin
         .query_one("SELECT current_user::text", &[])
         .await?
@@ -114,7 +121,10 @@ async fn test_restore(
     report.peak_database_bytes = peak;
 
     let outcome = match loaded {
-        Ok(()) => compare(set, server, &scratch, report, problems).await,
+        Ok(()) => match compare(set, server, &scratch, report, problems).await {
+            Ok(()) => compare_properties(set, &mut admin, &scratch, report, problems).await,
+            Err(err) => Err(err),
+        },
         Err(err) => {
             problems.push(Problem {
                 kind: "restore".into(),
@@ -161,6 +171,63 @@ async fn watch_size<T>(
         peak = Some(peak.map_or(size, |p| p.max(size)));
     }
     (result, peak)
+}
+
+/// Applies the archive's database-level statements to the scratch database
+/// and compares its properties with those the backup recorded. Statements
+/// naming roles this server lacks are left out, and so are those roles'
+/// entries in the comparison.
+async fn compare_properties(
+    set: &BackupSet,
+    admin: &mut Client,
+    scratch: &str,
+    report: &mut VerifyReport,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let Some(recorded) = &set.manifest.database.properties else {
+        report.notes.push(
+            "this set was written before tusk recorded the database's own properties \
+             (settings, comment, grants); they were not compared"
+                .into(),
+        );
+        return Ok(());
+    };
+    let script = match restore::read_property_script(set).await {
+        Ok(script) => script,
+        Err(err) => {
+            problems.push(Problem {
+                kind: "database_property".into(),
+                subject: "archive".into(),
+                expected: "the database's properties in the archive".into(),
+                got: format!("{err:#}"),
+            });
+            return Ok(());
+        }
+    };
+    let roles = existing_roles(admin).await?;
+    let (script, left_out) = script.split_by_roles(&roles);
+    if !left_out.is_empty() {
+        report.notes.push(format!(
+            "not applied nor compared, their roles do not exist on this server: {}",
+            left_out.join(", ")
+        ));
+    }
+    if let Err(err) = script.apply(admin, scratch).await {
+        problems.push(Problem {
+            kind: "database_property".into(),
+            subject: "apply".into(),
+            expected: "the archive's database properties apply".into(),
+            got: format!("{err:#}"),
+        });
+        return Ok(());
+    }
+    let got = database_properties::read(admin, scratch).await?;
+    problems.extend(
+        recorded
+            .for_roles(&roles)
+            .differences(&got.for_roles(&roles)),
+    );
+    Ok(())
 }
 
 async fn compare(

@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Compression;
+use crate::database_properties::DatabaseProperties;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const VERIFICATION_FILE: &str = "verification.json";
@@ -67,6 +68,10 @@ pub struct DatabaseFacts {
     pub timestamp_id: bool,
     /// Every sequence, schema-qualified.
     pub sequences: Vec<String>,
+    /// Settings, comment and privileges of the database itself; absent in
+    /// sets written before tusk recorded them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub properties: Option<DatabaseProperties>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -127,7 +132,8 @@ pub struct Verification {
 /// One difference between a set and what it should be.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
-    /// `checksum`, `size`, `missing`, `row_count`, `schema_migrations`, `object`.
+    /// `checksum`, `size`, `missing`, `row_count`, `schema_migrations`,
+    /// `object`, `database_property`.
     pub kind: String,
     /// The artefact, table or object concerned.
     pub subject: String,

@@ -374,7 +374,10 @@ async fn database_facts(session: &Client) -> Result<DatabaseFacts> {
         .map(|row| table_key(row.get(0), row.get(1)))
         .collect();
 
+    let properties = crate::database_properties::read(session, &name).await?;
+
     Ok(DatabaseFacts {
+        properties: Some(properties),
         name,
         owner,
         encoding,

@@ -38,6 +38,7 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
         force: args.force,
         jobs: args.jobs,
         no_owner: args.no_owner,
+        no_acl: args.no_acl,
         role: args.role,
         globals: !args.no_globals,
     };

@@ -59,6 +59,9 @@ pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
 }
 
 fn print_report(report: &VerifyReport) {
+    for note in &report.notes {
+        println!("note: {note}");
+    }
     if report.ok {
         let mut line = format!("{}: OK", report.id);
         if let Some(seconds) = report.restore_seconds {

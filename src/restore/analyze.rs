@@ -11,11 +11,9 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
-use super::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, toc_entries};
-use crate::backup::stream::open_decompressed;
+use super::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, read_toc};
 use crate::config::Compression;
 use crate::postgres::{PgServer, quote_ident};
 
@@ -124,24 +122,8 @@ pub fn finished_item(line: &str) -> Option<i64> {
 /// Reads the table of contents from the start of the compressed archive;
 /// `None` (and a debug line) when it cannot, which only costs the overlap.
 pub async fn read_plan(path: &Path, compression: Compression) -> Option<Plan> {
-    const LIMIT: usize = 64 << 20;
-    let read = async {
-        let mut reader = open_decompressed(path, compression).await?;
-        let mut head = Vec::new();
-        let mut chunk = vec![0u8; 256 << 10];
-        loop {
-            let n = reader.read(&mut chunk).await?;
-            head.extend_from_slice(&chunk[..n]);
-            if let Some(entries) = toc_entries(&head)? {
-                return Ok(Some(Plan::from_toc(&entries)));
-            }
-            if n == 0 || head.len() > LIMIT {
-                return Ok::<_, anyhow::Error>(None);
-            }
-        }
-    };
-    match read.await {
-        Ok(plan) => plan,
+    match read_toc(path, compression).await {
+        Ok(entries) => Some(Plan::from_toc(&entries)),
         Err(err) => {
             tracing::debug!("no early ANALYZE: {err:#}");
             None

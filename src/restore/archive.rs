@@ -19,6 +19,10 @@ use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
+use tokio::io::AsyncReadExt;
+
+use crate::backup::stream::open_decompressed;
+use crate::config::Compression;
 
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
@@ -70,6 +74,9 @@ pub struct TocEntry {
     /// [`SECTION_DATA`], [`SECTION_POST_DATA`]...
     pub section: i64,
     pub namespace: Option<String>,
+    /// The SQL that creates the object (pg_dump's `defn`), as pg_restore
+    /// sends it to the server.
+    pub definition: Option<String>,
     /// Dump ids this entry depends on.
     pub deps: Vec<i64>,
     offset_set: bool,
@@ -85,6 +92,7 @@ impl TocEntry {
             desc: desc.into(),
             section,
             namespace: None,
+            definition: None,
             deps: deps.to_vec(),
             offset_set: false,
             offset_position: 0,
@@ -95,6 +103,29 @@ impl TocEntry {
 /// pg_backup_archiver.h's teSection.
 pub const SECTION_DATA: i64 = 3;
 pub const SECTION_POST_DATA: i64 = 4;
+
+/// Reads the table of contents of the compressed archive at `path`,
+/// decompressing only as much of it as the table takes.
+pub async fn read_toc(path: &Path, compression: Compression) -> Result<Vec<TocEntry>> {
+    /// A Mastodon archive's table takes about a megabyte.
+    const LIMIT: usize = 64 << 20;
+    let mut reader = open_decompressed(path, compression).await?;
+    let mut head = Vec::new();
+    let mut chunk = vec![0u8; 256 << 10];
+    loop {
+        let n = reader.read(&mut chunk).await?;
+        head.extend_from_slice(&chunk[..n]);
+        if let Some(entries) = toc_entries(&head)? {
+            return Ok(entries);
+        }
+        if n == 0 {
+            bail!("the archive ends inside its table of contents");
+        }
+        if head.len() > LIMIT {
+            bail!("the archive's table of contents is larger than {LIMIT} bytes");
+        }
+    }
+}
 
 /// The table of contents at the start of an archive, given its first
 /// bytes; `None` when they do not hold all of it yet.
@@ -224,7 +255,7 @@ impl<R: BufRead + Seek> ArchiveReader<R> {
             let tag = self.str()?.unwrap_or_default();
             let desc = self.str()?.unwrap_or_default();
             let section = self.int()?;
-            self.skip_str()?; // defn
+            let definition = self.str()?;
             self.skip_str()?; // dropStmt
             self.skip_str()?; // copyStmt
             let namespace = self.str()?;
@@ -252,6 +283,7 @@ impl<R: BufRead + Seek> ArchiveReader<R> {
                 desc,
                 section,
                 namespace,
+                definition,
                 deps,
                 offset_set: flag != OFFSET_NOT_SET,
                 offset_position,

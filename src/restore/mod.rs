@@ -16,6 +16,7 @@ use crate::backup::manifest::ArtefactKind;
 use crate::backup::set::BackupSet;
 use crate::backup::stream::open_decompressed;
 use crate::cleanup;
+use crate::database_properties::{PropertyScript, missing_roles};
 use crate::error::TuskError;
 use crate::output::Output;
 use crate::postgres::{DbTarget, PgServer, Tool, ToolCommand, quote_ident, server_version};
@@ -35,6 +36,8 @@ pub struct RestoreOptions {
     pub force: bool,
     pub jobs: u32,
     pub no_owner: bool,
+    /// Leave out all grants: the objects' and the database's own.
+    pub no_acl: bool,
     pub role: Option<String>,
     pub globals: bool,
 }
@@ -47,6 +50,11 @@ pub struct RestoreReport {
     pub replaced_existing: bool,
     pub globals_applied: bool,
     pub kept_roles: Vec<String>,
+    /// The database's own properties applied: `setting search_path`,
+    /// `comment`, `grants`...
+    pub database_properties: Vec<String>,
+    /// What an operator should know, e.g. properties that could not be read.
+    pub notes: Vec<String>,
     pub seconds: f64,
 }
 
@@ -83,7 +91,7 @@ pub async fn run(
         .into());
     }
 
-    let admin = connect_maintenance(server).await?;
+    let mut admin = connect_maintenance(server).await?;
     let (target_major, target_version) = server_version(&admin).await?;
     if target_major < set.manifest.source.server_major {
         tracing::warn!(
@@ -116,6 +124,8 @@ pub async fn run(
     if opts.globals {
         kept_roles = apply_globals(server, &admin, set).await?;
     }
+    let mut notes = Vec::new();
+    let properties = property_script(server, &admin, set, opts, &mut notes).await?;
 
     let owner = choose_owner(&admin, set, opts, existing.owner.as_deref()).await?;
     let staging = staging_name(database, "tusk_restore");
@@ -128,11 +138,18 @@ pub async fn run(
     let load = LoadOptions {
         jobs: opts.jobs,
         no_owner: opts.no_owner,
-        no_acl: false,
+        no_acl: opts.no_acl,
         role: opts.role.clone(),
         analyze: true,
     };
     load_database(server, set, &staging, &load, output).await?;
+    properties.apply(&mut admin, &staging).await?;
+    if !properties.is_empty() {
+        tracing::info!(
+            "applied the database's {}",
+            properties.describe().join(", ")
+        );
+    }
 
     if existing.owner.is_some() {
         swap_in(&admin, &staging, database).await?;
@@ -149,6 +166,8 @@ pub async fn run(
         replaced_existing: existing.relations.is_some_and(|n| n > 0),
         globals_applied: opts.globals,
         kept_roles,
+        database_properties: properties.describe(),
+        notes,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -272,6 +291,71 @@ async fn apply_globals(
     Ok(rewritten.kept_roles)
 }
 
+/// The database-level statements of the set's archive that this restore
+/// applies. Every role they name must exist by now (the roles were
+/// restored, or the operator created them), as pg_restore would insist;
+/// `--no-acl` leaves the grants out. Checked before anything is created.
+async fn property_script(
+    server: &dyn PgServer,
+    admin: &Client,
+    set: &BackupSet,
+    opts: &RestoreOptions,
+    notes: &mut Vec<String>,
+) -> Result<PropertyScript> {
+    let mut script = match read_property_script(set).await {
+        Ok(script) => script,
+        Err(err) => {
+            // The data can still be restored; say loudly what is missing.
+            let note = format!(
+                "the database's own settings, comment and grants were not restored: {err:#}"
+            );
+            tracing::warn!("{note}");
+            notes.push(note);
+            PropertyScript::default()
+        }
+    };
+    if opts.no_acl {
+        script = script.without_privileges();
+    }
+    let missing = missing_roles(admin, script.roles()).await?;
+    if missing.is_empty() {
+        return Ok(script);
+    }
+    let only_grants = missing_roles(admin, script.without_privileges().roles())
+        .await?
+        .is_empty();
+    let fix = if only_grants {
+        "restore the roles too (leave out --no-globals), create them first, \
+         or pass --no-acl to restore without any grants"
+    } else {
+        "restore the roles too (leave out --no-globals) or create them first"
+    };
+    Err(TuskError::usage(format!(
+        "the database's settings or grants in backup {} name roles that do not exist on {}: \
+         {}; nothing was changed. To restore them, {fix}",
+        set.manifest.id,
+        server.target(),
+        missing.join(", ")
+    )))
+}
+
+/// The database-level statements of the set's archive (see
+/// [`crate::database_properties`]).
+pub async fn read_property_script(set: &BackupSet) -> Result<PropertyScript> {
+    let artefact = set
+        .manifest
+        .artefact(ArtefactKind::Database)
+        .context("the backup set has no database artefact")?;
+    let entries = archive::read_toc(
+        &set.artefact_path(artefact),
+        set.manifest.compression.algorithm,
+    )
+    .await
+    .context("could not read the archive's table of contents")?;
+    PropertyScript::from_toc(&entries, &set.manifest.database.name)
+        .context("could not read the database's own properties from the archive")
+}
+
 /// The owner of the staging database: the replaced database's owner, else
 /// `--role`, else the source's owner when that role exists here.
 async fn choose_owner(
@@ -355,14 +439,37 @@ pub async fn drop_database(target: DbTarget, name: String) -> Result<()> {
         Ok(client) => client,
         Err(_) => target.with_database("template1").connect().await?,
     };
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(&name)
-        ))
+    force_drop(&admin, &name)
         .await
         .with_context(|| format!("could not drop database {name}"))?;
     tracing::info!("dropped database {name}");
+    Ok(())
+}
+
+/// `DROP DATABASE ... WITH (FORCE)`, after clearing the template flag a
+/// restored database may carry (a template cannot be dropped).
+async fn force_drop(admin: &Client, name: &str) -> Result<()> {
+    let template = admin
+        .query_opt(
+            "SELECT datistemplate FROM pg_database WHERE datname = $1",
+            &[&name],
+        )
+        .await?
+        .is_some_and(|row| row.get(0));
+    if template {
+        admin
+            .batch_execute(&format!(
+                "ALTER DATABASE {} IS_TEMPLATE false",
+                quote_ident(name)
+            ))
+            .await?;
+    }
+    admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(name)
+        ))
+        .await?;
     Ok(())
 }
 
@@ -541,11 +648,7 @@ async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
             })?;
         return Err(err);
     }
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE {} WITH (FORCE)",
-            quote_ident(&aside)
-        ))
+    force_drop(admin, &aside)
         .await
         .with_context(|| format!("restored, but could not drop the replaced database {aside}"))?;
     Ok(())
