@@ -38,6 +38,7 @@ fn database_with_properties(cluster: &Cluster, prefix: &str) -> (TestDb, Roles) 
             &format!("CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'"),
         );
     }
+    db.sql(&format!("GRANT SELECT ON accounts TO {}", roles.reader));
     let name = &db.name;
     cluster.sql(
         "postgres",
@@ -317,11 +318,31 @@ fn verify_applies_and_compares_the_properties() {
             .arg(source.url());
         run(cmd)
     };
+    // The manifest holds the source's settings, comment and grants, so this
+    // passes only if verify applied them to its scratch database.
     let out = verify(&ws).expect_code(0);
     let report = out.json();
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["notes"], serde_json::json!([]), "{report}");
     assert!(cluster.kept_scratch_of(&out.stderr).is_empty());
+
+    // On a server without the roles, their grants and settings are left
+    // out of both the restore and the comparison (other tests may have
+    // restored the roles there already, so there may be nothing to say).
+    let other = Cluster::second();
+    let mut cmd = ws.tusk();
+    cmd.args(["--json", "verify", &id, "--verify-url"])
+        .arg(&other.url);
+    let out = run(cmd).expect_code(0);
+    let report = out.json();
+    assert_eq!(report["ok"], true, "{report}");
+    for note in report["notes"].as_array().unwrap() {
+        assert!(
+            note.as_str().unwrap().contains("roles do not exist"),
+            "{report}"
+        );
+    }
+    assert!(other.kept_scratch_of(&out.stderr).is_empty());
 
     // A manifest that recorded other values than the archive restores: the
     // comparison names each property with what was expected and found.
@@ -389,4 +410,83 @@ fn verify_applies_and_compares_the_properties() {
             .contains("before tusk recorded"),
         "{report}"
     );
+}
+
+#[test]
+fn a_template_database_stays_one_and_can_be_replaced() {
+    let cluster = Cluster::main();
+    let source = cluster.empty_database("dbp_template");
+    source.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    cluster.sql(
+        "postgres",
+        &format!("ALTER DATABASE \"{}\" IS_TEMPLATE true", source.name),
+    );
+    let ws = Workspace::new();
+    let id = backup_id(&ws, &source);
+    let restored = TestDb {
+        cluster: cluster.clone(),
+        name: unique_name("dbp_template_copy"),
+    };
+    for force in [false, true] {
+        let mut cmd = ws.tusk();
+        cmd.args(["restore", &id, "--target-url"])
+            .arg(restored.url());
+        if force {
+            // Replacing drops the old copy, itself a template.
+            cmd.arg("--force");
+        }
+        run(cmd).expect_code(0);
+        assert_eq!(
+            cluster.sql(
+                "postgres",
+                &format!(
+                    "SELECT datistemplate FROM pg_database WHERE datname = '{}'",
+                    restored.name
+                )
+            ),
+            "t"
+        );
+    }
+    assert!(
+        cluster
+            .databases_like(&format!("{}_tusk_", restored.name))
+            .is_empty()
+    );
+    // A template cannot be dropped: let the guards drop them.
+    for db in [&source, &restored] {
+        cluster.sql(
+            "postgres",
+            &format!("ALTER DATABASE \"{}\" IS_TEMPLATE false", db.name),
+        );
+    }
+}
+
+#[test]
+fn docker_mode_restores_and_verifies_the_properties() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let compose = Compose::up("dbp_dk");
+    let cluster = compose.cluster();
+    let (source, roles) = database_with_properties(&cluster, "dbp_dk");
+    let ws = Workspace::new();
+    let url = format!("postgresql://postgres@db/{}", source.name);
+    let mut cmd = compose.tusk(&ws);
+    cmd.args(["--json", "--database-url", &url, "backup"]);
+    let id = run(cmd).expect_code(0).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let copy = unique_name("dbp_dk_copy");
+    let mut cmd = compose.tusk(&ws);
+    cmd.args(["--database-url", &url, "restore", &id, "--database", &copy]);
+    run(cmd).expect_code(0);
+    assert_restored_properties(&cluster, &copy, &roles);
+
+    let mut cmd = compose.tusk(&ws);
+    cmd.args(["--json", "--database-url", &url, "verify", &id]);
+    let report = run(cmd).expect_code(0).json();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["notes"], serde_json::json!([]), "{report}");
 }
