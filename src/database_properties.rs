@@ -324,11 +324,28 @@ impl PropertyScript {
             .iter()
             .find(|e| e.desc == "DATABASE")
             .map_or(fallback_name, |e| e.tag.as_str());
+        let encoding = archive_encoding(entries);
         let mut statements = Vec::new();
         for entry in entries.iter().filter(|e| is_database_level(e)) {
             let Some(sql) = &entry.definition else {
                 continue;
             };
+            // The reader decodes the archive's text as UTF-8, and tusk's
+            // sessions speak UTF-8: text in another encoding would arrive
+            // altered, so it is refused rather than applied wrongly.
+            let passes_through = match encoding.as_deref() {
+                None | Some("UTF8") => true,
+                // Bytes as they are: intact when they were UTF-8.
+                Some("SQLASCII") => !sql.contains('\u{FFFD}'),
+                Some(_) => false,
+            };
+            if !sql.is_ascii() && !passes_through {
+                bail!(
+                    "the archive is in encoding {}: tusk applies the database's properties \
+                     only from UTF-8 archives",
+                    encoding.unwrap_or_default()
+                );
+            }
             for statement in split_statements(sql)? {
                 statements.push(parse_statement(&statement, name).with_context(|| {
                     format!("unexpected SQL in the archive's {} entry", entry.desc)
@@ -397,6 +414,18 @@ impl PropertyScript {
     /// Runs the statements against `database` in one transaction: all of
     /// them or none, stopping at the first error.
     pub async fn apply(&self, client: &mut Client, database: &str) -> Result<()> {
+        self.run(client, database, true).await
+    }
+
+    /// Runs the statements against `database` and rolls them back: proves
+    /// they apply (roles, setting names and values, permissions) before a
+    /// long restore, without their effect on it (a `statement_timeout` or
+    /// `default_transaction_read_only` would hinder pg_restore).
+    pub async fn check(&self, client: &mut Client, database: &str) -> Result<()> {
+        self.run(client, database, false).await
+    }
+
+    async fn run(&self, client: &mut Client, database: &str, commit: bool) -> Result<()> {
         if self.statements.is_empty() {
             return Ok(());
         }
@@ -411,7 +440,11 @@ impl PropertyScript {
                 )
             })?;
         }
-        transaction.commit().await?;
+        if commit {
+            transaction.commit().await?;
+        } else {
+            transaction.rollback().await?;
+        }
         Ok(())
     }
 }
@@ -436,6 +469,18 @@ pub async fn existing_roles(client: &Client) -> Result<HashSet<String>> {
         .iter()
         .map(|row| row.get(0))
         .collect())
+}
+
+/// The client encoding the archive's text is in (its `ENCODING` entry,
+/// `SET client_encoding = 'UTF8';`), upper case; `None` when absent.
+fn archive_encoding(entries: &[TocEntry]) -> Option<String> {
+    let sql = entries
+        .iter()
+        .find(|e| e.desc == "ENCODING")?
+        .definition
+        .as_deref()?;
+    let value = sql.split('\'').nth(1)?;
+    Some(value.to_ascii_uppercase().replace(['-', '_'], ""))
 }
 
 /// Entries pg_restore runs only with `--create` (pg_backup_archiver.c,
@@ -944,6 +989,26 @@ RESET SESSION AUTHORIZATION;\n",
         let properties: DatabaseProperties = serde_json::from_str("{}").unwrap();
         assert_eq!(properties.connection_limit, -1);
         assert!(properties.settings.is_empty());
+    }
+
+    #[test]
+    fn text_in_another_encoding_is_refused() {
+        let comment = entry(
+            "COMMENT",
+            "DATABASE mastodon",
+            "COMMENT ON DATABASE mastodon IS 'caf\u{e9}';",
+        );
+        let latin1 = entry("ENCODING", "ENCODING", "SET client_encoding = 'LATIN1';\n");
+        let utf8 = entry("ENCODING", "ENCODING", "SET client_encoding = 'UTF8';\n");
+        assert!(PropertyScript::from_toc(&[utf8, comment.clone()], "mastodon").is_ok());
+        let err = PropertyScript::from_toc(&[latin1.clone(), comment], "mastodon").unwrap_err();
+        assert!(format!("{err:#}").contains("LATIN1"), "{err:#}");
+        let ascii = entry(
+            "COMMENT",
+            "DATABASE mastodon",
+            "COMMENT ON DATABASE mastodon IS 'cafe';",
+        );
+        assert!(PropertyScript::from_toc(&[latin1, ascii], "mastodon").is_ok());
     }
 
     #[test]

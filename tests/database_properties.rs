@@ -490,3 +490,47 @@ fn docker_mode_restores_and_verifies_the_properties() {
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["notes"], serde_json::json!([]), "{report}");
 }
+
+#[test]
+fn a_property_that_does_not_apply_fails_before_the_load_and_changes_nothing() {
+    let cluster = Cluster::main();
+    let source = cluster.empty_database("dbp_denied");
+    source.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
+    // Only a superuser may set this one.
+    cluster.sql(
+        "postgres",
+        &format!(
+            "ALTER DATABASE \"{}\" SET log_min_duration_statement = '250ms'",
+            source.name
+        ),
+    );
+    let restorer = unique_name("dbp_restorer");
+    cluster.sql(
+        "postgres",
+        &format!("CREATE ROLE {restorer} LOGIN CREATEDB PASSWORD '{PASSWORD}'"),
+    );
+    let ws = Workspace::new();
+    let id = backup_id(&ws, &source);
+
+    let target = unique_name("dbp_denied_copy");
+    let mut cmd = ws.tusk();
+    cmd.args([
+        "restore",
+        &id,
+        "--no-globals",
+        "--no-owner",
+        "--role",
+        &restorer,
+        "--target-url",
+    ])
+    .arg(cluster.url_as(&restorer, PASSWORD, &target));
+    let out = run(cmd).expect_code(1);
+    assert!(out.stderr.contains("nothing was changed"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("setting log_min_duration_statement"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
+    assert!(cluster.databases_like(&target).is_empty());
+}

@@ -130,6 +130,14 @@ pub async fn run(
     let owner = choose_owner(&admin, set, opts, existing.owner.as_deref()).await?;
     let staging = staging_name(database, "tusk_restore");
     let staging_guard = create_scratch_database(server, &admin, &staging, &owner, set).await?;
+    properties
+        .check(&mut admin, &staging)
+        .await
+        .with_context(|| {
+            format!(
+                "nothing was changed on {target_db}: the database's own properties do not apply"
+            )
+        })?;
     tracing::info!(
         "restoring {} into staging database {staging} on {}",
         set.manifest.id,
