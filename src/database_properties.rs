@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::backup::manifest::Problem;
 use crate::postgres::quote_ident;
@@ -164,6 +165,28 @@ impl DatabaseProperties {
             grantee == "PUBLIC" || grantee == OWNER || roles.contains(grantee)
         });
         kept
+    }
+
+    /// Leaves out what `kind` sets, so it is not compared.
+    pub fn forget(&mut self, kind: &StatementKind) {
+        match kind {
+            StatementKind::Setting { name } => {
+                self.settings.remove(name);
+            }
+            StatementKind::RoleSetting { role, name } => {
+                if let Some(settings) = self.role_settings.get_mut(role) {
+                    settings.remove(name);
+                    if settings.is_empty() {
+                        self.role_settings.remove(role);
+                    }
+                }
+            }
+            StatementKind::Comment => self.comment = None,
+            StatementKind::ConnectionLimit => self.connection_limit = no_limit(),
+            StatementKind::IsTemplate => self.is_template = false,
+            StatementKind::Privileges { .. } => self.privileges.clear(),
+            StatementKind::SecurityLabel => {}
+        }
     }
 
     /// Every way `got` differs from `self`, as verify reports them.
@@ -423,6 +446,43 @@ impl PropertyScript {
     /// `default_transaction_read_only` would hinder pg_restore).
     pub async fn check(&self, client: &mut Client, database: &str) -> Result<()> {
         self.run(client, database, false).await
+    }
+
+    /// Applies the statements the connecting role may run, in one
+    /// transaction; returns those it was denied (insufficient privilege,
+    /// e.g. a setting only a superuser may set, or a role's settings
+    /// without CREATEROLE). Any other error stops and undoes all. For a
+    /// check such as verify's, where the verifying role need not be able
+    /// to do everything a restore does.
+    pub async fn apply_permitted(
+        &self,
+        client: &mut Client,
+        database: &str,
+    ) -> Result<Vec<StatementKind>> {
+        let mut denied = Vec::new();
+        let mut transaction = client.transaction().await?;
+        for statement in &self.statements {
+            let sql = statement.sql_for(database);
+            let savepoint = transaction.savepoint("tusk_property").await?;
+            match savepoint.batch_execute(&sql).await {
+                Ok(()) => savepoint.commit().await?,
+                Err(err) if err.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                    savepoint.rollback().await?;
+                    denied.push(statement.kind.clone());
+                }
+                Err(err) => {
+                    return Err(err).with_context(|| {
+                        format!(
+                            "could not apply the database's {} to {database}: {}",
+                            statement.kind.describe(),
+                            abbreviate(&sql)
+                        )
+                    });
+                }
+            }
+        }
+        transaction.commit().await?;
+        Ok(denied)
     }
 
     async fn run(&self, client: &mut Client, database: &str, commit: bool) -> Result<()> {

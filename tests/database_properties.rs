@@ -492,7 +492,7 @@ fn docker_mode_restores_and_verifies_the_properties() {
 }
 
 #[test]
-fn a_property_that_does_not_apply_fails_before_the_load_and_changes_nothing() {
+fn a_property_the_role_may_not_set_fails_a_restore_early_but_not_verify() {
     let cluster = Cluster::main();
     let source = cluster.empty_database("dbp_denied");
     source.sql("CREATE TABLE t (id int); INSERT INTO t VALUES (1)");
@@ -533,4 +533,20 @@ fn a_property_that_does_not_apply_fails_before_the_load_and_changes_nothing() {
     );
     assert!(out.stderr.contains("permission denied"), "{}", out.stderr);
     assert!(cluster.databases_like(&target).is_empty());
+
+    // Verify, though, only reports what it may not check.
+    let mut cmd = ws.tusk();
+    cmd.args(["--json", "verify", &id, "--database-url"])
+        .arg(cluster.url_as(&restorer, PASSWORD, &source.name));
+    let out = run(cmd).expect_code(0);
+    let report = out.json();
+    assert_eq!(
+        report["notes"],
+        serde_json::json!([
+            "not applied nor compared, the verifying role may not set them: \
+             setting log_min_duration_statement"
+        ]),
+        "{report}"
+    );
+    assert!(cluster.kept_scratch_of(&out.stderr).is_empty());
 }
