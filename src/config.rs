@@ -1,70 +1,27 @@
 //! Settings from one precedence: flag > `TUSK_*` environment > YAML file >
 //! Mastodon's `.env.production` > defaults.
 //!
-//! Flags and environment variables are merged by clap (see `cli::GlobalArgs`);
-//! this module lays the YAML file and `.env.production` under them.
+//! The binary merges flags and `TUSK_*` variables into [`Overrides`]; this
+//! module lays the YAML file and `.env.production` under them. It sits at
+//! the top of the library: it turns settings into the types of every layer
+//! below (database logins, buckets, containers), and no operation reads it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::cli::GlobalArgs;
 use crate::docker::ContainerSelector;
 use crate::error::TuskError;
 use crate::mastodon::env_file::EnvFile;
 use crate::postgres::DbTarget;
+use crate::postgres::docker::DumpTransport;
+use crate::set::Compression;
 use crate::storage::s3::S3Settings;
 
 /// Where the config file is looked for when `--config`/`TUSK_CONFIG` is not given.
 pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["./tusk.yaml", "/etc/tusk/tusk.yaml"];
 pub const DEFAULT_BACKUP_DIR: &str = "/var/backups/tusk";
-
-/// How artefacts are compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Zstd,
-    Gzip,
-    None,
-}
-
-impl Compression {
-    pub fn default_level(self) -> i32 {
-        match self {
-            // Level 1 keeps compression off the dump's critical path on a
-            // 2-core server and still beats pg_dump -Fc's size.
-            Compression::Zstd => 1,
-            Compression::Gzip => 6,
-            Compression::None => 0,
-        }
-    }
-
-    pub fn level_range(self) -> std::ops::RangeInclusive<i32> {
-        match self {
-            Compression::Zstd => 1..=19,
-            Compression::Gzip => 1..=9,
-            Compression::None => 0..=0,
-        }
-    }
-
-    /// File name suffix, e.g. `.zst`.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Compression::Zstd => ".zst",
-            Compression::Gzip => ".gz",
-            Compression::None => "",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::Zstd => "zstd",
-            Compression::Gzip => "gzip",
-            Compression::None => "none",
-        }
-    }
-}
 
 /// The YAML file, key for key. Unknown keys are errors so typos do not
 /// silently fall back to defaults.
@@ -86,7 +43,7 @@ pub struct FileSettings {
     #[serde(default)]
     pub s3: S3Section,
     #[serde(default)]
-    pub prune: PruneSection,
+    pub prune: crate::prune::PruneSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,43 +72,19 @@ pub struct MastodonSection {
     pub media_store: Option<MediaStoreKind>,
 }
 
-/// Retention rules for `tusk prune`; a rule left out does not run.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PruneSection {
-    pub media_cache_days: Option<u32>,
-    pub media_cache_semantics: Option<crate::prune::CacheSemantics>,
-    pub profiles_days: Option<u32>,
-    pub avatars: Option<bool>,
-    pub headers: Option<bool>,
-    pub include_follows: Option<bool>,
-    pub preview_cards_days: Option<u32>,
-    pub unattached_media: Option<bool>,
-    pub orphans: Option<bool>,
-    pub orphans_min_age_minutes: Option<u64>,
-    pub concurrency: Option<usize>,
-    pub batch_size: Option<usize>,
-}
-
-/// The prune rules by name, for `--only`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[clap(rename_all = "snake_case")]
-pub enum PruneRule {
-    MediaCache,
-    Profiles,
-    PreviewCards,
-    UnattachedMedia,
-    Orphans,
-}
-
 /// Where Mastodon keeps its media: `S3_ENABLED` in Mastodon's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaStoreKind {
     /// The media folder (`mastodon.media_root`).
     Local,
     /// The bucket (`s3:`).
     S3,
+}
+
+impl MediaStoreKind {
+    /// The names settings and flags accept.
+    pub const NAMES: [&'static str; 2] = ["local", "s3"];
 }
 
 /// The bucket media go to; unset keys come from `.env.production`.
@@ -170,7 +103,7 @@ pub struct S3Section {
 }
 
 /// Where the PostgreSQL client tools run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PgMode {
     /// On this machine, against the server's network address.
@@ -179,18 +112,16 @@ pub enum PgMode {
     Docker,
 }
 
-/// How a dump leaves the database container in Docker mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DumpTransport {
-    /// `pipe` when the Engine runs on this machine, else `exec`; falls back
-    /// to `exec` when the helper container cannot deliver.
-    Auto,
-    /// pg_dump runs in a helper container from the same image and writes
-    /// into a named pipe on this machine.
-    Pipe,
-    /// pg_dump's output streams through the Engine's exec API.
-    Exec,
+impl PgMode {
+    /// The names settings and flags accept.
+    pub const NAMES: [&'static str; 2] = ["direct", "docker"];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PgMode::Direct => "direct",
+            PgMode::Docker => "docker",
+        }
+    }
 }
 
 /// Mastodon's compose file calls its database service `db` and its app
@@ -207,6 +138,37 @@ impl FileSettings {
         serde_yaml_ng::from_str(text)
             .map_err(|err| TuskError::usage(format!("{}: {err}", path.display())))
     }
+}
+
+/// Settings given on the command line or as `TUSK_*` variables: they win
+/// over the YAML file and `.env.production`. `None` means "not given here".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub backup_dir: Option<PathBuf>,
+    pub instance: Option<String>,
+    pub compression: Option<Compression>,
+    pub compression_level: Option<i32>,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub temp_dir: Option<PathBuf>,
+    pub postgres_mode: Option<PgMode>,
+    pub docker_host: Option<String>,
+    pub docker_transport: Option<DumpTransport>,
+    pub container: Option<String>,
+    pub compose_service: Option<String>,
+    pub compose_project: Option<String>,
+    pub services: Option<Vec<String>>,
+    pub media_root: Option<PathBuf>,
+    pub media_store: Option<MediaStoreKind>,
+    pub s3_bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_key_prefix: Option<String>,
+    pub s3_permission: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_sdk_checksums: Option<bool>,
+    pub mastodon_env_file: Option<PathBuf>,
 }
 
 /// Every setting, resolved.
@@ -239,13 +201,13 @@ pub struct Settings {
     /// Where Mastodon's media live now.
     pub media_store: MediaStoreKind,
     /// The `prune:` section as written.
-    pub prune: PruneSection,
+    pub prune: crate::prune::PruneSettings,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
 }
 
 impl Settings {
-    pub fn resolve(args: &GlobalArgs) -> Result<Self> {
+    pub fn resolve(args: &Overrides) -> Result<Self> {
         let config_file = find_config_file(args.config.as_deref())?;
         let file = match &config_file {
             Some(path) => {
@@ -432,7 +394,7 @@ impl Settings {
 
 /// The bucket settings: flag > environment > YAML > `.env.production`.
 fn resolve_s3(
-    args: &GlobalArgs,
+    args: &Overrides,
     file: &S3Section,
     env_file: Option<&EnvFile>,
 ) -> Result<Option<S3Settings>> {

@@ -151,10 +151,8 @@ impl PgServer for DirectServer {
         writer.flush().await?;
         let offsets_path = path.clone();
         let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || {
-            crate::restore::archive::add_data_offsets(&offsets_path)
-        })
-        .await?
+        match tokio::task::spawn_blocking(move || crate::archive::add_data_offsets(&offsets_path))
+            .await?
         {
             Ok(count) => tracing::debug!(
                 "recorded the data offsets of {count} archive entries in {:.2}s",

@@ -19,7 +19,6 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use super::docker_pipe::{self, PipeError};
 use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolExit, ToolProcess};
 use crate::cleanup;
-use crate::config::DumpTransport;
 use crate::docker::Container;
 use crate::error::TuskError;
 
@@ -29,6 +28,25 @@ const STDERR_TAIL: usize = 16 * 1024;
 const OUTPUT_CAPACITY: usize = 1 << 20;
 /// The port PostgreSQL listens on inside its container.
 const CONTAINER_PORT: u16 = 5432;
+
+/// How a dump leaves the database container in Docker mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DumpTransport {
+    /// `pipe` when the Engine runs on this machine, else `exec`; falls back
+    /// to `exec` when the helper container cannot deliver.
+    Auto,
+    /// pg_dump runs in a helper container from the same image and writes
+    /// into a named pipe on this machine.
+    Pipe,
+    /// pg_dump's output streams through the Engine's exec API.
+    Exec,
+}
+
+impl DumpTransport {
+    /// The names settings and flags accept.
+    pub const NAMES: [&'static str; 3] = ["auto", "pipe", "exec"];
+}
 
 /// A server in a container, tools run by `docker exec`.
 pub struct DockerServer {
@@ -272,7 +290,7 @@ impl PgServer for DockerServer {
     }
 
     async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive> {
-        let dir = format!("tusk-restore-{}", crate::restore::random_hex());
+        let dir = format!("tusk-restore-{}", crate::names::random_hex());
         let path = format!("/tmp/{dir}/database.dump");
 
         let mut dir_header = tar::Header::new_gnu();

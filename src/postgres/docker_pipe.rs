@@ -67,7 +67,7 @@ pub async fn spawn(
     command: &ToolCommand,
 ) -> Result<ToolProcess, PipeError> {
     let program = command.tool.program();
-    let name = format!("tusk-{program}-{}", crate::restore::random_hex()).replace('_', "-");
+    let name = format!("tusk-{program}-{}", crate::names::random_hex()).replace('_', "-");
     let label = format!("{program} (in helper container {name})");
     let failed = |err: anyhow::Error| PipeError::NothingDelivered(err);
 

@@ -14,10 +14,10 @@ use anyhow::{Context, Result};
 use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
-use super::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, toc_entries};
-use crate::backup::stream::open_decompressed;
-use crate::config::Compression;
+use crate::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, toc_entries};
 use crate::postgres::{PgServer, quote_ident};
+use crate::set::Compression;
+use crate::set::stream::open_decompressed;
 
 /// A table as schema and name, unquoted.
 pub type TableName = (String, String);

@@ -2,7 +2,6 @@
 //! that replaces the target only once it restored completely.
 
 pub mod analyze;
-pub mod archive;
 pub mod globals;
 
 use std::collections::HashSet;
@@ -12,16 +11,13 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::backup::manifest::ArtefactKind;
-use crate::backup::set::BackupSet;
-use crate::backup::stream::open_decompressed;
 use crate::cleanup;
 use crate::error::TuskError;
 use crate::output::Output;
 use crate::postgres::{DbTarget, PgServer, Tool, ToolCommand, quote_ident, server_version};
-
-/// PostgreSQL's limit on identifier length, in bytes.
-const MAX_IDENTIFIER: usize = 63;
+use crate::set::BackupSet;
+use crate::set::manifest::ArtefactKind;
+use crate::set::stream::open_decompressed;
 
 /// Session settings for pg_restore: index builds get more memory and
 /// commits need not wait for the disk (a crashed restore is redone anyway).
@@ -118,7 +114,7 @@ pub async fn run(
     }
 
     let owner = choose_owner(&admin, set, opts, existing.owner.as_deref()).await?;
-    let staging = staging_name(database, "tusk_restore");
+    let staging = crate::names::staging_name(database, "tusk_restore");
     let staging_guard = create_scratch_database(server, &admin, &staging, &owner, set).await?;
     tracing::info!(
         "restoring {} into staging database {staging} on {}",
@@ -301,29 +297,6 @@ async fn choose_owner(
     Ok(me)
 }
 
-/// `<base>_<purpose>_<random>`, cut to PostgreSQL's identifier limit.
-pub fn staging_name(base: &str, purpose: &str) -> String {
-    let suffix = format!("_{purpose}_{}", random_hex());
-    let mut keep = MAX_IDENTIFIER.saturating_sub(suffix.len());
-    while !base.is_char_boundary(keep.min(base.len())) {
-        keep -= 1;
-    }
-    format!("{}{suffix}", &base[..keep.min(base.len())])
-}
-
-/// Eight random hex digits for names of scratch databases and files.
-pub fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{:08x}", hasher.finish() as u32)
-}
-
 /// Creates an empty database that is dropped again unless the caller
 /// dismisses the returned guard.
 pub async fn create_scratch_database(
@@ -442,7 +415,7 @@ pub async fn load_database(
     } else {
         let process = server.spawn(command.with_stdin()).await?;
         let source = open_decompressed(&path, compression).await?;
-        let mut counted = crate::backup::stream::CountingReader::new(source, progress.clone());
+        let mut counted = crate::set::stream::CountingReader::new(source, progress.clone());
         match process.feed(&mut counted).await {
             Ok(_) if opts.analyze => {
                 finish_analyze(server, database, opts.jobs, &HashSet::new()).await
@@ -523,7 +496,7 @@ async fn rename_database(admin: &Client, from: &str, to: &str) -> Result<()> {
 /// Puts the restored staging database in place of `target`. The old one is
 /// moved aside first and dropped only after the new one carries its name.
 async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
-    let aside = staging_name(target, "tusk_old");
+    let aside = crate::names::staging_name(target, "tusk_old");
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -554,15 +527,6 @@ async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn staging_names_fit_postgres_identifiers() {
-        let long = "m".repeat(80);
-        let name = staging_name(&long, "tusk_restore");
-        assert_eq!(name.len(), MAX_IDENTIFIER);
-        assert!(name.contains("_tusk_restore_"));
-        assert!(staging_name("mastodon", "tusk_restore").starts_with("mastodon_tusk_restore_"));
-    }
 
     #[test]
     fn conninfo_escapes_quotes() {
