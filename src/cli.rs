@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use tusk::config::{MediaStoreKind, Overrides, PgMode};
@@ -14,11 +14,15 @@ use tusk::set::Compression;
 
 /// Parses one of a library enum's names into the enum, through the same
 /// serde names the YAML file uses, so a flag and a setting always agree.
-fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+fn choice<T>(choices: &'static [(&'static str, &'static str)]) -> impl TypedValueParser<Value = T>
 where
     T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
 {
-    PossibleValuesParser::new(names).map(|name| {
+    let values = choices.iter().map(|(name, help)| match *help {
+        "" => PossibleValue::new(*name),
+        help => PossibleValue::new(*name).help(help),
+    });
+    PossibleValuesParser::new(values).map(|name| {
         use serde::de::value::{Error, StrDeserializer};
         T::deserialize(StrDeserializer::<Error>::new(&name))
             .expect("every listed name is one of the enum's")
@@ -73,7 +77,7 @@ pub struct GlobalArgs {
     pub instance: Option<String>,
 
     /// Compression of backup artefacts [default: zstd]
-    #[arg(long, global = true, env = "TUSK_COMPRESSION", value_parser = choice::<Compression>(&Compression::NAMES))]
+    #[arg(long, global = true, env = "TUSK_COMPRESSION", value_parser = choice::<Compression>(&Compression::CHOICES))]
     pub compression: Option<Compression>,
 
     /// Compression level (zstd 1-19, default 1; gzip 1-9, default 6)
@@ -93,7 +97,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "TUSK_POSTGRES_MODE",
-        value_parser = choice::<PgMode>(&PgMode::NAMES),
+        value_parser = choice::<PgMode>(&PgMode::CHOICES),
         value_name = "MODE"
     )]
     pub postgres_mode: Option<PgMode>,
@@ -107,7 +111,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "TUSK_DOCKER_TRANSPORT",
-        value_parser = choice::<DumpTransport>(&DumpTransport::NAMES),
+        value_parser = choice::<DumpTransport>(&DumpTransport::CHOICES),
         value_name = "HOW"
     )]
     pub docker_transport: Option<DumpTransport>,
@@ -154,7 +158,7 @@ pub struct GlobalArgs {
         global = true,
         env = "TUSK_MEDIA_STORE",
         value_name = "STORE",
-        value_parser = choice::<MediaStoreKind>(&MediaStoreKind::NAMES)
+        value_parser = choice::<MediaStoreKind>(&MediaStoreKind::CHOICES)
     )]
     pub media_store: Option<MediaStoreKind>,
 
@@ -422,12 +426,12 @@ pub struct PruneArgs {
         value_delimiter = ',',
         value_name = "RULE",
         help_heading = "Rules",
-        value_parser = choice::<PruneRule>(&PruneRule::NAMES)
+        value_parser = choice::<PruneRule>(&PruneRule::CHOICES)
     )]
     pub only: Vec<PruneRule>,
 
     /// tootctl (created before the cutoff) or vacuum (created and updated before it)
-    #[arg(long, value_name = "SEMANTICS", value_parser = choice::<CacheSemantics>(&CacheSemantics::NAMES))]
+    #[arg(long, value_name = "SEMANTICS", value_parser = choice::<CacheSemantics>(&CacheSemantics::CHOICES))]
     pub media_cache_semantics: Option<CacheSemantics>,
 
     /// With --profiles-days: prune avatars [default: avatars and headers]
@@ -487,4 +491,67 @@ pub struct CompletionsArgs {
 pub struct ManArgs {
     /// Directory to write tusk.1 and one page per subcommand into
     pub dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut argv = vec!["tusk"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap_or_else(|err| panic!("{args:?}: {err}"))
+    }
+
+    #[test]
+    fn every_listed_choice_parses_into_the_library_enum() {
+        for (name, _) in Compression::CHOICES {
+            parse(&["--compression", name, "backups", "list"]);
+        }
+        for (name, _) in PgMode::CHOICES {
+            parse(&["--postgres-mode", name, "backups", "list"]);
+        }
+        for (name, _) in DumpTransport::CHOICES {
+            parse(&["--docker-transport", name, "backups", "list"]);
+        }
+        for (name, _) in MediaStoreKind::CHOICES {
+            parse(&["--media-store", name, "backups", "list"]);
+        }
+        for (name, _) in CacheSemantics::CHOICES {
+            parse(&["prune", "--media-cache-semantics", name]);
+        }
+        for (name, _) in PruneRule::CHOICES {
+            parse(&["prune", "--only", name]);
+        }
+    }
+
+    #[test]
+    fn flags_become_overrides() {
+        let cli = parse(&[
+            "--compression",
+            "gzip",
+            "--postgres-mode",
+            "docker",
+            "--services",
+            "web,sidekiq",
+            "backups",
+            "list",
+        ]);
+        let overrides = cli.global.overrides();
+        assert_eq!(overrides.compression, Some(Compression::Gzip));
+        assert_eq!(overrides.postgres_mode, Some(PgMode::Docker));
+        assert_eq!(
+            overrides.services,
+            Some(vec!["web".to_string(), "sidekiq".to_string()])
+        );
+        assert_eq!(overrides.backup_dir, None);
+    }
+
+    #[test]
+    fn an_unknown_choice_is_refused_with_the_valid_ones() {
+        let err = Cli::try_parse_from(["tusk", "--compression", "lz4", "backups", "list"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zstd") && err.contains("gzip"), "{err}");
+    }
 }

@@ -83,8 +83,11 @@ pub enum MediaStoreKind {
 }
 
 impl MediaStoreKind {
-    /// The names settings and flags accept.
-    pub const NAMES: [&'static str; 2] = ["local", "s3"];
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 2] = [
+        ("local", "The media folder (`mastodon.media_root`)"),
+        ("s3", "The bucket (`s3:`)"),
+    ];
 }
 
 /// The bucket media go to; unset keys come from `.env.production`.
@@ -113,8 +116,17 @@ pub enum PgMode {
 }
 
 impl PgMode {
-    /// The names settings and flags accept.
-    pub const NAMES: [&'static str; 2] = ["direct", "docker"];
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 2] = [
+        (
+            "direct",
+            "On this machine, against the server's network address",
+        ),
+        (
+            "docker",
+            "Inside the database's container, through the Docker Engine",
+        ),
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -559,5 +571,123 @@ mod tests {
         );
         assert_eq!(sanitize_instance("my host/x").unwrap(), "my-host-x");
         assert!(sanitize_instance("///").is_err());
+    }
+
+    /// A config file and an .env.production side by side, as an admin has them.
+    struct Setup {
+        dir: tempfile::TempDir,
+    }
+
+    impl Setup {
+        fn new(yaml: &str, env_production: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("tusk.yaml"), yaml).unwrap();
+            std::fs::write(dir.path().join(".env.production"), env_production).unwrap();
+            Setup { dir }
+        }
+
+        fn overrides(&self) -> Overrides {
+            Overrides {
+                config: Some(self.dir.path().join("tusk.yaml")),
+                mastodon_env_file: Some(self.dir.path().join(".env.production")),
+                ..Default::default()
+            }
+        }
+    }
+
+    const ENV_PRODUCTION: &str = "LOCAL_DOMAIN=social.example\nDB_HOST=db.internal\n\
+        DB_USER=mastodon\nDB_NAME=mastodon_production\nS3_BUCKET=env-bucket\n\
+        AWS_ACCESS_KEY_ID=k\nAWS_SECRET_ACCESS_KEY=s\nS3_KEY_PREFIX=/from-env/\n";
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_env_production() {
+        let setup = Setup::new(
+            "instance: from-file\nbackup_dir: /srv/file-backups\n\
+             database_url: postgresql://file@file-host/file_db\ns3:\n  bucket: file-bucket\n",
+            ENV_PRODUCTION,
+        );
+        let from_file = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(from_file.instance, "from-file");
+        assert_eq!(from_file.backup_dir, PathBuf::from("/srv/file-backups"));
+        assert_eq!(
+            from_file.database().unwrap().redacted(),
+            "postgresql://file@file-host:5432/file_db"
+        );
+        assert_eq!(from_file.s3().unwrap().bucket, "file-bucket");
+        // Not in the file: .env.production's value, trimmed as Mastodon does.
+        assert_eq!(from_file.s3_key_prefix.as_deref(), Some("from-env"));
+
+        let flags = Overrides {
+            instance: Some("from-flag".into()),
+            backup_dir: Some("/srv/flag-backups".into()),
+            database_url: Some("postgresql://flag@flag-host/flag_db".into()),
+            s3_bucket: Some("flag-bucket".into()),
+            ..setup.overrides()
+        };
+        let from_flags = Settings::resolve(&flags).unwrap();
+        assert_eq!(from_flags.instance, "from-flag");
+        assert_eq!(from_flags.backup_dir, PathBuf::from("/srv/flag-backups"));
+        assert_eq!(
+            from_flags.database().unwrap().redacted(),
+            "postgresql://flag@flag-host:5432/flag_db"
+        );
+        assert_eq!(from_flags.s3().unwrap().bucket, "flag-bucket");
+    }
+
+    #[test]
+    fn env_production_fills_what_nothing_else_says_then_defaults() {
+        let setup = Setup::new("", ENV_PRODUCTION);
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.instance, "social.example");
+        assert_eq!(
+            settings.database().unwrap().redacted(),
+            "postgresql://mastodon@db.internal:5432/mastodon_production"
+        );
+        assert_eq!(settings.s3().unwrap().bucket, "env-bucket");
+        assert_eq!(settings.backup_dir, PathBuf::from(DEFAULT_BACKUP_DIR));
+        assert_eq!(settings.compression, Compression::Zstd);
+        assert_eq!(settings.compression_level, 1);
+        assert_eq!(settings.mode, PgMode::Direct);
+        assert_eq!(
+            settings.services,
+            DEFAULT_SERVICES.map(String::from).to_vec()
+        );
+        assert_eq!(
+            settings.media_root,
+            setup.dir.path().join("public/system"),
+            "public/system beside .env.production"
+        );
+        assert_eq!(settings.media_store, MediaStoreKind::Local);
+    }
+
+    #[test]
+    fn a_level_follows_its_compression_and_is_checked() {
+        let setup = Setup::new("compression: gzip\n", "");
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.compression_level, 6);
+        let too_high = Overrides {
+            compression_level: Some(12),
+            ..setup.overrides()
+        };
+        let err = Settings::resolve(&too_high).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            std::process::ExitCode::from(crate::error::EXIT_USAGE)
+        );
+        assert!(err.to_string().contains("1..=9"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_a_usage_error() {
+        let overrides = Overrides {
+            config: Some("/nonexistent/tusk.yaml".into()),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&overrides).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tusk.yaml"), "{err}");
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            std::process::ExitCode::from(crate::error::EXIT_USAGE)
+        );
     }
 }

@@ -149,19 +149,9 @@ impl PgServer for DirectServer {
             .await
             .with_context(|| format!("could not write {}", path.display()))?;
         writer.flush().await?;
-        let offsets_path = path.clone();
-        let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || crate::archive::add_data_offsets(&offsets_path))
-            .await?
-        {
-            Ok(count) => tracing::debug!(
-                "recorded the data offsets of {count} archive entries in {:.2}s",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(err) => tracing::debug!("restoring without data offsets: {err:#}"),
-        }
         Ok(StagedArchive {
             path: path_string(&path),
+            local_file: Some(path),
             cleanup,
         })
     }

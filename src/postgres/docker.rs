@@ -44,8 +44,23 @@ pub enum DumpTransport {
 }
 
 impl DumpTransport {
-    /// The names settings and flags accept.
-    pub const NAMES: [&'static str; 3] = ["auto", "pipe", "exec"];
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 3] = [
+        (
+            "auto",
+            "`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` \
+             when the helper container cannot deliver",
+        ),
+        (
+            "pipe",
+            "pg_dump runs in a helper container from the same image and writes into a named \
+             pipe on this machine",
+        ),
+        (
+            "exec",
+            "pg_dump's output streams through the Engine's exec API",
+        ),
+    ];
 }
 
 /// A server in a container, tools run by `docker exec`.
@@ -346,7 +361,11 @@ impl PgServer for DockerServer {
                     self.container.name
                 )
             })?;
-        Ok(StagedArchive { path, cleanup })
+        Ok(StagedArchive {
+            path,
+            local_file: None,
+            cleanup,
+        })
     }
 }
 

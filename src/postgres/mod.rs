@@ -317,6 +317,9 @@ pub trait PgServer: Send + Sync {
 pub struct StagedArchive {
     /// The path to hand to the tool.
     pub path: String,
+    /// The same file, when it is on this machine (direct mode) and tusk may
+    /// improve it before the tool reads it.
+    pub local_file: Option<std::path::PathBuf>,
     /// Removes the copy.
     pub cleanup: crate::cleanup::Deferred,
 }

@@ -111,12 +111,12 @@ pub enum PruneRule {
 
 impl PruneRule {
     /// The names `--only` accepts.
-    pub const NAMES: [&'static str; 5] = [
-        "media_cache",
-        "profiles",
-        "preview_cards",
-        "unattached_media",
-        "orphans",
+    pub const CHOICES: [(&'static str, &'static str); 5] = [
+        ("media_cache", ""),
+        ("profiles", ""),
+        ("preview_cards", ""),
+        ("unattached_media", ""),
+        ("orphans", ""),
     ];
 }
 
@@ -423,7 +423,7 @@ mod tests {
 
     #[test]
     fn rule_names_are_the_ones_only_accepts() {
-        for name in PruneRule::NAMES {
+        for (name, _) in PruneRule::CHOICES {
             let parsed: PruneRule =
                 serde_yaml_ng::from_str(name).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(format!("{parsed:?}").to_lowercase().replace('_', "") == name.replace('_', ""));

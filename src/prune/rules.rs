@@ -27,8 +27,17 @@ pub enum CacheSemantics {
 }
 
 impl CacheSemantics {
-    /// The names settings and flags accept.
-    pub const NAMES: [&'static str; 2] = ["tootctl", "vacuum"];
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 2] = [
+        (
+            "tootctl",
+            "`tootctl media remove`: created before the cutoff",
+        ),
+        (
+            "vacuum",
+            "Mastodon's daily vacuum: created and updated before the cutoff",
+        ),
+    ];
 }
 
 /// The columns the instance's tables have, so every statement names only

@@ -383,6 +383,9 @@ pub async fn load_database(
             staged.path,
             staging_started.elapsed().as_secs_f64()
         );
+        if let Some(file) = staged.local_file.clone() {
+            add_data_offsets(file).await;
+        }
         progress.set_prefix("pg_restore");
         let mut command = command
             .arg(format!("--jobs={}", opts.jobs))
@@ -430,6 +433,22 @@ pub async fn load_database(
         started.elapsed().as_secs_f64()
     );
     result.with_context(|| format!("restoring {} into {database} failed", set.manifest.id))
+}
+
+/// pg_dump writing into a pipe cannot record where each table's data
+/// starts, so parallel pg_restore workers would read the archive from the
+/// start for every table; tusk writes the offsets into its staged copy.
+/// Failure only costs speed.
+async fn add_data_offsets(file: std::path::PathBuf) {
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || crate::archive::add_data_offsets(&file)).await {
+        Ok(Ok(count)) => tracing::debug!(
+            "recorded the data offsets of {count} archive entries in {:.2}s",
+            started.elapsed().as_secs_f64()
+        ),
+        Ok(Err(err)) => tracing::debug!("restoring without data offsets: {err:#}"),
+        Err(err) => tracing::debug!("restoring without data offsets: {err}"),
+    }
 }
 
 /// `dbname='...'` in libpq's connection-string syntax, so any name is safe.

@@ -10,8 +10,9 @@ pub enum Compression {
 }
 
 impl Compression {
-    /// The names settings and flags accept.
-    pub const NAMES: [&'static str; 3] = ["zstd", "gzip", "none"];
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 3] =
+        [("zstd", ""), ("gzip", ""), ("none", "")];
 
     pub fn default_level(self) -> i32 {
         match self {
