@@ -127,7 +127,7 @@ async fn test_restore(
     report: &mut VerifyReport,
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
-    let admin = restore::connect_maintenance(server).await?;
+    let admin = server.connect_maintenance().await?;
     let me: String = admin
         .query_one("SELECT current_user::text", &[])
         .await?

@@ -22,8 +22,6 @@ use crate::cleanup;
 use crate::docker::Container;
 use crate::error::TuskError;
 
-/// Keep this much of a tool's stderr for the error message.
-const STDERR_TAIL: usize = 16 * 1024;
 /// Read buffer for an exec's multiplexed output stream.
 const OUTPUT_CAPACITY: usize = 1 << 20;
 /// The port PostgreSQL listens on inside its container.
@@ -198,7 +196,7 @@ impl DockerServer {
         // Demultiplex: stdout into a bounded channel (backpressure reaches
         // the Engine), stderr into a buffer for the error message.
         let (stdout_tx, mut stdout_rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
-        let mut stderr = super::StderrCollector::new(stderr_lines, STDERR_TAIL);
+        let mut stderr = super::StderrCollector::new(stderr_lines, super::STDERR_TAIL);
         let pump = tokio::spawn(async move {
             let mut reader_gone = false;
             while let Some(item) = output.next().await {

@@ -79,7 +79,7 @@ pub async fn run(
         .into());
     }
 
-    let admin = connect_maintenance(server).await?;
+    let admin = server.connect_maintenance().await?;
     let (target_major, target_version) = server_version(&admin).await?;
     if target_major < set.manifest.source.server_major {
         tracing::warn!(
@@ -147,14 +147,6 @@ pub async fn run(
         kept_roles,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// A session on the server's maintenance database (`postgres`, else `template1`).
-pub async fn connect_maintenance(server: &dyn PgServer) -> Result<Client> {
-    match server.connect("postgres").await {
-        Ok(client) => Ok(client),
-        Err(first) => server.connect("template1").await.map_err(|_| first),
-    }
 }
 
 struct ExistingDatabase {
@@ -324,10 +316,7 @@ pub async fn create_scratch_database(
 
 /// Drops a database tusk created, disconnecting anyone still in it.
 pub async fn drop_database(target: DbTarget, name: String) -> Result<()> {
-    let admin = match target.with_database("postgres").connect().await {
-        Ok(client) => client,
-        Err(_) => target.with_database("template1").connect().await?,
-    };
+    let admin = target.connect_maintenance().await?;
     admin
         .batch_execute(&format!(
             "DROP DATABASE IF EXISTS {} WITH (FORCE)",
