@@ -15,7 +15,9 @@ source scripts/lib/pg-cluster.sh
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 SCALE=${DEMO_SCALE:-10}
 SANDBOX=$(mktemp -d /tmp/tusk-demo.XXXXXX)
-trap 'rm -rf "$SANDBOX"' EXIT
+# Through the libraries' one EXIT trap (a plain `trap ... EXIT` here would be
+# replaced by the cluster's): the sandbox goes on success, failure and Ctrl-C.
+tusk_on_exit "rm -rf '$SANDBOX'"
 
 say "Installing PostgreSQL if it is missing"
 tusk_pg_install

@@ -14,7 +14,7 @@
 # first CI run on a machine pays the ~5 min cold dependency build.
 #
 # Usage:  scripts/test.sh [CARGO TEST ARGS...] [-- TEST BINARY ARGS...]   (any cwd)
-#   e.g.  scripts/test.sh --test backup -- --nocapture
+#   e.g.  scripts/test.sh --test backup_restore -- --nocapture
 # Runs:   cargo test --locked --no-fail-fast [ARGS] -- --test-threads=2 [TEST BINARY ARGS]
 #
 # Exported to the tests:
@@ -66,7 +66,7 @@ source scripts/lib/s3.sh
 T_START=$SECONDS
 STEP_NAMES=() STEP_RESULTS=()
 CURRENT_STEP='' STEP_T0=0 STEP_NO=0
-STEP_TOTAL=5
+STEP_TOTAL=6
 ONLY_SERVICES=${TUSK_TEST_ONLY_SERVICES:-}
 [[ -n $ONLY_SERVICES && $ONLY_SERVICES != 0 ]] && STEP_TOTAL=4
 SKIP_S3=${TUSK_SKIP_S3_TESTS:-0}
@@ -211,6 +211,15 @@ for a in "$@"; do
     fi
 done
 [[ " ${test_args[*]-} " == *" --test-threads"* ]] || test_args=(--test-threads=2 "${test_args[@]}")
+
+step "library builds without clap"
+# The layer rule's proof: the library (src/lib.rs) never uses clap, so it
+# builds with the 'cli' feature (and thereby clap) left out.
+cargo build --locked --lib --no-default-features
+if cargo tree --locked --no-default-features -e normal --prefix none | grep -q '^clap'; then
+    tusk_err "clap is in the library's dependency graph without the cli feature"
+    exit 1
+fi
 
 step "cargo test"
 tusk_log "cargo test --locked --no-fail-fast ${cargo_args[*]-} -- ${test_args[*]}"

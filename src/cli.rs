@@ -1,11 +1,33 @@
-//! Command-line types. Every setting is a global flag with a `TUSK_*`
-//! variable; clap applies flag > environment, `config` adds the rest.
+//! Command-line types: the only part of tusk that knows clap. Every setting
+//! is a global flag with a `TUSK_*` variable; clap applies flag > environment,
+//! the library's `config` lays the YAML file and `.env.production` under them.
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
-use crate::config::{Compression, PgMode};
+use tusk::config::{MediaStoreKind, Overrides, PgMode};
+use tusk::postgres::docker::DumpTransport;
+use tusk::prune::{CacheSemantics, PruneRule};
+use tusk::set::Compression;
+
+/// Parses one of a library enum's names into the enum, through the same
+/// serde names the YAML file uses, so a flag and a setting always agree.
+fn choice<T>(choices: &'static [(&'static str, &'static str)]) -> impl TypedValueParser<Value = T>
+where
+    T: serde::de::DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    let values = choices.iter().map(|(name, help)| match *help {
+        "" => PossibleValue::new(*name),
+        help => PossibleValue::new(*name).help(help),
+    });
+    PossibleValuesParser::new(values).map(|name| {
+        use serde::de::value::{Error, StrDeserializer};
+        T::deserialize(StrDeserializer::<Error>::new(&name))
+            .expect("every listed name is one of the enum's")
+    })
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -55,7 +77,7 @@ pub struct GlobalArgs {
     pub instance: Option<String>,
 
     /// Compression of backup artefacts [default: zstd]
-    #[arg(long, global = true, env = "TUSK_COMPRESSION", value_enum)]
+    #[arg(long, global = true, env = "TUSK_COMPRESSION", value_parser = choice::<Compression>(&Compression::CHOICES))]
     pub compression: Option<Compression>,
 
     /// Compression level (zstd 1-19, default 1; gzip 1-9, default 6)
@@ -75,7 +97,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "TUSK_POSTGRES_MODE",
-        value_enum,
+        value_parser = choice::<PgMode>(&PgMode::CHOICES),
         value_name = "MODE"
     )]
     pub postgres_mode: Option<PgMode>,
@@ -89,10 +111,10 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "TUSK_DOCKER_TRANSPORT",
-        value_enum,
+        value_parser = choice::<DumpTransport>(&DumpTransport::CHOICES),
         value_name = "HOW"
     )]
-    pub docker_transport: Option<crate::config::DumpTransport>,
+    pub docker_transport: Option<DumpTransport>,
 
     /// PostgreSQL container by name (Docker mode)
     #[arg(long, global = true, env = "TUSK_CONTAINER", value_name = "NAME")]
@@ -131,8 +153,14 @@ pub struct GlobalArgs {
     pub media_root: Option<PathBuf>,
 
     /// Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]
-    #[arg(long, global = true, env = "TUSK_MEDIA_STORE", value_name = "STORE")]
-    pub media_store: Option<crate::config::MediaStoreKind>,
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_MEDIA_STORE",
+        value_name = "STORE",
+        value_parser = choice::<MediaStoreKind>(&MediaStoreKind::CHOICES)
+    )]
+    pub media_store: Option<MediaStoreKind>,
 
     /// Media bucket [default: S3_BUCKET from .env.production]
     #[arg(long, global = true, env = "TUSK_S3_BUCKET", value_name = "NAME")]
@@ -193,6 +221,39 @@ pub struct GlobalArgs {
     /// Only warnings and errors
     #[arg(long, short = 'q', global = true, conflicts_with = "verbose")]
     pub quiet: bool,
+}
+
+impl GlobalArgs {
+    /// The settings given here, for the library's precedence.
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            database_url: self.database_url.clone(),
+            backup_dir: self.backup_dir.clone(),
+            instance: self.instance.clone(),
+            compression: self.compression,
+            compression_level: self.compression_level,
+            pg_bin_dir: self.pg_bin_dir.clone(),
+            temp_dir: self.temp_dir.clone(),
+            postgres_mode: self.postgres_mode,
+            docker_host: self.docker_host.clone(),
+            docker_transport: self.docker_transport,
+            container: self.container.clone(),
+            compose_service: self.compose_service.clone(),
+            compose_project: self.compose_project.clone(),
+            services: self.services.clone(),
+            media_root: self.media_root.clone(),
+            media_store: self.media_store,
+            s3_bucket: self.s3_bucket.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_key_prefix: self.s3_key_prefix.clone(),
+            s3_permission: self.s3_permission.clone(),
+            s3_path_style: self.s3_path_style,
+            s3_sdk_checksums: self.s3_sdk_checksums,
+            mastodon_env_file: self.mastodon_env_file.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -368,13 +429,14 @@ pub struct PruneArgs {
         long,
         value_delimiter = ',',
         value_name = "RULE",
-        help_heading = "Rules"
+        help_heading = "Rules",
+        value_parser = choice::<PruneRule>(&PruneRule::CHOICES)
     )]
-    pub only: Vec<crate::config::PruneRule>,
+    pub only: Vec<PruneRule>,
 
     /// tootctl (created before the cutoff) or vacuum (created and updated before it)
-    #[arg(long, value_name = "SEMANTICS")]
-    pub media_cache_semantics: Option<crate::prune::CacheSemantics>,
+    #[arg(long, value_name = "SEMANTICS", value_parser = choice::<CacheSemantics>(&CacheSemantics::CHOICES))]
+    pub media_cache_semantics: Option<CacheSemantics>,
 
     /// With --profiles-days: prune avatars [default: avatars and headers]
     #[arg(long)]
@@ -433,4 +495,67 @@ pub struct CompletionsArgs {
 pub struct ManArgs {
     /// Directory to write tusk.1 and one page per subcommand into
     pub dir: PathBuf,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let mut argv = vec!["tusk"];
+        argv.extend_from_slice(args);
+        Cli::try_parse_from(argv).unwrap_or_else(|err| panic!("{args:?}: {err}"))
+    }
+
+    #[test]
+    fn every_listed_choice_parses_into_the_library_enum() {
+        for (name, _) in Compression::CHOICES {
+            parse(&["--compression", name, "backups", "list"]);
+        }
+        for (name, _) in PgMode::CHOICES {
+            parse(&["--postgres-mode", name, "backups", "list"]);
+        }
+        for (name, _) in DumpTransport::CHOICES {
+            parse(&["--docker-transport", name, "backups", "list"]);
+        }
+        for (name, _) in MediaStoreKind::CHOICES {
+            parse(&["--media-store", name, "backups", "list"]);
+        }
+        for (name, _) in CacheSemantics::CHOICES {
+            parse(&["prune", "--media-cache-semantics", name]);
+        }
+        for (name, _) in PruneRule::CHOICES {
+            parse(&["prune", "--only", name]);
+        }
+    }
+
+    #[test]
+    fn flags_become_overrides() {
+        let cli = parse(&[
+            "--compression",
+            "gzip",
+            "--postgres-mode",
+            "docker",
+            "--services",
+            "web,sidekiq",
+            "backups",
+            "list",
+        ]);
+        let overrides = cli.global.overrides();
+        assert_eq!(overrides.compression, Some(Compression::Gzip));
+        assert_eq!(overrides.postgres_mode, Some(PgMode::Docker));
+        assert_eq!(
+            overrides.services,
+            Some(vec!["web".to_string(), "sidekiq".to_string()])
+        );
+        assert_eq!(overrides.backup_dir, None);
+    }
+
+    #[test]
+    fn an_unknown_choice_is_refused_with_the_valid_ones() {
+        let err = Cli::try_parse_from(["tusk", "--compression", "lz4", "backups", "list"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("zstd") && err.contains("gzip"), "{err}");
+    }
 }

@@ -1,70 +1,27 @@
 //! Settings from one precedence: flag > `TUSK_*` environment > YAML file >
 //! Mastodon's `.env.production` > defaults.
 //!
-//! Flags and environment variables are merged by clap (see `cli::GlobalArgs`);
-//! this module lays the YAML file and `.env.production` under them.
+//! The binary merges flags and `TUSK_*` variables into [`Overrides`]; this
+//! module lays the YAML file and `.env.production` under them. It sits at
+//! the top of the library: it turns settings into the types of every layer
+//! below (database logins, buckets, containers), and no operation reads it.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-use crate::cli::GlobalArgs;
 use crate::docker::ContainerSelector;
 use crate::error::TuskError;
 use crate::mastodon::env_file::EnvFile;
 use crate::postgres::DbTarget;
+use crate::postgres::docker::DumpTransport;
+use crate::set::Compression;
 use crate::storage::s3::S3Settings;
 
 /// Where the config file is looked for when `--config`/`TUSK_CONFIG` is not given.
 pub const DEFAULT_CONFIG_PATHS: [&str; 2] = ["./tusk.yaml", "/etc/tusk/tusk.yaml"];
 pub const DEFAULT_BACKUP_DIR: &str = "/var/backups/tusk";
-
-/// How artefacts are compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    Zstd,
-    Gzip,
-    None,
-}
-
-impl Compression {
-    pub fn default_level(self) -> i32 {
-        match self {
-            // Level 1 keeps compression off the dump's critical path on a
-            // 2-core server and still beats pg_dump -Fc's size.
-            Compression::Zstd => 1,
-            Compression::Gzip => 6,
-            Compression::None => 0,
-        }
-    }
-
-    pub fn level_range(self) -> std::ops::RangeInclusive<i32> {
-        match self {
-            Compression::Zstd => 1..=19,
-            Compression::Gzip => 1..=9,
-            Compression::None => 0..=0,
-        }
-    }
-
-    /// File name suffix, e.g. `.zst`.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Compression::Zstd => ".zst",
-            Compression::Gzip => ".gz",
-            Compression::None => "",
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Compression::Zstd => "zstd",
-            Compression::Gzip => "gzip",
-            Compression::None => "none",
-        }
-    }
-}
 
 /// The YAML file, key for key. Unknown keys are errors so typos do not
 /// silently fall back to defaults.
@@ -86,7 +43,7 @@ pub struct FileSettings {
     #[serde(default)]
     pub s3: S3Section,
     #[serde(default)]
-    pub prune: PruneSection,
+    pub prune: crate::prune::PruneSettings,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,43 +72,22 @@ pub struct MastodonSection {
     pub media_store: Option<MediaStoreKind>,
 }
 
-/// Retention rules for `tusk prune`; a rule left out does not run.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PruneSection {
-    pub media_cache_days: Option<u32>,
-    pub media_cache_semantics: Option<crate::prune::CacheSemantics>,
-    pub profiles_days: Option<u32>,
-    pub avatars: Option<bool>,
-    pub headers: Option<bool>,
-    pub include_follows: Option<bool>,
-    pub preview_cards_days: Option<u32>,
-    pub unattached_media: Option<bool>,
-    pub orphans: Option<bool>,
-    pub orphans_min_age_minutes: Option<u64>,
-    pub concurrency: Option<usize>,
-    pub batch_size: Option<usize>,
-}
-
-/// The prune rules by name, for `--only`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-#[clap(rename_all = "snake_case")]
-pub enum PruneRule {
-    MediaCache,
-    Profiles,
-    PreviewCards,
-    UnattachedMedia,
-    Orphans,
-}
-
 /// Where Mastodon keeps its media: `S3_ENABLED` in Mastodon's terms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MediaStoreKind {
     /// The media folder (`mastodon.media_root`).
     Local,
     /// The bucket (`s3:`).
     S3,
+}
+
+impl MediaStoreKind {
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 2] = [
+        ("local", "The media folder (`mastodon.media_root`)"),
+        ("s3", "The bucket (`s3:`)"),
+    ];
 }
 
 /// The bucket media go to; unset keys come from `.env.production`.
@@ -170,7 +106,7 @@ pub struct S3Section {
 }
 
 /// Where the PostgreSQL client tools run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PgMode {
     /// On this machine, against the server's network address.
@@ -179,18 +115,25 @@ pub enum PgMode {
     Docker,
 }
 
-/// How a dump leaves the database container in Docker mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
-pub enum DumpTransport {
-    /// `pipe` when the Engine runs on this machine, else `exec`; falls back
-    /// to `exec` when the helper container cannot deliver.
-    Auto,
-    /// pg_dump runs in a helper container from the same image and writes
-    /// into a named pipe on this machine.
-    Pipe,
-    /// pg_dump's output streams through the Engine's exec API.
-    Exec,
+impl PgMode {
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 2] = [
+        (
+            "direct",
+            "On this machine, against the server's network address",
+        ),
+        (
+            "docker",
+            "Inside the database's container, through the Docker Engine",
+        ),
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PgMode::Direct => "direct",
+            PgMode::Docker => "docker",
+        }
+    }
 }
 
 /// Mastodon's compose file calls its database service `db` and its app
@@ -207,6 +150,37 @@ impl FileSettings {
         serde_yaml_ng::from_str(text)
             .map_err(|err| TuskError::usage(format!("{}: {err}", path.display())))
     }
+}
+
+/// Settings given on the command line or as `TUSK_*` variables: they win
+/// over the YAML file and `.env.production`. `None` means "not given here".
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub database_url: Option<String>,
+    pub backup_dir: Option<PathBuf>,
+    pub instance: Option<String>,
+    pub compression: Option<Compression>,
+    pub compression_level: Option<i32>,
+    pub pg_bin_dir: Option<PathBuf>,
+    pub temp_dir: Option<PathBuf>,
+    pub postgres_mode: Option<PgMode>,
+    pub docker_host: Option<String>,
+    pub docker_transport: Option<DumpTransport>,
+    pub container: Option<String>,
+    pub compose_service: Option<String>,
+    pub compose_project: Option<String>,
+    pub services: Option<Vec<String>>,
+    pub media_root: Option<PathBuf>,
+    pub media_store: Option<MediaStoreKind>,
+    pub s3_bucket: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_key_prefix: Option<String>,
+    pub s3_permission: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_sdk_checksums: Option<bool>,
+    pub mastodon_env_file: Option<PathBuf>,
 }
 
 /// Every setting, resolved.
@@ -239,13 +213,13 @@ pub struct Settings {
     /// Where Mastodon's media live now.
     pub media_store: MediaStoreKind,
     /// The `prune:` section as written.
-    pub prune: PruneSection,
+    pub prune: crate::prune::PruneSettings,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
 }
 
 impl Settings {
-    pub fn resolve(args: &GlobalArgs) -> Result<Self> {
+    pub fn resolve(args: &Overrides) -> Result<Self> {
         let config_file = find_config_file(args.config.as_deref())?;
         let file = match &config_file {
             Some(path) => {
@@ -432,7 +406,7 @@ impl Settings {
 
 /// The bucket settings: flag > environment > YAML > `.env.production`.
 fn resolve_s3(
-    args: &GlobalArgs,
+    args: &Overrides,
     file: &S3Section,
     env_file: Option<&EnvFile>,
 ) -> Result<Option<S3Settings>> {
@@ -597,5 +571,123 @@ mod tests {
         );
         assert_eq!(sanitize_instance("my host/x").unwrap(), "my-host-x");
         assert!(sanitize_instance("///").is_err());
+    }
+
+    /// A config file and an .env.production side by side, as an admin has them.
+    struct Setup {
+        dir: tempfile::TempDir,
+    }
+
+    impl Setup {
+        fn new(yaml: &str, env_production: &str) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join("tusk.yaml"), yaml).unwrap();
+            std::fs::write(dir.path().join(".env.production"), env_production).unwrap();
+            Setup { dir }
+        }
+
+        fn overrides(&self) -> Overrides {
+            Overrides {
+                config: Some(self.dir.path().join("tusk.yaml")),
+                mastodon_env_file: Some(self.dir.path().join(".env.production")),
+                ..Default::default()
+            }
+        }
+    }
+
+    const ENV_PRODUCTION: &str = "LOCAL_DOMAIN=social.example\nDB_HOST=db.internal\n\
+        DB_USER=mastodon\nDB_NAME=mastodon_production\nS3_BUCKET=env-bucket\n\
+        AWS_ACCESS_KEY_ID=k\nAWS_SECRET_ACCESS_KEY=s\nS3_KEY_PREFIX=/from-env/\n";
+
+    #[test]
+    fn flags_win_over_the_file_which_wins_over_env_production() {
+        let setup = Setup::new(
+            "instance: from-file\nbackup_dir: /srv/file-backups\n\
+             database_url: postgresql://file@file-host/file_db\ns3:\n  bucket: file-bucket\n",
+            ENV_PRODUCTION,
+        );
+        let from_file = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(from_file.instance, "from-file");
+        assert_eq!(from_file.backup_dir, PathBuf::from("/srv/file-backups"));
+        assert_eq!(
+            from_file.database().unwrap().redacted(),
+            "postgresql://file@file-host:5432/file_db"
+        );
+        assert_eq!(from_file.s3().unwrap().bucket, "file-bucket");
+        // Not in the file: .env.production's value, trimmed as Mastodon does.
+        assert_eq!(from_file.s3_key_prefix.as_deref(), Some("from-env"));
+
+        let flags = Overrides {
+            instance: Some("from-flag".into()),
+            backup_dir: Some("/srv/flag-backups".into()),
+            database_url: Some("postgresql://flag@flag-host/flag_db".into()),
+            s3_bucket: Some("flag-bucket".into()),
+            ..setup.overrides()
+        };
+        let from_flags = Settings::resolve(&flags).unwrap();
+        assert_eq!(from_flags.instance, "from-flag");
+        assert_eq!(from_flags.backup_dir, PathBuf::from("/srv/flag-backups"));
+        assert_eq!(
+            from_flags.database().unwrap().redacted(),
+            "postgresql://flag@flag-host:5432/flag_db"
+        );
+        assert_eq!(from_flags.s3().unwrap().bucket, "flag-bucket");
+    }
+
+    #[test]
+    fn env_production_fills_what_nothing_else_says_then_defaults() {
+        let setup = Setup::new("", ENV_PRODUCTION);
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.instance, "social.example");
+        assert_eq!(
+            settings.database().unwrap().redacted(),
+            "postgresql://mastodon@db.internal:5432/mastodon_production"
+        );
+        assert_eq!(settings.s3().unwrap().bucket, "env-bucket");
+        assert_eq!(settings.backup_dir, PathBuf::from(DEFAULT_BACKUP_DIR));
+        assert_eq!(settings.compression, Compression::Zstd);
+        assert_eq!(settings.compression_level, 1);
+        assert_eq!(settings.mode, PgMode::Direct);
+        assert_eq!(
+            settings.services,
+            DEFAULT_SERVICES.map(String::from).to_vec()
+        );
+        assert_eq!(
+            settings.media_root,
+            setup.dir.path().join("public/system"),
+            "public/system beside .env.production"
+        );
+        assert_eq!(settings.media_store, MediaStoreKind::Local);
+    }
+
+    #[test]
+    fn a_level_follows_its_compression_and_is_checked() {
+        let setup = Setup::new("compression: gzip\n", "");
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.compression_level, 6);
+        let too_high = Overrides {
+            compression_level: Some(12),
+            ..setup.overrides()
+        };
+        let err = Settings::resolve(&too_high).unwrap_err();
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            std::process::ExitCode::from(crate::error::EXIT_USAGE)
+        );
+        assert!(err.to_string().contains("1..=9"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_config_file_is_a_usage_error() {
+        let overrides = Overrides {
+            config: Some("/nonexistent/tusk.yaml".into()),
+            ..Default::default()
+        };
+        let err = Settings::resolve(&overrides).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/tusk.yaml"), "{err}");
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            std::process::ExitCode::from(crate::error::EXIT_USAGE)
+        );
     }
 }

@@ -43,3 +43,26 @@ pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
         });
     ExitCode::from(code)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context as _;
+
+    #[test]
+    fn each_error_kind_has_its_documented_code_even_under_context() {
+        let cases = [
+            (TuskError::usage("bad flag"), EXIT_USAGE),
+            (
+                TuskError::VerificationFailed("checksum".into()).into(),
+                EXIT_VERIFY,
+            ),
+            (TuskError::Locked("held".into()).into(), EXIT_LOCKED),
+            (anyhow::anyhow!("pg_dump exited with status 1"), EXIT_FAILED),
+        ];
+        for (err, code) in cases {
+            let wrapped = Err::<(), _>(err).context("while backing up").unwrap_err();
+            assert_eq!(exit_code_for(&wrapped), ExitCode::from(code), "{wrapped:#}");
+        }
+    }
+}

@@ -1,27 +1,17 @@
-//! tusk: operate a Mastodon instance from the outside.
+//! The `tusk` binary: parses the command line, runs one command of the
+//! library, and turns its outcome into an exit status. Everything else is in
+//! the library (src/lib.rs).
 
-mod backup;
-mod cleanup;
 mod cli;
 mod commands;
-mod config;
-mod database_properties;
-mod docker;
-mod error;
-mod mastodon;
-mod media;
-mod output;
-mod postgres;
-mod prune;
-mod restore;
-mod storage;
-mod verify;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
+
+use tusk::{cleanup, error};
 
 /// Exit status after Ctrl-C, as shells report a SIGINT death.
 const EXIT_INTERRUPTED: u8 = 130;

@@ -11,22 +11,42 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use chrono::Utc;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::backup::manifest::{Problem, Verification};
-use crate::backup::set::BackupSet;
-use crate::backup::{migrations_facts, table_key};
-use crate::database_properties::{self, existing_roles};
+use crate::docker::{Container, throwaway};
 use crate::output::Output;
-use crate::postgres::PgServer;
+use crate::postgres::docker::DockerServer;
+use crate::postgres::{DbTarget, PgServer};
+use crate::restore::database_properties::{self as properties_sql, existing_roles};
 use crate::restore::{self, LoadOptions};
+use crate::set::manifest::{Problem, Verification};
+use crate::set::properties;
+use crate::set::{BackupSet, facts};
+use bollard::Docker;
 
-#[derive(Debug, Clone)]
+/// Where the test restore runs.
+pub enum ScratchServer {
+    /// A new database on this server, dropped afterwards.
+    Database(Box<dyn PgServer>),
+    /// A throwaway container from `like`'s image (the same PostgreSQL build),
+    /// logging in as `login`, removed afterwards: production is never touched.
+    ContainerLike(Box<ContainerLike>),
+}
+
+/// A throwaway container to make, from `like`'s image.
+pub struct ContainerLike {
+    pub docker: Docker,
+    pub like: Container,
+    pub login: DbTarget,
+}
+
 pub struct VerifyOptions {
-    pub checksums_only: bool,
+    /// `None` only re-hashes the artefacts.
+    pub scratch: Option<ScratchServer>,
+    /// Parallel pg_restore jobs for the test restore.
     pub jobs: u32,
 }
 
@@ -44,18 +64,14 @@ pub struct VerifyReport {
     pub notes: Vec<String>,
 }
 
-/// Verifies `set`; `server` hosts the scratch restore unless checksums only.
-pub async fn run(
-    set: &BackupSet,
-    server: Option<&dyn PgServer>,
-    opts: &VerifyOptions,
-    output: &Output,
-) -> Result<VerifyReport> {
+/// Verifies `set`: its checksums, then (unless `opts.scratch` is `None`) a
+/// test restore compared with the manifest. Records the outcome in the set.
+pub async fn run(set: &BackupSet, opts: VerifyOptions, output: &Output) -> Result<VerifyReport> {
     let mut problems = set.check_artefacts().await?;
     let mut report = VerifyReport {
         id: set.manifest.id.clone(),
         ok: false,
-        checksums_only: opts.checksums_only,
+        checksums_only: opts.scratch.is_none(),
         server: None,
         tables_compared: 0,
         restore_seconds: None,
@@ -65,9 +81,36 @@ pub async fn run(
     };
     if problems.is_empty() {
         tracing::info!("checksums of {} match its manifest", set.manifest.id);
-        if let (false, Some(server)) = (opts.checksums_only, server) {
-            report.server = Some(server.target().redacted());
-            test_restore(set, server, opts, output, &mut report, &mut problems).await?;
+        match opts.scratch {
+            None => {}
+            Some(ScratchServer::Database(server)) => {
+                report.server = Some(server.target().redacted());
+                test_restore(
+                    set,
+                    server.as_ref(),
+                    opts.jobs,
+                    output,
+                    &mut report,
+                    &mut problems,
+                )
+                .await?;
+            }
+            Some(ScratchServer::ContainerLike(spec)) => {
+                let ContainerLike {
+                    docker,
+                    like,
+                    login,
+                } = *spec;
+                let (container, removal) = throwaway::start_like(&docker, &like, &login).await?;
+                let tested = async {
+                    let server = DockerServer::new(docker.clone(), container, &login)?;
+                    report.server = Some(server.target().redacted());
+                    test_restore(set, &server, opts.jobs, output, &mut report, &mut problems).await
+                }
+                .await;
+                let removed = removal.run().await;
+                tested.and(removed)?;
+            }
         }
     }
     report.ok = problems.is_empty();
@@ -87,17 +130,17 @@ pub async fn run(
 async fn test_restore(
     set: &BackupSet,
     server: &dyn PgServer,
-    opts: &VerifyOptions,
+    jobs: u32,
     output: &Output,
     report: &mut VerifyReport,
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
-    let mut admin = restore::connect_maintenance(server).await?;
+    let mut admin = server.connect_maintenance().await?;
     let me: String = admin
         .query_one("SELECT current_user::text", &[])
         .await?
         .get(0);
-    let scratch = format!("tusk_verify_{}", restore::random_hex());
+    let scratch = format!("tusk_verify_{}", crate::names::random_hex());
     let guard = restore::create_scratch_database(server, &admin, &scratch, &me, set).await?;
     tracing::info!(
         "test restore of {} into {scratch} on {}",
@@ -108,7 +151,7 @@ async fn test_restore(
     // Ownership and grants are not what verify checks, and the roles may not
     // exist on the scratch server.
     let load = LoadOptions {
-        jobs: opts.jobs,
+        jobs,
         no_owner: true,
         no_acl: true,
         role: None,
@@ -225,14 +268,12 @@ async fn compare_properties(
         }
     };
     let mut expected = recorded.for_roles(&roles);
-    let mut got = database_properties::read(admin, scratch)
-        .await?
-        .for_roles(&roles);
+    let mut got = properties::read(admin, scratch).await?.for_roles(&roles);
     if !denied.is_empty() {
         let mut described: Vec<String> = Vec::new();
         for kind in &denied {
-            expected.forget(kind);
-            got.forget(kind);
+            properties_sql::forget(&mut expected, kind);
+            properties_sql::forget(&mut got, kind);
             let description = kind.describe();
             if !described.contains(&description) {
                 described.push(description);
@@ -254,103 +295,13 @@ async fn compare(
     report: &mut VerifyReport,
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
+    // A failure here is the server's, not the set's: it propagates (exit 1)
+    // instead of reading as missing tables.
     let session = server.connect(scratch).await?;
-    let facts = &set.manifest.database;
-
-    for (table, expected) in &facts.tables {
-        let (schema, name) = match table.split_once('.') {
-            Some((schema, name)) => (schema.to_string(), name.to_string()),
-            None => ("public".to_string(), table.clone()),
-        };
-        let got = session
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM {}.{}",
-                    crate::postgres::quote_ident(&schema),
-                    crate::postgres::quote_ident(&name)
-                ),
-                &[],
-            )
-            .await
-            .map(|row| row.get::<_, i64>(0));
-        report.tables_compared += 1;
-        match got {
-            Ok(got) if got == *expected => {}
-            Ok(got) => problems.push(Problem {
-                kind: "row_count".into(),
-                subject: table.clone(),
-                expected: expected.to_string(),
-                got: got.to_string(),
-            }),
-            Err(_) => problems.push(Problem {
-                kind: "missing".into(),
-                subject: table.clone(),
-                expected: format!("{expected} rows"),
-                got: "no such table".into(),
-            }),
-        }
-    }
-
-    if let Some(expected) = &facts.schema_migrations {
-        let versions: Result<Vec<String>, _> = session
-            .query("SELECT version::text FROM public.schema_migrations", &[])
-            .await
-            .map(|rows| rows.iter().map(|row| row.get(0)).collect());
-        let got = versions.map(migrations_facts);
-        match got {
-            Ok(got) if got == *expected => {}
-            Ok(got) => problems.push(Problem {
-                kind: "schema_migrations".into(),
-                subject: "schema_migrations".into(),
-                expected: format!("{} versions, max {:?}", expected.count, expected.max),
-                got: format!("{} versions, max {:?}", got.count, got.max),
-            }),
-            Err(_) => problems.push(Problem {
-                kind: "missing".into(),
-                subject: "schema_migrations".into(),
-                expected: "table".into(),
-                got: "no such table".into(),
-            }),
-        }
-    }
-
-    if facts.timestamp_id {
-        let exists: bool = session
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'timestamp_id')",
-                &[],
-            )
-            .await?
-            .get(0);
-        if !exists {
-            problems.push(Problem {
-                kind: "object".into(),
-                subject: "timestamp_id()".into(),
-                expected: "function".into(),
-                got: "missing".into(),
-            });
-        }
-    }
-
-    let sequences: Vec<String> = session
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind = 'S'",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| table_key(row.get(0), row.get(1)))
-        .collect();
-    for sequence in &facts.sequences {
-        if !sequences.contains(sequence) {
-            problems.push(Problem {
-                kind: "object".into(),
-                subject: sequence.clone(),
-                expected: "sequence".into(),
-                got: "missing".into(),
-            });
-        }
-    }
+    let restored = facts::read(&session)
+        .await
+        .with_context(|| format!("could not read the restored copy in {scratch}"))?;
+    report.tables_compared = set.manifest.database.tables.len();
+    problems.extend(facts::compare(&set.manifest.database, &restored));
     Ok(())
 }

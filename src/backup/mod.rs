@@ -1,9 +1,5 @@
 //! `tusk backup`: roles and database into one checksummed backup set.
 
-pub mod manifest;
-pub mod set;
-pub mod stream;
-
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -12,20 +8,19 @@ use anyhow::{Context, Result, bail};
 use chrono::Utc;
 use indicatif::ProgressBar;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
-use crate::config::Compression;
+use crate::docker::services::AppServices;
 use crate::output::{Output, human_bytes};
-use crate::postgres::{PgServer, Tool, ToolCommand, quote_ident, server_version};
-use manifest::{
-    Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, MigrationsFacts, SourceInfo,
-    ToolInfo,
+use crate::postgres::{PgServer, Tool, ToolCommand, server_version};
+use crate::set::Compression;
+use crate::set::manifest::{
+    Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, SourceInfo, ToolInfo,
 };
-use set::{DirLock, PartialSet, new_id};
+use crate::set::{DirLock, PartialSet, new_id, stream};
 
 /// What `tusk backup` needs to know, free of any CLI type.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BackupOptions {
     pub backup_dir: PathBuf,
     pub instance: String,
@@ -34,6 +29,9 @@ pub struct BackupOptions {
     pub compression_level: i32,
     /// `direct` or `docker`, recorded in the manifest.
     pub mode: String,
+    /// Mastodon's app containers to stop for the dump and start again
+    /// afterwards, whatever happens (Docker mode's `--stop-services`).
+    pub stop_services: Option<AppServices>,
 }
 
 /// The outcome, as printed with `--json`.
@@ -50,7 +48,27 @@ pub struct BackupReport {
     pub notes: Vec<String>,
 }
 
+/// Writes a new backup set. With `opts.stop_services`, the app is stopped
+/// first and always started again, also when the dump fails.
 pub async fn run(
+    server: &dyn PgServer,
+    opts: &BackupOptions,
+    output: &Output,
+) -> Result<BackupReport> {
+    let Some(app) = &opts.stop_services else {
+        return write_set(server, opts, output).await;
+    };
+    let stopped = app.stop().await?;
+    let outcome = write_set(server, opts, output).await;
+    let names = stopped.names().join(", ");
+    stopped.start().await?;
+    if !names.is_empty() {
+        tracing::info!("started {names} again");
+    }
+    outcome
+}
+
+async fn write_set(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
@@ -135,7 +153,7 @@ pub async fn run(
 
     let stage = Instant::now();
     let mut manifest = Manifest {
-        format: manifest::MANIFEST_FORMAT,
+        format: crate::set::manifest::MANIFEST_FORMAT,
         id: id.clone(),
         instance: opts.instance.clone(),
         tool: ToolInfo {
@@ -250,7 +268,7 @@ async fn dump_database(
         opts,
         output.byte_progress("pg_dump", None),
     );
-    let (artefact, facts) = tokio::try_join!(dump, database_facts(session))?;
+    let (artefact, facts) = tokio::try_join!(dump, crate::set::facts::read(session))?;
     session.batch_execute("COMMIT").await?;
     Ok((artefact, facts))
 }
@@ -295,123 +313,4 @@ async fn stream_tool_to_artefact(
         sha256: written.sha256,
         uncompressed_bytes: written.uncompressed_bytes,
     })
-}
-
-/// Reads what verify will compare, inside the snapshot transaction.
-async fn database_facts(session: &Client) -> Result<DatabaseFacts> {
-    let row = session
-        .query_one(
-            "SELECT current_database(), pg_get_userbyid(d.datdba), \
-                    pg_encoding_to_char(d.encoding), pg_database_size(d.oid) \
-             FROM pg_database d WHERE d.datname = current_database()",
-            &[],
-        )
-        .await?;
-    let (name, owner, encoding, size_bytes): (String, String, String, i64) =
-        (row.get(0), row.get(1), row.get(2), row.get(3));
-
-    let tables = session
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'r' \
-               AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
-               AND NOT EXISTS (SELECT 1 FROM pg_depend d \
-                               WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid \
-                                 AND d.deptype = 'e') \
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await?;
-    let mut counts = BTreeMap::new();
-    for table in tables {
-        let (schema, relname): (String, String) = (table.get(0), table.get(1));
-        let count: i64 = session
-            .query_one(
-                &format!(
-                    "SELECT count(*) FROM {}.{}",
-                    quote_ident(&schema),
-                    quote_ident(&relname)
-                ),
-                &[],
-            )
-            .await
-            .with_context(|| format!("could not count rows of {schema}.{relname}"))?
-            .get(0);
-        counts.insert(table_key(&schema, &relname), count);
-    }
-
-    let schema_migrations = if counts.contains_key("schema_migrations") {
-        let versions = session
-            .query("SELECT version::text FROM public.schema_migrations", &[])
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        Some(migrations_facts(versions))
-    } else {
-        None
-    };
-
-    let timestamp_id: bool = session
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'timestamp_id')",
-            &[],
-        )
-        .await?
-        .get(0);
-    let sequences = session
-        .query(
-            "SELECT n.nspname, c.relname FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind = 'S' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|row| table_key(row.get(0), row.get(1)))
-        .collect();
-
-    let properties = crate::database_properties::read(session, &name).await?;
-
-    Ok(DatabaseFacts {
-        properties: Some(properties),
-        name,
-        owner,
-        encoding,
-        size_bytes,
-        schema_migrations,
-        tables: counts,
-        timestamp_id,
-        sequences,
-    })
-}
-
-/// `accounts` for the public schema, `schema.table` elsewhere.
-pub fn table_key(schema: &str, name: &str) -> String {
-    if schema == "public" {
-        name.to_string()
-    } else {
-        format!("{schema}.{name}")
-    }
-}
-
-/// Count, maximum and hash of the applied migration versions. Sorted here,
-/// not in SQL, so the servers' collations cannot change the hash.
-pub fn migrations_facts(mut versions: Vec<String>) -> MigrationsFacts {
-    versions.sort();
-    let mut hasher = Sha256::new();
-    for (i, version) in versions.iter().enumerate() {
-        if i > 0 {
-            hasher.update(b"\n");
-        }
-        hasher.update(version.as_bytes());
-    }
-    MigrationsFacts {
-        count: versions.len() as i64,
-        max: versions.last().cloned(),
-        sha256: hex::encode(hasher.finalize()),
-    }
 }

@@ -2,10 +2,10 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Context;
-use crate::backup::manifest::Verification;
-use crate::backup::set::BackupSet;
 use crate::cli::BackupsCommand;
-use crate::output::{human_bytes, table};
+use tusk::output::{human_bytes, table};
+use tusk::set::BackupSet;
+use tusk::set::manifest::Verification;
 
 #[derive(Serialize)]
 struct Listed {
@@ -25,7 +25,7 @@ pub async fn exec(ctx: &Context, command: BackupsCommand) -> Result<()> {
 }
 
 fn list(ctx: &Context) -> Result<()> {
-    let sets = BackupSet::list(&ctx.backup_dir())?;
+    let sets = BackupSet::list(&ctx.instance.backup_dir())?;
     let listed: Vec<Listed> = sets
         .iter()
         .map(|set| Listed {
@@ -47,7 +47,7 @@ fn list(ctx: &Context) -> Result<()> {
         return ctx.output.print_json(&listed);
     }
     if listed.is_empty() {
-        println!("no backup sets in {}", ctx.backup_dir().display());
+        println!("no backup sets in {}", ctx.instance.backup_dir().display());
         return Ok(());
     }
     let rows: Vec<Vec<String>> = sets

@@ -1,18 +1,14 @@
-use std::time::Duration;
-
 use anyhow::Result;
+
+use tusk::error::TuskError;
+use tusk::media::{self, push::PushOptions};
+use tusk::output::{human_bytes, table};
+use tusk::storage::Storage;
+use tusk::storage::retry::Retrying;
+use tusk::storage::s3::S3Storage;
 
 use super::Context;
 use crate::cli::{MediaCommand, MediaPushArgs, MediaUsageArgs, MediaVerifyArgs};
-use crate::error::TuskError;
-use crate::media::{self, MediaLayout, push::PushOptions};
-use crate::output::{human_bytes, table};
-use crate::storage::retry::Retrying;
-use crate::storage::s3::S3Storage;
-use crate::storage::{ObjectInfo, Storage};
-
-/// Tries per request before an upload counts as failed.
-const ATTEMPTS: u32 = 5;
 
 pub async fn exec(ctx: &Context, command: MediaCommand) -> Result<()> {
     match command {
@@ -22,27 +18,14 @@ pub async fn exec(ctx: &Context, command: MediaCommand) -> Result<()> {
     }
 }
 
-fn layout(ctx: &Context) -> MediaLayout {
-    MediaLayout {
-        root: ctx.settings.media_root.clone(),
-        key_prefix: ctx.settings.s3_key_prefix.clone(),
-        permission: ctx.settings.s3_permission.clone(),
-    }
-}
-
-fn bucket(ctx: &Context) -> Result<Retrying<S3Storage>> {
-    let s3 = S3Storage::new(ctx.settings.s3()?.clone());
-    Ok(Retrying::new(s3, ATTEMPTS, Duration::from_millis(200)))
-}
-
 async fn push(ctx: &Context, args: MediaPushArgs) -> Result<()> {
     if args.dry_run && args.delete_local {
         return Err(TuskError::usage(
             "--dry-run and --delete-local exclude each other",
         ));
     }
-    let storage = bucket(ctx)?;
-    let layout = layout(ctx);
+    let storage = ctx.instance.media_bucket()?;
+    let layout = ctx.instance.media_layout();
     let opts = PushOptions {
         concurrency: args.concurrency.max(1),
         dry_run: args.dry_run,
@@ -88,7 +71,8 @@ async fn push(ctx: &Context, args: MediaPushArgs) -> Result<()> {
 
 /// What to put in .env.production once everything is in the bucket.
 fn print_switch_over(ctx: &Context, storage: &Retrying<S3Storage>) {
-    let s3 = ctx.settings.s3().expect("bucket resolved above");
+    let settings = &ctx.instance.settings;
+    let s3 = settings.s3().expect("bucket resolved above");
     println!(
         "\nEverything is in {}. To switch Mastodon over, set in .env.production:\n",
         storage.describe()
@@ -104,9 +88,9 @@ fn print_switch_over(ctx: &Context, storage: &Retrying<S3Storage>) {
     );
     println!(
         "  S3_PERMISSION={}",
-        ctx.settings.s3_permission.as_deref().unwrap_or("")
+        settings.s3_permission.as_deref().unwrap_or("")
     );
-    if let Some(prefix) = &ctx.settings.s3_key_prefix {
+    if let Some(prefix) = &settings.s3_key_prefix {
         println!("  S3_KEY_PREFIX={prefix}");
     }
     println!("  AWS_ACCESS_KEY_ID=...  AWS_SECRET_ACCESS_KEY=...");
@@ -119,8 +103,9 @@ fn print_switch_over(ctx: &Context, storage: &Retrying<S3Storage>) {
 }
 
 async fn verify(ctx: &Context, args: MediaVerifyArgs) -> Result<()> {
-    let storage = bucket(ctx)?;
-    let report = media::verify::run(&storage, &layout(ctx), args.concurrency).await?;
+    let storage = ctx.instance.media_bucket()?;
+    let report =
+        media::verify::run(&storage, &ctx.instance.media_layout(), args.concurrency).await?;
     if ctx.output.json {
         ctx.output.print_json(&report)?;
     } else if !(ctx.output.quiet && report.ok()) {
@@ -171,34 +156,19 @@ async fn verify(ctx: &Context, args: MediaVerifyArgs) -> Result<()> {
 }
 
 async fn usage(ctx: &Context, args: MediaUsageArgs) -> Result<()> {
-    let session = ctx.source_server().await?;
-    let database = ctx.source_database_name()?;
-    let session = session.connect(&database).await?;
-    let layout = layout(ctx);
-    let stored: Vec<ObjectInfo> = if args.bucket {
-        let storage = bucket(ctx)?;
-        crate::storage::list_all(&storage, &layout.list_prefix())
-            .await?
-            .into_iter()
-            .filter_map(|mut o| {
-                o.key = layout.relative_for(&o.key)?.to_string();
-                Some(o)
-            })
-            .collect()
-    } else {
-        layout
-            .walk()
-            .await?
-            .into_iter()
-            .map(|f| ObjectInfo {
-                key: f.relative,
-                size: f.size,
-                etag: None,
-                modified: None,
-            })
-            .collect()
+    let instance = &ctx.instance;
+    let server = instance.database_server().await?;
+    let session = server.connect(&instance.database_name()?).await?;
+    let bucket = match args.bucket {
+        true => Some(instance.media_bucket()?),
+        false => None,
     };
-    let rows = media::usage::usage(&session, &stored).await?;
+    let rows = media::usage::run(
+        &session,
+        &instance.media_layout(),
+        bucket.as_ref().map(|b| b as &dyn Storage),
+    )
+    .await?;
     if ctx.output.json {
         return ctx.output.print_json(&rows);
     }

@@ -1,15 +1,17 @@
 use anyhow::Result;
 
+use tusk::config::PgMode;
+use tusk::error::TuskError;
+use tusk::postgres::DbTarget;
+use tusk::restore::{self, RestoreOptions};
+use tusk::set::BackupSet;
+
 use super::Context;
-use crate::backup::set::BackupSet;
 use crate::cli::RestoreArgs;
-use crate::config::PgMode;
-use crate::error::TuskError;
-use crate::postgres::DbTarget;
-use crate::restore::{self, RestoreOptions};
 
 pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
-    let set = BackupSet::resolve(&ctx.backup_dir(), &args.set)?;
+    let instance = &ctx.instance;
+    let set = BackupSet::resolve(&instance.backup_dir(), &args.set)?;
     if args.role.is_some() && !args.no_owner {
         return Err(TuskError::usage("--role goes with --no-owner"));
     }
@@ -20,10 +22,12 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
         (Some(url), _) => {
             let target = DbTarget::parse(url)?;
             let database = target.database().map(str::to_string);
-            (ctx.direct_server(target), database)
+            (instance.direct_server(target), database)
         }
-        (None, Some(name)) => (ctx.container_server(name).await?, None),
-        (None, None) if ctx.settings.mode == PgMode::Docker => (ctx.source_server().await?, None),
+        (None, Some(name)) => (instance.container_server(name).await?, None),
+        (None, None) if instance.settings.mode == PgMode::Docker => {
+            (instance.database_server().await?, None)
+        }
         (None, None) => {
             return Err(TuskError::usage(
                 "name the target: --target-url URL, or --target-container NAME in Docker mode",

@@ -1,46 +1,44 @@
 use anyhow::Result;
 
+use tusk::config::PgMode;
+use tusk::error::TuskError;
+use tusk::output::{human_bytes, table};
+use tusk::postgres::DbTarget;
+use tusk::set::BackupSet;
+use tusk::verify::{self, ContainerLike, ScratchServer, VerifyOptions, VerifyReport};
+
 use super::Context;
-use crate::backup::set::BackupSet;
 use crate::cli::VerifyArgs;
-use crate::config::PgMode;
-use crate::docker::throwaway;
-use crate::error::TuskError;
-use crate::output::{human_bytes, table};
-use crate::postgres::docker::DockerServer;
-use crate::postgres::{DbTarget, PgServer};
-use crate::verify::{self, VerifyOptions, VerifyReport};
 
 pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
-    let set = BackupSet::resolve(&ctx.backup_dir(), &args.set)?;
-    let mut throwaway = None;
-    let server: Option<Box<dyn PgServer>> = if args.checksums_only {
+    let instance = &ctx.instance;
+    let set = BackupSet::resolve(&instance.backup_dir(), &args.set)?;
+    let scratch = if args.checksums_only {
         None
     } else if let Some(url) = &args.verify_url {
-        Some(ctx.direct_server(DbTarget::parse(url)?))
+        Some(ScratchServer::Database(
+            instance.direct_server(DbTarget::parse(url)?),
+        ))
     } else if args.verify_container.is_some() {
-        if ctx.settings.mode != PgMode::Docker {
+        if instance.settings.mode != PgMode::Docker {
             return Err(TuskError::usage(
                 "--verify-container auto needs Docker mode: it uses the source container's image",
             ));
         }
-        let (docker, source) = ctx.source_container().await?;
-        let login = ctx.settings.database()?;
-        let (container, guard) = throwaway::start_like(&docker, &source, login).await?;
-        throwaway = Some(guard);
-        Some(Box::new(DockerServer::new(docker, container, login)?))
+        let (docker, like) = instance.database_container().await?;
+        Some(ScratchServer::ContainerLike(Box::new(ContainerLike {
+            docker,
+            like,
+            login: instance.settings.database()?.clone(),
+        })))
     } else {
-        Some(ctx.source_server().await?)
+        Some(ScratchServer::Database(instance.database_server().await?))
     };
     let opts = VerifyOptions {
-        checksums_only: args.checksums_only,
+        scratch,
         jobs: args.jobs.max(1),
     };
-    let outcome = verify::run(&set, server.as_deref(), &opts, &ctx.output).await;
-    if let Some(guard) = throwaway {
-        guard.run().await?;
-    }
-    let report = outcome?;
+    let report = verify::run(&set, opts, &ctx.output).await?;
     if ctx.output.json {
         ctx.output.print_json(&report)?;
     } else if !(ctx.output.quiet && report.ok) {

@@ -14,6 +14,27 @@ use crate::cleanup;
 /// Seconds the app gets to shut down before the Engine kills it.
 const STOP_TIMEOUT: i32 = 30;
 
+/// Mastodon's app services of one deployment: the compose services (or
+/// container names) beside the database container.
+#[derive(Debug, Clone)]
+pub struct AppServices {
+    pub docker: Docker,
+    /// The PostgreSQL container: its compose project scopes the search, and
+    /// it is never stopped.
+    pub database: Container,
+    pub services: Vec<String>,
+}
+
+impl AppServices {
+    /// Stops the running containers of the services; they are started again
+    /// by [`StoppedServices::start`] or, after a failure or a signal, by the
+    /// cleanup that runs before tusk exits.
+    pub async fn stop(&self) -> Result<StoppedServices> {
+        let containers = find(&self.docker, &self.database, &self.services).await?;
+        stop(&self.docker, containers).await
+    }
+}
+
 /// App containers stopped by tusk; started again by [`StoppedServices::start`]
 /// or, after a failure or Ctrl-C, by `main`'s cleanup.
 pub struct StoppedServices {

@@ -24,7 +24,7 @@ pub async fn start_like(
     like: &Container,
     login: &DbTarget,
 ) -> Result<(Container, cleanup::Deferred)> {
-    let name = format!("tusk-verify-{}", crate::restore::random_hex());
+    let name = format!("tusk-verify-{}", crate::names::random_hex());
     let user = login.user().unwrap_or("postgres");
     let config = ContainerCreateBody {
         image: Some(like.image.clone()),
@@ -32,7 +32,7 @@ pub async fn start_like(
             format!("POSTGRES_USER={user}"),
             // Trust is safe here: the container is private to this run.
             "POSTGRES_HOST_AUTH_METHOD=trust".into(),
-            format!("POSTGRES_PASSWORD={}", crate::restore::random_hex()),
+            format!("POSTGRES_PASSWORD={}", crate::names::random_hex()),
         ]),
         labels: Some(HashMap::from([("tusk.purpose".into(), "verify".into())])),
         ..Default::default()

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 
-use crate::storage::PutOptions;
+use crate::storage::{PutOptions, content_type};
 
 /// Paperclip's header on every upload: media never changes under its name.
 pub const CACHE_CONTROL: &str = "public, max-age=315576000, immutable";
@@ -117,40 +117,6 @@ fn walk_tree(root: &Path) -> Result<Vec<LocalFile>> {
     Ok(files)
 }
 
-/// The Content-Type Mastodon stores a file with, from its extension.
-pub fn content_type(path: &str) -> &'static str {
-    let extension = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    match extension.as_deref() {
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("png") => "image/png",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("avif") => "image/avif",
-        Some("heic") => "image/heic",
-        Some("heif") => "image/heif",
-        Some("bmp") => "image/bmp",
-        Some("tif" | "tiff") => "image/tiff",
-        Some("svg") => "image/svg+xml",
-        Some("ico") => "image/vnd.microsoft.icon",
-        Some("mp4" | "m4v") => "video/mp4",
-        Some("mov") => "video/quicktime",
-        Some("webm") => "video/webm",
-        Some("ogv") => "video/ogg",
-        Some("mp3") => "audio/mpeg",
-        Some("m4a") => "audio/mp4",
-        Some("ogg" | "oga" | "opus") => "audio/ogg",
-        Some("wav") => "audio/wave",
-        Some("flac") => "audio/flac",
-        Some("aac") => "audio/aac",
-        Some("3gp") => "video/3gpp",
-        Some("zip") => "application/zip",
-        Some("json") => "application/json",
-        Some("csv") => "text/csv",
-        Some("txt") => "text/plain",
-        _ => "application/octet-stream",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,12 +177,5 @@ mod tests {
             ..public
         };
         assert_eq!(no_acls.put_options(&suspended).acl, None);
-    }
-
-    #[test]
-    fn content_types_by_extension() {
-        assert_eq!(content_type("x/small/a.PNG"), "image/png");
-        assert_eq!(content_type("x/original/a.mp4"), "video/mp4");
-        assert_eq!(content_type("x/original/a"), "application/octet-stream");
     }
 }

@@ -205,19 +205,9 @@ async fn delete_verified(
         if proven.contains(layout.key_for(&file.relative).as_str()) {
             tokio::fs::remove_file(&file.path).await?;
             deleted += 1;
-            remove_empty_parents(&layout.root, &file.path);
+            crate::storage::local::remove_empty_parents(&layout.root, &file.path);
         }
     }
     tracing::info!("deleted {deleted} local files that are stored and identical");
     Ok(deleted)
-}
-
-fn remove_empty_parents(root: &std::path::Path, path: &std::path::Path) {
-    let mut dir = path.parent();
-    while let Some(current) = dir {
-        if current == root || std::fs::remove_dir(current).is_err() {
-            break;
-        }
-        dir = current.parent();
-    }
 }

@@ -5,7 +5,8 @@ use anyhow::Result;
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::storage::ObjectInfo;
+use super::MediaLayout;
+use crate::storage::{ObjectInfo, Storage, list_all};
 
 /// One class of stored files.
 #[derive(Debug, Clone, Serialize)]
@@ -91,9 +92,40 @@ const CLASSES: &[Class] = &[
     },
 ];
 
+/// Per class: the database's sums beside what storage holds: the bucket
+/// when one is given, else the local media folder.
+pub async fn run(
+    session: &Client,
+    layout: &MediaLayout,
+    bucket: Option<&dyn Storage>,
+) -> Result<Vec<UsageRow>> {
+    let stored: Vec<ObjectInfo> = match bucket {
+        Some(bucket) => list_all(bucket, &layout.list_prefix())
+            .await?
+            .into_iter()
+            .filter_map(|mut object| {
+                object.key = layout.relative_for(&object.key)?.to_string();
+                Some(object)
+            })
+            .collect(),
+        None => layout
+            .walk()
+            .await?
+            .into_iter()
+            .map(|file| ObjectInfo {
+                key: file.relative,
+                size: file.size,
+                etag: None,
+                modified: None,
+            })
+            .collect(),
+    };
+    usage(session, &stored).await
+}
+
 /// Per class: the database's sums beside what `stored` holds (keys relative
 /// to the media root). Tables a version lacks count as zero.
-pub async fn usage(session: &Client, stored: &[ObjectInfo]) -> Result<Vec<UsageRow>> {
+async fn usage(session: &Client, stored: &[ObjectInfo]) -> Result<Vec<UsageRow>> {
     let mut rows = Vec::new();
     for class in CLASSES {
         let exists: bool = session

@@ -14,9 +14,6 @@ use super::{
     BoxReader, DbTarget, PgServer, StagedArchive, Tool, ToolCommand, ToolExit, ToolProcess,
 };
 
-/// Keep this much of a tool's stderr for the error message.
-const STDERR_TAIL: usize = 16 * 1024;
-
 /// A server reached over the network, with local pg_* tools.
 pub struct DirectServer {
     target: DbTarget,
@@ -97,11 +94,12 @@ impl PgServer for DirectServer {
         })?;
         let stdin = child.stdin.take().map(|s| Box::new(s) as _);
         let stdout = child.stdout.take().expect("piped stdout");
-        widen_pipe(&stdout);
+        super::widen_pipe(&stdout);
         let stdout = Box::new(stdout);
         let mut stderr = child.stderr.take().expect("piped stderr");
         let label = command.tool.program().to_string();
-        let mut collector = super::StderrCollector::new(command.stderr_lines.clone(), STDERR_TAIL);
+        let mut collector =
+            super::StderrCollector::new(command.stderr_lines.clone(), super::STDERR_TAIL);
         let stderr_task = tokio::spawn(async move {
             let mut chunk = vec![0u8; 8192];
             loop {
@@ -149,33 +147,11 @@ impl PgServer for DirectServer {
             .await
             .with_context(|| format!("could not write {}", path.display()))?;
         writer.flush().await?;
-        let offsets_path = path.clone();
-        let started = std::time::Instant::now();
-        match tokio::task::spawn_blocking(move || {
-            crate::restore::archive::add_data_offsets(&offsets_path)
-        })
-        .await?
-        {
-            Ok(count) => tracing::debug!(
-                "recorded the data offsets of {count} archive entries in {:.2}s",
-                started.elapsed().as_secs_f64()
-            ),
-            Err(err) => tracing::debug!("restoring without data offsets: {err:#}"),
-        }
         Ok(StagedArchive {
             path: path_string(&path),
+            local_file: Some(path),
             cleanup,
         })
-    }
-}
-
-/// A 64 KiB pipe makes pg_dump wait whenever tusk is busy compressing;
-/// 1 MiB lets it run ahead. Failure only costs speed.
-fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    const PIPE_BYTES: libc::c_int = 1 << 20;
-    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own changes only its capacity.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
     }
 }
 

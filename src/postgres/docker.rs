@@ -19,16 +19,47 @@ use tokio_util::io::{ReaderStream, StreamReader};
 use super::docker_pipe::{self, PipeError};
 use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolExit, ToolProcess};
 use crate::cleanup;
-use crate::config::DumpTransport;
 use crate::docker::Container;
 use crate::error::TuskError;
 
-/// Keep this much of a tool's stderr for the error message.
-const STDERR_TAIL: usize = 16 * 1024;
 /// Read buffer for an exec's multiplexed output stream.
 const OUTPUT_CAPACITY: usize = 1 << 20;
 /// The port PostgreSQL listens on inside its container.
 const CONTAINER_PORT: u16 = 5432;
+
+/// How a dump leaves the database container in Docker mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DumpTransport {
+    /// `pipe` when the Engine runs on this machine, else `exec`; falls back
+    /// to `exec` when the helper container cannot deliver.
+    Auto,
+    /// pg_dump runs in a helper container from the same image and writes
+    /// into a named pipe on this machine.
+    Pipe,
+    /// pg_dump's output streams through the Engine's exec API.
+    Exec,
+}
+
+impl DumpTransport {
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 3] = [
+        (
+            "auto",
+            "`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` \
+             when the helper container cannot deliver",
+        ),
+        (
+            "pipe",
+            "pg_dump runs in a helper container from the same image and writes into a named \
+             pipe on this machine",
+        ),
+        (
+            "exec",
+            "pg_dump's output streams through the Engine's exec API",
+        ),
+    ];
+}
 
 /// A server in a container, tools run by `docker exec`.
 pub struct DockerServer {
@@ -165,7 +196,7 @@ impl DockerServer {
         // Demultiplex: stdout into a bounded channel (backpressure reaches
         // the Engine), stderr into a buffer for the error message.
         let (stdout_tx, mut stdout_rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
-        let mut stderr = super::StderrCollector::new(stderr_lines, STDERR_TAIL);
+        let mut stderr = super::StderrCollector::new(stderr_lines, super::STDERR_TAIL);
         let pump = tokio::spawn(async move {
             let mut reader_gone = false;
             while let Some(item) = output.next().await {
@@ -272,7 +303,7 @@ impl PgServer for DockerServer {
     }
 
     async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive> {
-        let dir = format!("tusk-restore-{}", crate::restore::random_hex());
+        let dir = format!("tusk-restore-{}", crate::names::random_hex());
         let path = format!("/tmp/{dir}/database.dump");
 
         let mut dir_header = tar::Header::new_gnu();
@@ -328,7 +359,11 @@ impl PgServer for DockerServer {
                     self.container.name
                 )
             })?;
-        Ok(StagedArchive { path, cleanup })
+        Ok(StagedArchive {
+            path,
+            local_file: None,
+            cleanup,
+        })
     }
 }
 

@@ -30,9 +30,6 @@ use crate::docker::Container;
 
 /// Where the helper sees the shared directory.
 const MOUNT_POINT: &str = "/tusk";
-const STDERR_TAIL: usize = 16 * 1024;
-/// The pipe's kernel buffer; the default 64 KiB costs a wake-up per 64 KiB.
-const PIPE_BYTES: libc::c_int = 1 << 20;
 
 /// Why the pipe transport did not deliver.
 #[derive(Debug)]
@@ -67,7 +64,7 @@ pub async fn spawn(
     command: &ToolCommand,
 ) -> Result<ToolProcess, PipeError> {
     let program = command.tool.program();
-    let name = format!("tusk-{program}-{}", crate::restore::random_hex()).replace('_', "-");
+    let name = format!("tusk-{program}-{}", crate::names::random_hex()).replace('_', "-");
     let label = format!("{program} (in helper container {name})");
     let failed = |err: anyhow::Error| PipeError::NothingDelivered(err);
 
@@ -175,7 +172,7 @@ async fn start(
         .await
         .with_context(|| format!("could not attach to helper container {name}"))?;
     let mut output = attached.output;
-    let mut collector = StderrCollector::new(command.stderr_lines.clone(), STDERR_TAIL);
+    let mut collector = StderrCollector::new(command.stderr_lines.clone(), super::STDERR_TAIL);
     let stderr = tokio::spawn(async move {
         while let Some(Ok(chunk)) = output.next().await {
             collector.push(&chunk.into_bytes());
@@ -294,11 +291,7 @@ async fn read_first(
     file: std::fs::File,
     buffer: &mut [u8],
 ) -> Result<(tokio::net::unix::pipe::Receiver, usize)> {
-    // SAFETY: a valid descriptor; growing a pipe's buffer is harmless if refused.
-    unsafe {
-        use std::os::fd::AsRawFd;
-        libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
-    }
+    super::widen_pipe(&file);
     let mut receiver = tokio::net::unix::pipe::Receiver::from_file(file)?;
     let read = receiver.read(buffer).await?;
     Ok((receiver, read))

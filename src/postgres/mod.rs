@@ -115,6 +115,20 @@ impl ToolCommand {
     }
 }
 
+/// How much of a tool's stderr an error message keeps (the tail).
+const STDERR_TAIL: usize = 16 * 1024;
+
+/// Grows a pipe's kernel buffer to 1 MiB: with the default 64 KiB, pg_dump
+/// waits whenever tusk is busy compressing, and every 64 KiB costs a
+/// wake-up. Failure only costs speed.
+fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    const PIPE_BYTES: libc::c_int = 1 << 20;
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own changes only its capacity.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
+    }
+}
+
 pub type BoxReader = Box<dyn AsyncRead + Send + Unpin>;
 pub type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
 type ExitFuture = Pin<Box<dyn Future<Output = Result<ToolExit>> + Send>>;
@@ -297,6 +311,11 @@ pub trait PgServer: Send + Sync {
         self.target().with_database(database).connect().await
     }
 
+    /// Opens a SQL session on the server's maintenance database.
+    async fn connect_maintenance(&self) -> Result<Client> {
+        self.target().connect_maintenance().await
+    }
+
     /// Version of a client tool as (major, full version string).
     async fn tool_version(&self, tool: Tool) -> Result<(u32, String)> {
         let mut process = self.spawn(ToolCommand::new(tool).arg("--version")).await?;
@@ -317,6 +336,9 @@ pub trait PgServer: Send + Sync {
 pub struct StagedArchive {
     /// The path to hand to the tool.
     pub path: String,
+    /// The same file, when it is on this machine (direct mode) and tusk may
+    /// improve it before the tool reads it.
+    pub local_file: Option<std::path::PathBuf>,
     /// Removes the copy.
     pub cleanup: crate::cleanup::Deferred,
 }

@@ -141,6 +141,21 @@ impl DbTarget {
     }
 }
 
+impl DbTarget {
+    /// A session on the server's maintenance database: `postgres`, else
+    /// `template1` (which every cluster has), as createdb and dropdb choose.
+    pub async fn connect_maintenance(&self) -> Result<Client> {
+        match self.with_database("postgres").connect().await {
+            Ok(client) => Ok(client),
+            Err(first) => self
+                .with_database("template1")
+                .connect()
+                .await
+                .map_err(|_| first),
+        }
+    }
+}
+
 impl fmt::Display for DbTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.redacted())

@@ -69,6 +69,141 @@ impl PruneOptions {
     }
 }
 
+/// The rules and their knobs as one source gives them: the `prune:` section
+/// of tusk.yaml, or the command line. `None` means "not said here".
+#[derive(Debug, Default, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneSettings {
+    pub media_cache_days: Option<u32>,
+    pub media_cache_semantics: Option<CacheSemantics>,
+    pub profiles_days: Option<u32>,
+    pub avatars: Option<bool>,
+    pub headers: Option<bool>,
+    pub include_follows: Option<bool>,
+    pub preview_cards_days: Option<u32>,
+    pub unattached_media: Option<bool>,
+    pub orphans: Option<bool>,
+    pub orphans_min_age_minutes: Option<u64>,
+    pub concurrency: Option<usize>,
+    pub batch_size: Option<usize>,
+}
+
+impl PruneSettings {
+    fn names_a_rule(&self) -> bool {
+        self.media_cache_days.is_some()
+            || self.profiles_days.is_some()
+            || self.preview_cards_days.is_some()
+            || self.unattached_media == Some(true)
+            || self.orphans == Some(true)
+    }
+}
+
+/// The prune rules by name, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PruneRule {
+    MediaCache,
+    Profiles,
+    PreviewCards,
+    UnattachedMedia,
+    Orphans,
+}
+
+impl PruneRule {
+    /// The names `--only` accepts.
+    pub const CHOICES: [(&'static str, &'static str); 5] = [
+        ("media_cache", ""),
+        ("profiles", ""),
+        ("preview_cards", ""),
+        ("unattached_media", ""),
+        ("orphans", ""),
+    ];
+}
+
+/// What a single run asks for besides the rules.
+#[derive(Debug, Default, Clone)]
+pub struct RunChoices {
+    /// Run only these of the chosen rules (all when empty).
+    pub only: Vec<PruneRule>,
+    pub start_after: Option<String>,
+    pub dry_run: bool,
+    pub list_keys: bool,
+}
+
+impl PruneOptions {
+    /// The command line over the config file: rules named on the command
+    /// line replace the configured rules; every other setting falls back
+    /// one by one, then to tootctl's defaults.
+    pub fn resolve(file: &PruneSettings, flags: &PruneSettings, run: RunChoices) -> Self {
+        let rules = if flags.names_a_rule() { flags } else { file };
+        let only = |rule: PruneRule| run.only.is_empty() || run.only.contains(&rule);
+        // The command line's choice replaces the file's; neither named means
+        // both, as `tootctl media remove --prune-profiles`.
+        let profile_source = match (flags.avatars, flags.headers) {
+            (None, None) => file,
+            _ => flags,
+        };
+        let (avatars, headers) = match (profile_source.avatars, profile_source.headers) {
+            (None, None) => (true, true),
+            (avatars, headers) => (avatars.unwrap_or(false), headers.unwrap_or(false)),
+        };
+        PruneOptions {
+            media_cache_days: rules
+                .media_cache_days
+                .filter(|_| only(PruneRule::MediaCache)),
+            media_cache_semantics: flags
+                .media_cache_semantics
+                .or(file.media_cache_semantics)
+                .unwrap_or(CacheSemantics::Tootctl),
+            profiles_days: rules.profiles_days.filter(|_| only(PruneRule::Profiles)),
+            avatars,
+            headers,
+            include_follows: flags
+                .include_follows
+                .or(file.include_follows)
+                .unwrap_or(false),
+            preview_cards_days: rules
+                .preview_cards_days
+                .filter(|_| only(PruneRule::PreviewCards)),
+            unattached_media: rules.unattached_media.unwrap_or(false)
+                && only(PruneRule::UnattachedMedia),
+            orphans: rules.orphans.unwrap_or(false) && only(PruneRule::Orphans),
+            orphans_min_age: Duration::from_secs(
+                60 * flags
+                    .orphans_min_age_minutes
+                    .or(file.orphans_min_age_minutes)
+                    .unwrap_or(60),
+            ),
+            start_after: run.start_after,
+            dry_run: run.dry_run,
+            concurrency: flags.concurrency.or(file.concurrency).unwrap_or(4).max(1),
+            batch_size: flags.batch_size.or(file.batch_size).unwrap_or(1000).max(1),
+            list_keys: run.list_keys,
+        }
+    }
+
+    /// The chosen rules, as a person would name them.
+    pub fn describe_rules(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        if self.unattached_media {
+            names.push("unattached media".to_string());
+        }
+        if let Some(days) = self.media_cache_days {
+            names.push(format!("media cached over {days} days"));
+        }
+        if let Some(days) = self.profiles_days {
+            names.push(format!("profiles unseen for {days} days"));
+        }
+        if let Some(days) = self.preview_cards_days {
+            names.push(format!("preview cards over {days} days"));
+        }
+        if self.orphans {
+            names.push("orphaned files".to_string());
+        }
+        names
+    }
+}
+
 /// What one rule freed (or, in a dry run, would free).
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RuleReport {
@@ -214,4 +349,84 @@ pub fn validate(opts: &PruneOptions) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file() -> PruneSettings {
+        PruneSettings {
+            media_cache_days: Some(7),
+            preview_cards_days: Some(30),
+            profiles_days: Some(60),
+            headers: Some(true),
+            concurrency: Some(8),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn without_rule_flags_the_configured_rules_run() {
+        let opts = PruneOptions::resolve(&file(), &PruneSettings::default(), RunChoices::default());
+        assert_eq!(opts.media_cache_days, Some(7));
+        assert_eq!(opts.preview_cards_days, Some(30));
+        assert_eq!(opts.profiles_days, Some(60));
+        assert!(!opts.orphans && !opts.unattached_media);
+        assert_eq!((opts.avatars, opts.headers), (false, true));
+        assert_eq!((opts.concurrency, opts.batch_size), (8, 1000));
+        assert_eq!(opts.orphans_min_age, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn rule_flags_replace_every_configured_rule_but_knobs_fall_back() {
+        let flags = PruneSettings {
+            orphans: Some(true),
+            batch_size: Some(10),
+            ..Default::default()
+        };
+        let opts = PruneOptions::resolve(&file(), &flags, RunChoices::default());
+        assert_eq!(opts.media_cache_days, None);
+        assert_eq!(opts.preview_cards_days, None);
+        assert_eq!(opts.profiles_days, None);
+        assert!(opts.orphans);
+        assert_eq!((opts.concurrency, opts.batch_size), (8, 10));
+    }
+
+    #[test]
+    fn only_narrows_the_chosen_rules() {
+        let run = RunChoices {
+            only: vec![PruneRule::PreviewCards],
+            ..Default::default()
+        };
+        let opts = PruneOptions::resolve(&file(), &PruneSettings::default(), run);
+        assert_eq!(opts.preview_cards_days, Some(30));
+        assert_eq!(opts.media_cache_days, None);
+        assert_eq!(opts.profiles_days, None);
+    }
+
+    #[test]
+    fn profile_parts_from_the_command_line_replace_the_files() {
+        let flags = PruneSettings {
+            avatars: Some(true),
+            ..Default::default()
+        };
+        let opts = PruneOptions::resolve(&file(), &flags, RunChoices::default());
+        assert_eq!((opts.avatars, opts.headers), (true, false));
+        let none = PruneOptions::resolve(
+            &PruneSettings::default(),
+            &PruneSettings::default(),
+            RunChoices::default(),
+        );
+        assert_eq!((none.avatars, none.headers), (true, true));
+    }
+
+    #[test]
+    fn rule_names_are_the_ones_only_accepts() {
+        for (name, _) in PruneRule::CHOICES {
+            let parsed: PruneRule =
+                serde_yaml_ng::from_str(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(format!("{parsed:?}").to_lowercase().replace('_', "") == name.replace('_', ""));
+        }
+    }
 }

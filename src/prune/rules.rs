@@ -17,13 +17,27 @@ use crate::output::Output;
 use crate::storage::DELETE_BATCH;
 
 /// Which of Mastodon's two selections of expired cached media to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheSemantics {
     /// `tootctl media remove`: created before the cutoff.
     Tootctl,
     /// Mastodon's daily vacuum: created and updated before the cutoff.
     Vacuum,
+}
+
+impl CacheSemantics {
+    /// The names settings and flags accept, with what each means.
+    pub const CHOICES: [(&'static str, &'static str); 2] = [
+        (
+            "tootctl",
+            "`tootctl media remove`: created before the cutoff",
+        ),
+        (
+            "vacuum",
+            "Mastodon's daily vacuum: created and updated before the cutoff",
+        ),
+    ];
 }
 
 /// The columns the instance's tables have, so every statement names only

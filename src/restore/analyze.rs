@@ -13,9 +13,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
-use super::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, read_toc};
-use crate::config::Compression;
+use crate::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, read_toc};
 use crate::postgres::{PgServer, quote_ident};
+use crate::set::Compression;
 
 /// A table as schema and name, unquoted.
 pub type TableName = (String, String);

@@ -2,7 +2,7 @@
 //! that replaces the target only once it restored completely.
 
 pub mod analyze;
-pub mod archive;
+pub mod database_properties;
 pub mod globals;
 
 use std::collections::HashSet;
@@ -12,17 +12,14 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::backup::manifest::ArtefactKind;
-use crate::backup::set::BackupSet;
-use crate::backup::stream::open_decompressed;
 use crate::cleanup;
-use crate::database_properties::{PropertyScript, missing_roles};
 use crate::error::TuskError;
 use crate::output::Output;
 use crate::postgres::{DbTarget, PgServer, Tool, ToolCommand, quote_ident, server_version};
-
-/// PostgreSQL's limit on identifier length, in bytes.
-const MAX_IDENTIFIER: usize = 63;
+use crate::set::BackupSet;
+use crate::set::manifest::ArtefactKind;
+use crate::set::stream::open_decompressed;
+use database_properties::{PropertyScript, missing_roles};
 
 /// Session settings for pg_restore: index builds get more memory and
 /// commits need not wait for the disk (a crashed restore is redone anyway).
@@ -91,7 +88,7 @@ pub async fn run(
         .into());
     }
 
-    let mut admin = connect_maintenance(server).await?;
+    let mut admin = server.connect_maintenance().await?;
     let (target_major, target_version) = server_version(&admin).await?;
     if target_major < set.manifest.source.server_major {
         tracing::warn!(
@@ -128,7 +125,7 @@ pub async fn run(
     let properties = property_script(server, &admin, set, opts, &mut notes).await?;
 
     let owner = choose_owner(&admin, set, opts, existing.owner.as_deref()).await?;
-    let staging = staging_name(database, "tusk_restore");
+    let staging = crate::names::staging_name(database, "tusk_restore");
     let staging_guard = create_scratch_database(server, &admin, &staging, &owner, set).await?;
     properties
         .check(&mut admin, &staging)
@@ -178,14 +175,6 @@ pub async fn run(
         notes,
         seconds: started.elapsed().as_secs_f64(),
     })
-}
-
-/// A session on the server's maintenance database (`postgres`, else `template1`).
-pub async fn connect_maintenance(server: &dyn PgServer) -> Result<Client> {
-    match server.connect("postgres").await {
-        Ok(client) => Ok(client),
-        Err(first) => server.connect("template1").await.map_err(|_| first),
-    }
 }
 
 struct ExistingDatabase {
@@ -354,7 +343,7 @@ pub async fn read_property_script(set: &BackupSet) -> Result<PropertyScript> {
         .manifest
         .artefact(ArtefactKind::Database)
         .context("the backup set has no database artefact")?;
-    let entries = archive::read_toc(
+    let entries = crate::archive::read_toc(
         &set.artefact_path(artefact),
         set.manifest.compression.algorithm,
     )
@@ -393,29 +382,6 @@ async fn choose_owner(
     Ok(me)
 }
 
-/// `<base>_<purpose>_<random>`, cut to PostgreSQL's identifier limit.
-pub fn staging_name(base: &str, purpose: &str) -> String {
-    let suffix = format!("_{purpose}_{}", random_hex());
-    let mut keep = MAX_IDENTIFIER.saturating_sub(suffix.len());
-    while !base.is_char_boundary(keep.min(base.len())) {
-        keep -= 1;
-    }
-    format!("{}{suffix}", &base[..keep.min(base.len())])
-}
-
-/// Eight random hex digits for names of scratch databases and files.
-pub fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    format!("{:08x}", hasher.finish() as u32)
-}
-
 /// Creates an empty database that is dropped again unless the caller
 /// dismisses the returned guard.
 pub async fn create_scratch_database(
@@ -443,10 +409,7 @@ pub async fn create_scratch_database(
 
 /// Drops a database tusk created, disconnecting anyone still in it.
 pub async fn drop_database(target: DbTarget, name: String) -> Result<()> {
-    let admin = match target.with_database("postgres").connect().await {
-        Ok(client) => client,
-        Err(_) => target.with_database("template1").connect().await?,
-    };
+    let admin = target.connect_maintenance().await?;
     force_drop(&admin, &name)
         .await
         .with_context(|| format!("could not drop database {name}"))?;
@@ -525,6 +488,9 @@ pub async fn load_database(
             staged.path,
             staging_started.elapsed().as_secs_f64()
         );
+        if let Some(file) = staged.local_file.clone() {
+            add_data_offsets(file).await;
+        }
         progress.set_prefix("pg_restore");
         let mut command = command
             .arg(format!("--jobs={}", opts.jobs))
@@ -557,7 +523,7 @@ pub async fn load_database(
     } else {
         let process = server.spawn(command.with_stdin()).await?;
         let source = open_decompressed(&path, compression).await?;
-        let mut counted = crate::backup::stream::CountingReader::new(source, progress.clone());
+        let mut counted = crate::set::stream::CountingReader::new(source, progress.clone());
         match process.feed(&mut counted).await {
             Ok(_) if opts.analyze => {
                 finish_analyze(server, database, opts.jobs, &HashSet::new()).await
@@ -572,6 +538,22 @@ pub async fn load_database(
         started.elapsed().as_secs_f64()
     );
     result.with_context(|| format!("restoring {} into {database} failed", set.manifest.id))
+}
+
+/// pg_dump writing into a pipe cannot record where each table's data
+/// starts, so parallel pg_restore workers would read the archive from the
+/// start for every table; tusk writes the offsets into its staged copy.
+/// Failure only costs speed.
+async fn add_data_offsets(file: std::path::PathBuf) {
+    let started = Instant::now();
+    match tokio::task::spawn_blocking(move || crate::archive::add_data_offsets(&file)).await {
+        Ok(Ok(count)) => tracing::debug!(
+            "recorded the data offsets of {count} archive entries in {:.2}s",
+            started.elapsed().as_secs_f64()
+        ),
+        Ok(Err(err)) => tracing::debug!("restoring without data offsets: {err:#}"),
+        Err(err) => tracing::debug!("restoring without data offsets: {err}"),
+    }
 }
 
 /// `dbname='...'` in libpq's connection-string syntax, so any name is safe.
@@ -638,7 +620,7 @@ async fn rename_database(admin: &Client, from: &str, to: &str) -> Result<()> {
 /// Puts the restored staging database in place of `target`. The old one is
 /// moved aside first and dropped only after the new one carries its name.
 async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
-    let aside = staging_name(target, "tusk_old");
+    let aside = crate::names::staging_name(target, "tusk_old");
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -665,15 +647,6 @@ async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn staging_names_fit_postgres_identifiers() {
-        let long = "m".repeat(80);
-        let name = staging_name(&long, "tusk_restore");
-        assert_eq!(name.len(), MAX_IDENTIFIER);
-        assert!(name.contains("_tusk_restore_"));
-        assert!(staging_name("mastodon", "tusk_restore").starts_with("mastodon_tusk_restore_"));
-    }
 
     #[test]
     fn conninfo_escapes_quotes() {

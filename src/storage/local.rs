@@ -88,7 +88,7 @@ impl Storage for LocalStorage {
             Ok(meta) if meta.is_file() => Ok(Some(ObjectMeta {
                 size: meta.len(),
                 etag: None,
-                content_type: Some(crate::media::content_type(key).to_string()),
+                content_type: Some(super::content_type(key).to_string()),
             })),
             Ok(_) => Ok(None),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -121,8 +121,9 @@ impl Storage for LocalStorage {
 }
 
 /// Removes the now-empty folders above a deleted file, as Paperclip does,
-/// stopping at the first one that still holds something (or at the root).
-fn remove_empty_parents(root: &Path, file: &Path) {
+/// stopping at the first one that still holds something. It never climbs to
+/// or above `root`, nor touches a path outside it.
+pub fn remove_empty_parents(root: &Path, file: &Path) {
     let mut dir = file.parent();
     while let Some(current) = dir {
         if current == root || !current.starts_with(root) || std::fs::remove_dir(current).is_err() {

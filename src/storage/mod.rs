@@ -94,6 +94,41 @@ pub async fn list_all(storage: &dyn Storage, prefix: &str) -> Result<Vec<ObjectI
     Ok(all)
 }
 
+/// The Content-Type an object is stored with, from its key's extension
+/// (the types Mastodon's uploads have).
+pub fn content_type(path: &str) -> &'static str {
+    let extension = path.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match extension.as_deref() {
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("avif") => "image/avif",
+        Some("heic") => "image/heic",
+        Some("heif") => "image/heif",
+        Some("bmp") => "image/bmp",
+        Some("tif" | "tiff") => "image/tiff",
+        Some("svg") => "image/svg+xml",
+        Some("ico") => "image/vnd.microsoft.icon",
+        Some("mp4" | "m4v") => "video/mp4",
+        Some("mov") => "video/quicktime",
+        Some("webm") => "video/webm",
+        Some("ogv") => "video/ogg",
+        Some("mp3") => "audio/mpeg",
+        Some("m4a") => "audio/mp4",
+        Some("ogg" | "oga" | "opus") => "audio/ogg",
+        Some("wav") => "audio/wave",
+        Some("flac") => "audio/flac",
+        Some("aac") => "audio/aac",
+        Some("3gp") => "video/3gpp",
+        Some("zip") => "application/zip",
+        Some("json") => "application/json",
+        Some("csv") => "text/csv",
+        Some("txt") => "text/plain",
+        _ => "application/octet-stream",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -114,5 +149,12 @@ mod tests {
             object("9e107d9d372bb6826bd81d3542a419d6-3").content_md5(),
             None
         );
+    }
+
+    #[test]
+    fn content_types_by_extension() {
+        assert_eq!(content_type("x/small/a.PNG"), "image/png");
+        assert_eq!(content_type("x/original/a.mp4"), "video/mp4");
+        assert_eq!(content_type("x/original/a"), "application/octet-stream");
     }
 }

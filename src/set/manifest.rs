@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::config::Compression;
-use crate::database_properties::DatabaseProperties;
+use super::properties::DatabaseProperties;
+use crate::set::Compression;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const VERIFICATION_FILE: &str = "verification.json";

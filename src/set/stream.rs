@@ -31,8 +31,8 @@ use tokio::io::{
 use tokio::sync::mpsc;
 use tokio_util::io::StreamReader;
 
-use crate::config::Compression;
 use crate::postgres::BoxReader;
+use crate::set::Compression;
 
 const IO_BUFFER: usize = 1 << 20;
 /// Input per zstd frame: large enough that the frame boundaries cost under

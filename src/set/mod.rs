@@ -3,6 +3,18 @@
 //! A set is built in `<id>.partial/` and renamed into place only after every
 //! artefact and the manifest are on disk and fsynced, so a directory named
 //! like an id is always complete.
+//!
+//! This is the domain of backup, restore and verify alike: the manifest and
+//! the facts it records ([`manifest`], [`facts`]), the compressed streams
+//! ([`stream`], [`Compression`]).
+
+mod compression;
+pub mod facts;
+pub mod manifest;
+pub mod properties;
+pub mod stream;
+
+pub use compression::Compression;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -10,11 +22,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
-use super::manifest::{
+use crate::error::TuskError;
+use manifest::{
     Artefact, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, Problem, VERIFICATION_FILE, Verification,
 };
-use super::stream::hash_file;
-use crate::error::TuskError;
+use stream::hash_file;
 
 const PARTIAL_SUFFIX: &str = ".partial";
 const LOCK_FILE: &str = ".tusk.lock";

@@ -21,8 +21,8 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncReadExt;
 
-use crate::backup::stream::open_decompressed;
-use crate::config::Compression;
+use crate::set::Compression;
+use crate::set::stream::open_decompressed;
 
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;

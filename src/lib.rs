@@ -1,0 +1,43 @@
+//! tusk as a library: the operations that back up, restore, verify and
+//! maintain a Mastodon instance, and everything they stand on. The `tusk`
+//! binary (src/main.rs, src/cli.rs, src/commands/) is a thin shell over it:
+//! arguments in, an options struct out, one operation called.
+//!
+//! The library never sees clap: it builds with `--no-default-features`,
+//! which leaves clap out of the dependency graph (see docs/architecture.md).
+//! Modules import only downward, in this order:
+//!
+//! - settings: [`config`] (one precedence for every setting) and
+//!   [`instance`] (the configured instance's servers and stores);
+//! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`];
+//! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
+//!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
+//! - infrastructure: [`postgres`], [`docker`], [`storage`];
+//! - base: [`error`], [`output`], [`cleanup`], [`names`].
+
+// base
+pub mod cleanup;
+pub mod error;
+pub mod names;
+pub mod output;
+
+// infrastructure
+pub mod docker;
+pub mod postgres;
+pub mod storage;
+
+// domain
+pub mod archive;
+pub mod mastodon;
+pub mod set;
+
+// operations
+pub mod backup;
+pub mod media;
+pub mod prune;
+pub mod restore;
+pub mod verify;
+
+// settings
+pub mod config;
+pub mod instance;
