@@ -2,6 +2,10 @@
 //! connection limit) come back with a restore, on the same server under
 //! another name, in place of an existing database, and on a fresh server;
 //! verify applies and compares them.
+//!
+//! Restores on the main cluster, where the roles exist, pass --no-globals:
+//! two restores altering the same roles at once can fail with "tuple
+//! concurrently updated", and these tests run in parallel.
 
 mod common;
 
@@ -189,7 +193,7 @@ fn a_restore_on_the_same_server_brings_back_every_property() {
         name: unique_name("dbp_copy"),
     };
     let mut cmd = ws.tusk();
-    cmd.args(["--json", "restore", &id, "--target-url"])
+    cmd.args(["--json", "restore", &id, "--no-globals", "--target-url"])
         .arg(copy.url());
     let report = run(cmd).expect_code(0).json();
     let applied: Vec<&str> = report["database_properties"]
@@ -228,7 +232,7 @@ fn a_restore_on_the_same_server_brings_back_every_property() {
         ),
     );
     let mut cmd = ws.tusk();
-    cmd.args(["restore", &id, "--force", "--target-url"])
+    cmd.args(["restore", &id, "--no-globals", "--force", "--target-url"])
         .arg(existing.url());
     run(cmd).expect_code(0);
     assert_restored_properties(&cluster, &existing.name, &roles);
@@ -285,8 +289,15 @@ fn no_acl_leaves_the_database_grants_out() {
         name: unique_name("dbp_noacl_copy"),
     };
     let mut cmd = ws.tusk();
-    cmd.args(["--json", "restore", &id, "--no-acl", "--target-url"])
-        .arg(restored.url());
+    cmd.args([
+        "--json",
+        "restore",
+        &id,
+        "--no-globals",
+        "--no-acl",
+        "--target-url",
+    ])
+    .arg(restored.url());
     let report = run(cmd).expect_code(0).json();
     assert!(
         !report["database_properties"]
@@ -429,7 +440,7 @@ fn a_template_database_stays_one_and_can_be_replaced() {
     };
     for force in [false, true] {
         let mut cmd = ws.tusk();
-        cmd.args(["restore", &id, "--target-url"])
+        cmd.args(["restore", &id, "--no-globals", "--target-url"])
             .arg(restored.url());
         if force {
             // Replacing drops the old copy, itself a template.
