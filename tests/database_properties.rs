@@ -260,7 +260,7 @@ fn a_restore_on_a_fresh_server_brings_back_every_property() {
     assert!(refused.stderr.contains(&roles.tuned), "{}", refused.stderr);
     assert!(refused.stderr.contains(&roles.reader), "{}", refused.stderr);
     assert!(
-        refused.stderr.contains("nothing was changed"),
+        refused.stderr.contains("was not changed"),
         "{}",
         refused.stderr
     );

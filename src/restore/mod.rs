@@ -117,12 +117,13 @@ pub async fn run(
         }
     }
 
+    let mut notes = Vec::new();
+    let properties = property_script(set, opts, &mut notes).await;
     let mut kept_roles = Vec::new();
     if opts.globals {
         kept_roles = apply_globals(server, &admin, set).await?;
     }
-    let mut notes = Vec::new();
-    let properties = property_script(server, &admin, set, opts, &mut notes).await?;
+    require_roles(&admin, set, &properties, &target_db).await?;
 
     let owner = choose_owner(&admin, set, opts, existing.owner.as_deref()).await?;
     let staging = crate::names::staging_name(database, "tusk_restore");
@@ -289,17 +290,13 @@ async fn apply_globals(
 }
 
 /// The database-level statements of the set's archive that this restore
-/// applies. Every role they name must exist by now (the roles were
-/// restored, or the operator created them), as pg_restore would insist;
-/// `--no-acl` leaves the grants out. Checked before anything is created.
+/// applies: all of them but the grants under `--no-acl`.
 async fn property_script(
-    server: &dyn PgServer,
-    admin: &Client,
     set: &BackupSet,
     opts: &RestoreOptions,
     notes: &mut Vec<String>,
-) -> Result<PropertyScript> {
-    let mut script = match read_property_script(set).await {
+) -> PropertyScript {
+    let script = match read_property_script(set).await {
         Ok(script) => script,
         Err(err) => {
             // The data can still be restored; say loudly what is missing.
@@ -312,11 +309,24 @@ async fn property_script(
         }
     };
     if opts.no_acl {
-        script = script.without_privileges();
+        script.without_privileges()
+    } else {
+        script
     }
+}
+
+/// Every role the statements name must exist by now (the roles were
+/// restored, or the operator created them), as pg_restore would insist.
+/// Checked before the staging database is created.
+async fn require_roles(
+    admin: &Client,
+    set: &BackupSet,
+    script: &PropertyScript,
+    target_db: &DbTarget,
+) -> Result<()> {
     let missing = missing_roles(admin, script.roles()).await?;
     if missing.is_empty() {
-        return Ok(script);
+        return Ok(());
     }
     let only_grants = missing_roles(admin, script.without_privileges().roles())
         .await?
@@ -328,16 +338,15 @@ async fn property_script(
         "restore the roles too (leave out --no-globals) or create them first"
     };
     Err(TuskError::usage(format!(
-        "the database's settings or grants in backup {} name roles that do not exist on {}: \
-         {}; nothing was changed. To restore them, {fix}",
+        "the database's settings or grants in backup {} name roles that do not exist on the \
+         target server: {}; {target_db} was not changed. To restore them, {fix}",
         set.manifest.id,
-        server.target(),
-        missing.join(", ")
+        missing.join(", "),
     )))
 }
 
 /// The database-level statements of the set's archive (see
-/// [`crate::database_properties`]).
+/// [`database_properties`]).
 pub async fn read_property_script(set: &BackupSet) -> Result<PropertyScript> {
     let artefact = set
         .manifest
