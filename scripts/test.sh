@@ -38,7 +38,8 @@
 #   TUSK_SKIP_S3_TESTS                    passed through as given
 #
 # Environment knobs:
-#   TUSK_SKIP_DOCKER_TESTS=1        don't need a Docker Engine; no image is built
+#   TUSK_SKIP_DOCKER_TESTS=1        don't need a Docker Engine; no image is built (each skipped test
+#                                   prints SKIPPED on stderr; refused under CI=true)
 #   TUSK_SKIP_S3_TESTS=1            don't install or start the S3 servers (no TUSK_TEST_S3_*/MOTO_*)
 #   TUSK_TEST_DOCKER_EXTRA_MAJORS   e.g. "13 17": also build tusk-test/postgres:13 and :17 (bullseye,
 #                                   trixie; ~40 s each when cold) for cross-major tests
@@ -70,6 +71,10 @@ STEP_TOTAL=6
 ONLY_SERVICES=${TUSK_TEST_ONLY_SERVICES:-}
 [[ -n $ONLY_SERVICES && $ONLY_SERVICES != 0 ]] && STEP_TOTAL=4
 SKIP_S3=${TUSK_SKIP_S3_TESTS:-0}
+if [[ ${CI:-} == true && ( $SKIP_S3 == 1 || ${TUSK_SKIP_DOCKER_TESTS:-0} == 1 ) ]]; then
+    tusk_err "CI never skips tests: unset TUSK_SKIP_S3_TESTS and TUSK_SKIP_DOCKER_TESTS"
+    exit 2
+fi
 
 step() {
     end_step ok
