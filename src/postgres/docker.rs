@@ -133,12 +133,14 @@ impl DockerServer {
 
     /// The libpq environment inside the container: its local socket, the
     /// configured login. The password travels in the exec's environment.
+    /// No TLS settings: libpq ignores `sslmode` on a socket, and a root
+    /// certificate's path on this machine means nothing in the container.
     fn exec_env(&self, command: &ToolCommand) -> Vec<String> {
         let mut env: Vec<String> = self
             .target
             .libpq_env()
             .into_iter()
-            .filter(|(key, _)| *key != "PGHOST" && *key != "PGPORT")
+            .filter(|(key, _)| !matches!(*key, "PGHOST" | "PGPORT" | "PGSSLMODE" | "PGSSLROOTCERT"))
             .map(|(key, value)| format!("{key}={value}"))
             .collect();
         if let Some(database) = &command.database {
