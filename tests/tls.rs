@@ -83,9 +83,15 @@ fn require_backs_up_restores_and_verifies_through_tls() {
     let before = source.fingerprint();
     let ws = Workspace::new();
 
-    let report = backup(&ws, &with_params(&source.url(), "sslmode=require"), &[])
-        .expect_code(0)
-        .json();
+    // channel_binding=require: tusk's session authenticates with
+    // SCRAM-SHA-256-PLUS, bound to the server's certificate.
+    let report = backup(
+        &ws,
+        &with_params(&source.url(), "sslmode=require&channel_binding=require"),
+        &[],
+    )
+    .expect_code(0)
+    .json();
     let id = report["id"].as_str().unwrap().to_string();
     // The manifest records the server without the password or the TLS parameters.
     let manifest = ws.manifest(&id);
