@@ -280,10 +280,15 @@ fn prefer_falls_back_to_plain_on_a_server_without_tls() {
 }
 
 #[test]
-fn disable_is_refused_by_a_server_that_requires_tls() {
+fn disable_is_refused_by_a_server_that_requires_tls_and_allow_retries_with_it() {
     let cluster = tls_cluster();
     let source = cluster.empty_database("tls_off");
     let ws = Workspace::new();
     let out = backup(&ws, &with_params(&source.url(), "sslmode=disable"), &[]);
     assert_refused(&out, &cluster.password(), &["no encryption"]);
+    assert!(ws.set_ids().is_empty());
+
+    // allow: plain first, refused, then TLS (tusk's sessions and the tools).
+    backup(&ws, &with_params(&source.url(), "sslmode=allow"), &[]).expect_code(0);
+    assert_eq!(ws.set_ids().len(), 1);
 }
