@@ -292,3 +292,19 @@ fn disable_is_refused_by_a_server_that_requires_tls_and_allow_retries_with_it() 
     backup(&ws, &with_params(&source.url(), "sslmode=allow"), &[]).expect_code(0);
     assert_eq!(ws.set_ids().len(), 1);
 }
+
+#[test]
+fn a_unix_socket_ignores_sslmode_as_libpq_does() {
+    let cluster = tls_cluster();
+    let source = cluster.empty_database("tls_socket");
+    let ws = Workspace::new();
+    // verify-full with no root certificate anywhere: over the socket there
+    // is no TLS to check, for tusk's sessions and for the tools alike.
+    let key_value = format!(
+        "host={} port={} user=postgres dbname={} sslmode=verify-full",
+        env("TUSK_TEST_PG_TLS_HOST"),
+        env("TUSK_TEST_PG_TLS_PORT"),
+        source.name
+    );
+    backup(&ws, &key_value, &[]).expect_code(0);
+}

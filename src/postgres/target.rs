@@ -206,12 +206,17 @@ impl DbTarget {
     pub async fn connect(&self) -> Result<Client> {
         let could_not_connect = || format!("could not connect to {self}");
         self.tls.validate().with_context(could_not_connect)?;
-        let mode = if self.is_unix_socket() {
-            SslMode::Disable
+        // libpq ignores sslmode on a Unix socket, root certificate and all.
+        let tls = if self.is_unix_socket() {
+            TlsOptions {
+                mode: Some(SslMode::Disable),
+                root_cert: None,
+            }
         } else {
-            self.tls.effective_mode()
+            self.tls.clone()
         };
-        let connector = tls::connector(&self.tls).with_context(could_not_connect)?;
+        let mode = tls.effective_mode();
+        let connector = tls::connector(&tls).with_context(could_not_connect)?;
         let attempt = |wire| self.connect_once(wire, connector.clone());
         let mut plain_failure_after_tls = None;
         let result = match mode {
