@@ -125,7 +125,7 @@ _tusk() {
 
     case "${cmd}" in
         tusk)
-            opts="-y -v -q -h -V --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help --version backup backups restore verify media prune completions man help"
+            opts="-y -v -q -h -V --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help --version backup backups restore verify media prune completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -156,6 +156,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -239,7 +247,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backup)
-            opts="-y -v -q -h --stop-services --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --stop-services --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -270,6 +278,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -353,7 +369,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help list help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -384,6 +400,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -509,7 +533,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups__subcmd__list)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -540,6 +564,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -623,7 +655,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__completions)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -654,6 +686,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -933,7 +973,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__man)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -964,6 +1004,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1047,7 +1095,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help push verify usage help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help push verify usage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1078,6 +1126,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1231,7 +1287,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__push)
-            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1270,6 +1326,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1353,7 +1417,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__usage)
-            opts="-y -v -q -h --bucket --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --bucket --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1384,6 +1448,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1467,7 +1539,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__verify)
-            opts="-c -y -v -q -h --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1506,6 +1578,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1589,7 +1669,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__prune)
-            opts="-c -y -v -q -h --media-cache-days --profiles-days --preview-cards-days --unattached-media --orphans --only --media-cache-semantics --avatars --headers --include-follows --orphans-min-age --start-after --dry-run --concurrency --batch-size --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --media-cache-days --profiles-days --preview-cards-days --unattached-media --orphans --only --media-cache-semantics --avatars --headers --include-follows --orphans-min-age --start-after --dry-run --concurrency --batch-size --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1660,6 +1740,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1743,7 +1831,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__restore)
-            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-acl --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-acl --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1798,6 +1886,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1881,7 +1977,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__verify)
-            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --mastodon-env-file --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1928,6 +2024,14 @@ _tusk() {
                     return 0
                     ;;
                 --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= pg-sslmode= pg-sslrootcert= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -33,6 +33,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_needs_command" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -81,6 +88,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -120,6 +134,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -160,6 +181,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -205,6 +233,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -250,6 +285,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -289,6 +331,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -332,6 +381,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -373,6 +429,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -411,6 +474,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -468,6 +538,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -512,6 +589,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
@@ -550,6 +634,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # scripts/test.sh — the one test command of tusk (CI runs it through .ci/run).
 #
-# Why: tusk's tests need real services that no machine has running: two throwaway PostgreSQL
-# clusters for direct mode (a source, and a fresh target where Mastodon's roles do not exist yet),
+# Why: tusk's tests need real services that no machine has running: three throwaway PostgreSQL
+# clusters for direct mode (a source, a fresh target where Mastodon's roles do not exist yet, and
+# one that accepts TLS connections only, with a certificate from a throwaway CA),
 # a local Postgres Docker image for docker mode (no registry is reachable; the image is built
 # from Debian packages), and two local S3 servers for `tusk media` (s3s-fs, strict, on disk; moto,
 # lax, in memory; see lib/s3.sh). This script installs what is missing, starts the clusters and S3
@@ -21,6 +22,13 @@
 #   TUSK_TEST_PG_URL, TUSK_TEST_PG2_URL   postgresql://postgres:<pw>@127.0.0.1:<port>/postgres
 #   TUSK_TEST_PG_{PORT,PASSWORD,DIR,HOST,BIN} and TUSK_TEST_PG2_{...}   (see lib/pg-cluster.sh)
 #   TUSK_TEST_PG_BIN                      /usr/lib/postgresql/<N>/bin (pg_dump, psql, ... of the clusters)
+#   TUSK_TEST_PG_TLS_URL                  postgresql://postgres:<pw>@127.0.0.1:<port>/postgres of the TLS
+#                                         cluster: ssl=on, non-TLS TCP connections refused (hostnossl reject)
+#   TUSK_TEST_PG_TLS_CA                   PEM of the throwaway CA that signed its certificate
+#                                         (subjectAltName DNS:localhost, IP:127.0.0.1)
+#   TUSK_TEST_PG_TLS_OTHER_CA             PEM of a second, unrelated CA (for the negative tests)
+#   TUSK_TEST_PG_TLS_ALT_HOST             127.0.0.2: the same server by an address not in its certificate
+#   TUSK_TEST_PG_TLS_{PORT,PASSWORD,DIR,HOST,BIN}   as for the other clusters
 #   TUSK_TEST_DOCKER_IMAGE                tusk-test/postgres:15 (unless docker tests are skipped;
 #                                         containers are created by the Rust tests themselves)
 #   TUSK_TEST_DOCKER_IMAGE_<N>            one per TUSK_TEST_DOCKER_EXTRA_MAJORS entry
@@ -38,7 +46,8 @@
 #   TUSK_SKIP_S3_TESTS                    passed through as given
 #
 # Environment knobs:
-#   TUSK_SKIP_DOCKER_TESTS=1        don't need a Docker Engine; no image is built
+#   TUSK_SKIP_DOCKER_TESTS=1        don't need a Docker Engine; no image is built (each skipped test
+#                                   prints SKIPPED on stderr; refused under CI=true)
 #   TUSK_SKIP_S3_TESTS=1            don't install or start the S3 servers (no TUSK_TEST_S3_*/MOTO_*)
 #   TUSK_TEST_DOCKER_EXTRA_MAJORS   e.g. "13 17": also build tusk-test/postgres:13 and :17 (bullseye,
 #                                   trixie; ~40 s each when cold) for cross-major tests
@@ -70,6 +79,10 @@ STEP_TOTAL=6
 ONLY_SERVICES=${TUSK_TEST_ONLY_SERVICES:-}
 [[ -n $ONLY_SERVICES && $ONLY_SERVICES != 0 ]] && STEP_TOTAL=4
 SKIP_S3=${TUSK_SKIP_S3_TESTS:-0}
+if [[ ${CI:-} == true && ( $SKIP_S3 == 1 || ${TUSK_SKIP_DOCKER_TESTS:-0} == 1 ) ]]; then
+    tusk_err "CI never skips tests: unset TUSK_SKIP_S3_TESTS and TUSK_SKIP_DOCKER_TESTS"
+    exit 2
+fi
 
 step() {
     end_step ok
@@ -122,7 +135,8 @@ fi
 step "start PostgreSQL clusters"
 tusk_pg_start TUSK_TEST_PG
 tusk_pg_start TUSK_TEST_PG2
-export TUSK_TEST_PG_BIN TUSK_TEST_PG_URL TUSK_TEST_PG2_URL
+tusk_pg_start TUSK_TEST_PG_TLS tls
+export TUSK_TEST_PG_BIN TUSK_TEST_PG_URL TUSK_TEST_PG2_URL TUSK_TEST_PG_TLS_URL
 
 # --- 3 ---------------------------------------------------------------------------------------------
 if [[ $SKIP_S3 == 1 ]]; then
@@ -175,7 +189,8 @@ if [[ -n $ONLY_SERVICES && $ONLY_SERVICES != 0 ]]; then
     print_exports
     psql "$TUSK_TEST_PG_URL" -Atqc 'select 1' >/dev/null
     psql "$TUSK_TEST_PG2_URL" -Atqc 'select 1' >/dev/null
-    tusk_log "both clusters answer over TCP with their passwords"
+    psql "$TUSK_TEST_PG_TLS_URL?sslmode=verify-full&sslrootcert=$TUSK_TEST_PG_TLS_CA" -Atqc 'select 1' >/dev/null
+    tusk_log "the three clusters answer over TCP with their passwords (the TLS one with verify-full)"
     if [[ $SKIP_S3 != 1 ]]; then
         _tusk_http_answers "$TUSK_TEST_S3_ENDPOINT/" && _tusk_http_answers "$TUSK_TEST_MOTO_ENDPOINT/"
         tusk_log "both S3 servers answer HTTP"

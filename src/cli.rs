@@ -8,6 +8,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use tusk::config::{MediaStoreKind, Overrides, PgMode};
+use tusk::postgres::SslMode;
 use tusk::postgres::docker::DumpTransport;
 use tusk::prune::{CacheSemantics, PruneRule};
 use tusk::set::Compression;
@@ -87,6 +88,20 @@ pub struct GlobalArgs {
     /// Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]
     #[arg(long, global = true, env = "TUSK_PG_BIN_DIR", value_name = "DIR")]
     pub pg_bin_dir: Option<PathBuf>,
+
+    /// TLS to the database, as libpq's sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_PG_SSLMODE",
+        value_name = "MODE",
+        value_parser = choice::<SslMode>(&SslMode::CHOICES)
+    )]
+    pub pg_sslmode: Option<SslMode>,
+
+    /// CA certificate(s) (PEM) the database's certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]
+    #[arg(long, global = true, env = "TUSK_PG_SSLROOTCERT", value_name = "FILE")]
+    pub pg_sslrootcert: Option<String>,
 
     /// Directory for temporary files, such as a seekable copy for parallel restore
     #[arg(long, global = true, env = "TUSK_TEMP_DIR", value_name = "DIR")]
@@ -234,6 +249,8 @@ impl GlobalArgs {
             compression: self.compression,
             compression_level: self.compression_level,
             pg_bin_dir: self.pg_bin_dir.clone(),
+            pg_sslmode: self.pg_sslmode,
+            pg_sslrootcert: self.pg_sslrootcert.clone(),
             temp_dir: self.temp_dir.clone(),
             postgres_mode: self.postgres_mode,
             docker_host: self.docker_host.clone(),
@@ -520,6 +537,9 @@ mod tests {
         }
         for (name, _) in MediaStoreKind::CHOICES {
             parse(&["--media-store", name, "backups", "list"]);
+        }
+        for (name, _) in SslMode::CHOICES {
+            parse(&["--pg-sslmode", name, "backups", "list"]);
         }
         for (name, _) in CacheSemantics::CHOICES {
             parse(&["prune", "--media-cache-semantics", name]);

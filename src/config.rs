@@ -14,8 +14,8 @@ use serde::Deserialize;
 use crate::docker::ContainerSelector;
 use crate::error::TuskError;
 use crate::mastodon::env_file::EnvFile;
-use crate::postgres::DbTarget;
 use crate::postgres::docker::DumpTransport;
+use crate::postgres::{DbTarget, RootCert, SslMode, TlsOptions};
 use crate::set::Compression;
 use crate::storage::s3::S3Settings;
 
@@ -51,6 +51,8 @@ pub struct FileSettings {
 pub struct PostgresSection {
     pub mode: Option<PgMode>,
     pub bin_dir: Option<PathBuf>,
+    pub sslmode: Option<SslMode>,
+    pub sslrootcert: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +165,9 @@ pub struct Overrides {
     pub compression: Option<Compression>,
     pub compression_level: Option<i32>,
     pub pg_bin_dir: Option<PathBuf>,
+    pub pg_sslmode: Option<SslMode>,
+    /// A PEM file, or `system`.
+    pub pg_sslrootcert: Option<String>,
     pub temp_dir: Option<PathBuf>,
     pub postgres_mode: Option<PgMode>,
     pub docker_host: Option<String>,
@@ -189,6 +194,9 @@ pub struct Settings {
     pub instance: String,
     pub backup_dir: PathBuf,
     database: Option<DbTarget>,
+    /// `sslmode`/`sslrootcert` for every server reached directly, where its
+    /// URL does not name its own.
+    pub tls: TlsOptions,
     pub compression: Compression,
     pub compression_level: i32,
     pub pg_bin_dir: Option<PathBuf>,
@@ -241,6 +249,7 @@ impl Settings {
             None => None,
         };
 
+        let tls = resolve_tls(args, &file.postgres, env_file.as_ref())?;
         let database = match args
             .database_url
             .as_deref()
@@ -248,7 +257,8 @@ impl Settings {
         {
             Some(url) => Some(DbTarget::parse(url)?),
             None => env_file.as_ref().map(EnvFile::database).transpose()?,
-        };
+        }
+        .map(|target| target.with_tls_defaults(&tls));
 
         let compression = args
             .compression
@@ -368,6 +378,7 @@ impl Settings {
                 .or(file.backup_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR)),
             database,
+            tls,
             compression,
             compression_level,
             pg_bin_dir: args.pg_bin_dir.clone().or(file.postgres.bin_dir),
@@ -402,6 +413,28 @@ impl Settings {
             )
         })
     }
+}
+
+/// `sslmode` and `sslrootcert`: flag > environment > YAML > `.env.production`
+/// (`DB_SSLMODE`, `PGSSLROOTCERT`); unset ones take libpq's defaults when a
+/// connection is made.
+fn resolve_tls(
+    args: &Overrides,
+    file: &PostgresSection,
+    env_file: Option<&EnvFile>,
+) -> Result<TlsOptions> {
+    let mode = match args.pg_sslmode.or(file.sslmode) {
+        Some(mode) => Some(mode),
+        None => env_file.map(EnvFile::ssl_mode).transpose()?.flatten(),
+    };
+    let root_cert = args
+        .pg_sslrootcert
+        .as_deref()
+        .or(file.sslrootcert.as_deref())
+        .filter(|value| !value.is_empty())
+        .map(RootCert::parse)
+        .or_else(|| env_file.and_then(EnvFile::ssl_root_cert));
+    Ok(TlsOptions { mode, root_cert })
 }
 
 /// The bucket settings: flag > environment > YAML > `.env.production`.
@@ -675,6 +708,66 @@ mod tests {
             std::process::ExitCode::from(crate::error::EXIT_USAGE)
         );
         assert!(err.to_string().contains("1..=9"), "{err}");
+    }
+
+    #[test]
+    fn tls_settings_follow_the_precedence_and_urls_win_over_them() {
+        let env_production = "DB_HOST=db.internal\nDB_SSLMODE=require\nPGSSLROOTCERT=/env/ca.pem\n";
+        // .env.production under nothing else.
+        let setup = Setup::new("", env_production);
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.tls.mode, Some(SslMode::Require));
+        assert_eq!(settings.tls.root_cert, Some(RootCert::parse("/env/ca.pem")));
+        // The file over .env.production.
+        let setup = Setup::new(
+            "postgres:\n  sslmode: verify-ca\n  sslrootcert: /yaml/ca.pem\n",
+            env_production,
+        );
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.tls.mode, Some(SslMode::VerifyCa));
+        assert_eq!(
+            settings.tls.root_cert,
+            Some(RootCert::parse("/yaml/ca.pem"))
+        );
+        // Flags (and TUSK_PG_SSL*) over both; the database from
+        // .env.production takes them as defaults.
+        let flags = Overrides {
+            pg_sslmode: Some(SslMode::VerifyFull),
+            pg_sslrootcert: Some("system".into()),
+            ..setup.overrides()
+        };
+        let settings = Settings::resolve(&flags).unwrap();
+        assert_eq!(settings.tls.mode, Some(SslMode::VerifyFull));
+        assert_eq!(settings.tls.root_cert, Some(RootCert::System));
+        assert_eq!(settings.database().unwrap().tls(), &settings.tls);
+        // A URL's own parameter wins over every setting.
+        let url = Overrides {
+            database_url: Some("postgresql://u@h/d?sslmode=disable".into()),
+            ..flags
+        };
+        let settings = Settings::resolve(&url).unwrap();
+        let target = settings.database().unwrap().tls();
+        assert_eq!(target.effective_mode(), SslMode::Disable);
+        assert_eq!(target.root_cert, Some(RootCert::System));
+        // Nothing anywhere: libpq's default, prefer.
+        let setup = Setup::new("", "DB_HOST=db.internal\n");
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.tls, TlsOptions::default());
+        assert_eq!(settings.tls.effective_mode(), SslMode::Prefer);
+    }
+
+    #[test]
+    fn bad_tls_settings_are_usage_errors_that_name_the_source() {
+        let setup = Setup::new("postgres:\n  sslmode: on\n", "");
+        let err = Settings::resolve(&setup.overrides()).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        let setup = Setup::new("", "DB_SSLMODE=yes\n");
+        let err = Settings::resolve(&setup.overrides()).unwrap_err();
+        assert!(err.to_string().contains("DB_SSLMODE"), "{err}");
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            std::process::ExitCode::from(crate::error::EXIT_USAGE)
+        );
     }
 
     #[test]

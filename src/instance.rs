@@ -63,10 +63,11 @@ impl Instance {
         Ok((docker, container))
     }
 
-    /// A server reached over the network with the local tools.
+    /// A server reached over the network with the local tools; TLS as its
+    /// URL says, else as configured.
     pub fn direct_server(&self, target: DbTarget) -> Box<dyn PgServer> {
         Box::new(DirectServer::new(
-            target,
+            target.with_tls_defaults(&self.settings.tls),
             self.settings.pg_bin_dir.clone(),
             self.settings.temp_dir.clone(),
         ))

@@ -14,6 +14,7 @@
 #   tusk_pg_start TUSK_TEST_PG      # exports TUSK_TEST_PG_URL _PORT _DIR _PASSWORD _BIN _HOST
 #   psql "$TUSK_TEST_PG_URL" -c 'select 1'
 #   tusk_pg_stop TUSK_TEST_PG       # also done automatically at shell exit
+#   tusk_pg_start TUSK_TEST_PG_TLS tls   # a cluster that accepts TLS connections only (see below)
 #
 # tusk_pg_start NAME exports:
 #   NAME_URL       postgresql://postgres:<password>@127.0.0.1:<port>/postgres
@@ -22,6 +23,16 @@
 #   NAME_DIR       temp dir: data/ (PGDATA), log, and the unix socket (local connections: trust)
 #   NAME_HOST      same as NAME_DIR, usable as PGHOST for socket connections
 #   NAME_BIN       the server's bin dir, e.g. /usr/lib/postgresql/15/bin (pg_dump, psql, ...)
+#
+# With "tls" as second argument the cluster runs with ssl=on and a server certificate from a
+# throwaway CA made with openssl at start (EC P-256, valid 2 days; subjectAltName DNS:localhost and
+# IP:127.0.0.1). It also listens on 127.0.0.2, an address the certificate does not name, and its
+# pg_hba.conf has "hostssl ... scram-sha-256" and "hostnossl ... reject" for TCP, so a client that
+# does not use TLS is refused (the unix socket stays trust). It also exports:
+#   NAME_CA        PEM file of the CA that signed the server's certificate
+#   NAME_OTHER_CA  PEM file of a second, unrelated CA (signed nothing the server has)
+#   NAME_ALT_HOST  127.0.0.2: reaches the same server under a name not in its certificate
+# Generating the keys and certificates takes well under a second.
 #
 # Environment:
 #   TUSK_PG_BIN      bin dir to use (default: newest /usr/lib/postgresql/*/bin)
@@ -48,13 +59,15 @@ tusk_pg_bin() {
     printf '%s\n' "$bins"
 }
 
-# Idempotent: installs the Debian PostgreSQL server+client and zstd only if they are missing.
+# Idempotent: installs the Debian PostgreSQL server+client, zstd and openssl (the TLS cluster's
+# throwaway CA) only if they are missing.
 tusk_pg_install() {
     local missing=()
     if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! ls /usr/lib/postgresql/*/bin/pg_dump >/dev/null 2>&1; then
         missing+=(postgresql)
     fi
     command -v zstd >/dev/null 2>&1 || missing+=(zstd)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if ((${#missing[@]})); then
         tusk_apt_install "${missing[@]}" || return 1
     fi
@@ -76,8 +89,29 @@ _tusk_as_pg() {
     fi
 }
 
+# Makes a throwaway CA, a server certificate it signs (for localhost and 127.0.0.1) and a second,
+# unrelated CA in DIR: ca.crt, other-ca.crt, server.crt, server.key.
+_tusk_pg_tls_files() {
+    local dir=$1 ca
+    mkdir -p "$dir" || return 1
+    printf '%s\n' 'subjectAltName=DNS:localhost,IP:127.0.0.1' 'basicConstraints=critical,CA:FALSE' \
+        'keyUsage=critical,digitalSignature' 'extendedKeyUsage=serverAuth' >"$dir/server.ext"
+    for ca in ca other-ca; do
+        openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -days 2 \
+            -subj "/CN=tusk test $ca $(tusk_random_hex 4)" -keyout "$dir/$ca.key" -out "$dir/$ca.crt" \
+            -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+            >>"$dir/openssl.log" 2>&1 || return 1
+    done
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -subj /CN=localhost \
+        -keyout "$dir/server.key" -out "$dir/server.csr" >>"$dir/openssl.log" 2>&1 &&
+        openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" -CAcreateserial \
+            -days 2 -extfile "$dir/server.ext" -out "$dir/server.crt" >>"$dir/openssl.log" 2>&1 || return 1
+    chmod 600 "$dir/server.key"
+}
+
 tusk_pg_start() {
-    local name=${1:?usage: tusk_pg_start NAME}
+    local name=${1:?usage: tusk_pg_start NAME [tls]} tls=${2:-}
+    [[ -z $tls || $tls == tls ]] || { tusk_err "tusk_pg_start: second argument must be 'tls', got '$tls'"; return 1; }
     [[ $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || { tusk_err "tusk_pg_start: NAME must be a shell variable name, got '$name'"; return 1; }
     local dirvar="${name}_DIR"
     if [[ -n ${!dirvar:-} && -d ${!dirvar} ]]; then
@@ -104,6 +138,19 @@ tusk_pg_start() {
     rm -f "$dir/pwfile"
 
     opts="-k $dir -c listen_addresses=127.0.0.1"
+    if [[ -n $tls ]]; then
+        if ! _tusk_pg_tls_files "$dir/tls"; then
+            tusk_err "making the TLS certificates for $name failed:"
+            cat "$dir/tls/openssl.log" >&2
+            return 1
+        fi
+        ((EUID == 0)) && chown -R postgres:postgres "$dir/tls"
+        printf '%s\n' 'local all all trust' 'local replication all trust' \
+            'hostssl all all 127.0.0.0/8 scram-sha-256' 'hostnossl all all 127.0.0.0/8 reject' \
+            >"$dir/data/pg_hba.conf"
+        opts="-k $dir -c listen_addresses=127.0.0.1,127.0.0.2 -c ssl=on"
+        opts+=" -c ssl_cert_file=$dir/tls/server.crt -c ssl_key_file=$dir/tls/server.key"
+    fi
     if [[ ${TUSK_PG_DURABLE:-0} != 1 ]]; then
         opts+=" -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
     fi
@@ -137,7 +184,12 @@ tusk_pg_start() {
     declare -gx "${name}_DIR=$dir"
     declare -gx "${name}_HOST=$dir"
     declare -gx "${name}_BIN=$bin"
-    tusk_log "cluster $name up: 127.0.0.1:$port, dir $dir ($("$bin/postgres" --version | awk '{print $3}'))"
+    if [[ -n $tls ]]; then
+        declare -gx "${name}_CA=$dir/tls/ca.crt"
+        declare -gx "${name}_OTHER_CA=$dir/tls/other-ca.crt"
+        declare -gx "${name}_ALT_HOST=127.0.0.2"
+    fi
+    tusk_log "cluster $name up: 127.0.0.1:$port${tls:+ (TLS only)}, dir $dir ($("$bin/postgres" --version | awk '{print $3}'))"
 }
 
 # Stops (fast) and deletes a cluster; safe to call twice, or for a cluster that never started.
@@ -159,5 +211,6 @@ tusk_pg_stop() {
     [[ -n $dir ]] || return 0
     _tusk_pg_teardown "$name" "$bin" "$dir"
     tusk_cancel_exit "_tusk_pg_teardown '$name' '$bin' '$dir'"
-    unset "${name}_URL" "${name}_PORT" "${name}_PASSWORD" "${name}_DIR" "${name}_HOST" "${name}_BIN"
+    unset "${name}_URL" "${name}_PORT" "${name}_PASSWORD" "${name}_DIR" "${name}_HOST" "${name}_BIN" \
+        "${name}_CA" "${name}_OTHER_CA" "${name}_ALT_HOST"
 }

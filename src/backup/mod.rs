@@ -17,6 +17,7 @@ use crate::set::Compression;
 use crate::set::manifest::{
     Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, SourceInfo, ToolInfo,
 };
+use crate::set::runs::{self, RunRecord};
 use crate::set::{DirLock, PartialSet, new_id, stream};
 
 /// What `tusk backup` needs to know, free of any CLI type.
@@ -74,6 +75,28 @@ async fn write_set(
     output: &Output,
 ) -> Result<BackupReport> {
     let _lock = DirLock::acquire(&opts.backup_dir)?;
+    // Recorded once the lock is ours: a run that could not start is no run.
+    let run = RunRecord::start("backup");
+    runs::save(&opts.backup_dir, &run)?;
+    let outcome = dump_set(server, opts, output).await;
+    let ended = run.finish(
+        &outcome
+            .as_ref()
+            .map(|report| (report.id.clone(), report.bytes))
+            .map_err(|err| anyhow::anyhow!("{err:#}")),
+    );
+    if let Err(err) = runs::save(&opts.backup_dir, &ended) {
+        // The set itself is complete (or the run failed for its own reason).
+        tracing::warn!("{err:#}");
+    }
+    outcome
+}
+
+async fn dump_set(
+    server: &dyn PgServer,
+    opts: &BackupOptions,
+    output: &Output,
+) -> Result<BackupReport> {
     let mut started_at = Utc::now();
     let mut durations = BTreeMap::new();
     let mut notes = Vec::new();

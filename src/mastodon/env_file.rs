@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use crate::error::TuskError;
-use crate::postgres::DbTarget;
+use crate::postgres::{DbTarget, RootCert, SslMode};
 
 /// The variables of one `.env.production` file.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +87,26 @@ impl EnvFile {
     }
 }
 
+impl EnvFile {
+    /// `DB_SSLMODE`, which Mastodon's config/database.yml passes to libpq
+    /// (Mastodon defaults it to `prefer`, as tusk does).
+    pub fn ssl_mode(&self) -> Result<Option<SslMode>> {
+        self.get("DB_SSLMODE")
+            .map(|value| {
+                value.parse().map_err(|err| {
+                    TuskError::usage(format!("DB_SSLMODE in {}: {err:#}", self.path.display()))
+                })
+            })
+            .transpose()
+    }
+
+    /// `PGSSLROOTCERT`: Mastodon loads this file into its environment, where
+    /// libpq reads it, so a CA named there is the one Mastodon trusts.
+    pub fn ssl_root_cert(&self) -> Option<RootCert> {
+        self.get("PGSSLROOTCERT").map(RootCert::parse)
+    }
+}
+
 fn parse_port(value: &str, path: &Path) -> Result<u16> {
     value.parse().map_err(|_| {
         TuskError::usage(format!(
@@ -144,6 +164,28 @@ mod tests {
         assert_eq!(
             env.database().unwrap().redacted(),
             "postgresql://u@h:6000/d"
+        );
+    }
+
+    #[test]
+    fn reads_db_sslmode_and_the_root_certificate() {
+        let env = EnvFile::parse(
+            Path::new(".env.production"),
+            "DB_SSLMODE=verify-full\nPGSSLROOTCERT=/etc/ssl/db-ca.pem\n",
+        )
+        .unwrap();
+        assert_eq!(env.ssl_mode().unwrap(), Some(SslMode::VerifyFull));
+        assert_eq!(
+            env.ssl_root_cert(),
+            Some(RootCert::File("/etc/ssl/db-ca.pem".into()))
+        );
+        let unset = EnvFile::parse(Path::new("x"), "DB_SSLMODE=\n").unwrap();
+        assert_eq!(unset.ssl_mode().unwrap(), None);
+        let bad = EnvFile::parse(Path::new("/srv/.env.production"), "DB_SSLMODE=yes\n").unwrap();
+        let err = bad.ssl_mode().unwrap_err().to_string();
+        assert!(
+            err.contains("DB_SSLMODE") && err.contains("/srv/.env.production"),
+            "{err}"
         );
     }
 

@@ -211,3 +211,69 @@ async fn delete_verified(
     tracing::info!("deleted {deleted} local files that are stored and identical");
     Ok(deleted)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn local(root: &std::path::Path, relative: &str, content: &[u8]) -> LocalFile {
+        let path = root.join(relative);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, content).unwrap();
+        LocalFile {
+            relative: relative.into(),
+            path,
+            size: content.len() as u64,
+            mode: 0o644,
+        }
+    }
+
+    fn stored(key: &str, size: u64, etag: Option<&str>) -> (String, ObjectInfo) {
+        let info = ObjectInfo {
+            key: key.into(),
+            size,
+            etag: etag.map(str::to_string),
+            modified: None,
+        };
+        (key.to_string(), info)
+    }
+
+    #[tokio::test]
+    async fn a_rerun_uploads_only_what_the_listing_does_not_prove_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = MediaLayout {
+            root: dir.path().to_path_buf(),
+            key_prefix: Some("pre".into()),
+            permission: None,
+        };
+        let md5_of = |bytes: &[u8]| {
+            use md5::{Digest, Md5};
+            hex::encode(Md5::digest(bytes))
+        };
+        let files = vec![
+            local(dir.path(), "a/missing.png", b"never uploaded"),
+            local(dir.path(), "a/same.png", b"identical"),
+            local(dir.path(), "a/shorter.png", b"half an upload"),
+            local(dir.path(), "a/changed.png", b"new bytes"),
+            local(dir.path(), "a/multipart.mp4", b"big file"),
+        ];
+        let listing: HashMap<String, ObjectInfo> = [
+            stored("pre/a/same.png", 9, Some(&md5_of(b"identical"))),
+            stored("pre/a/shorter.png", 4, None),
+            stored("pre/a/changed.png", 9, Some(&md5_of(b"old bytes"))),
+            // A multipart ETag is no content MD5: the size has to do.
+            stored(
+                "pre/a/multipart.mp4",
+                8,
+                Some("9e107d9d372bb6826bd81d3542a419d6-2"),
+            ),
+            // Unprefixed keys are not this tree's.
+            stored("a/missing.png", 14, None),
+        ]
+        .into_iter()
+        .collect();
+        let pending = files_to_upload(&layout, &files, &listing, 4).await.unwrap();
+        let names: Vec<&str> = pending.iter().map(|f| f.relative.as_str()).collect();
+        assert_eq!(names, ["a/changed.png", "a/missing.png", "a/shorter.png"]);
+    }
+}

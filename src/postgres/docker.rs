@@ -133,12 +133,14 @@ impl DockerServer {
 
     /// The libpq environment inside the container: its local socket, the
     /// configured login. The password travels in the exec's environment.
+    /// No TLS settings: libpq ignores `sslmode` on a socket, and a root
+    /// certificate's path on this machine means nothing in the container.
     fn exec_env(&self, command: &ToolCommand) -> Vec<String> {
         let mut env: Vec<String> = self
             .target
             .libpq_env()
             .into_iter()
-            .filter(|(key, _)| *key != "PGHOST" && *key != "PGPORT")
+            .filter(|(key, _)| !matches!(*key, "PGHOST" | "PGPORT" | "PGSSLMODE" | "PGSSLROOTCERT"))
             .map(|(key, value)| format!("{key}={value}"))
             .collect();
         if let Some(database) = &command.database {
@@ -388,5 +390,31 @@ mod tests {
             crate::error::exit_code_for(&err),
             std::process::ExitCode::from(crate::error::EXIT_USAGE)
         );
+    }
+
+    #[test]
+    fn tools_in_the_container_get_the_login_but_no_tls_settings() {
+        let login = DbTarget::parse(
+            "postgresql://mastodon:pw@db.example/mastodon?sslmode=verify-full&sslrootcert=/host/ca.pem",
+        )
+        .unwrap();
+        let docker = Docker::connect_with_local_defaults().unwrap();
+        let container = Container {
+            id: "c0ffee".into(),
+            name: "db".into(),
+            image: "postgres:15".into(),
+            project: None,
+            address: Some("172.17.0.2".into()),
+        };
+        let server = DockerServer::new(docker, container, &login).unwrap();
+        let env = server.exec_env(&ToolCommand::new(crate::postgres::Tool::PgDump));
+        assert!(env.contains(&"PGUSER=mastodon".to_string()), "{env:?}");
+        assert!(
+            env.iter()
+                .all(|var| !var.starts_with("PGSSL") && !var.starts_with("PGHOST")),
+            "{env:?}"
+        );
+        // tusk's own sessions to the container's address: libpq's default.
+        assert_eq!(server.target.tls(), &crate::postgres::TlsOptions::default());
     }
 }

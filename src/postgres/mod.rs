@@ -8,6 +8,7 @@ pub mod direct;
 pub mod docker;
 mod docker_pipe;
 pub mod target;
+pub mod tls;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::Client;
 
 pub use target::{DbTarget, quote_ident};
+pub use tls::{RootCert, SslMode, TlsOptions};
 
 /// The PostgreSQL client programs tusk drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
+use futures_util::TryStreamExt;
 use serde::Serialize;
 use tokio_postgres::Client;
 
@@ -55,12 +56,14 @@ pub async fn apply(
     let list_prefix = prefix.clone();
     let start_after = opts.start_after.clone();
     let lister = tokio::spawn(async move {
-        storage
-            .list(&list_prefix, start_after.as_deref(), &mut |page| {
-                tokio::task::block_in_place(|| pages_tx.blocking_send(page))
-                    .map_err(|_| anyhow::anyhow!("the orphan scan stopped"))
-            })
-            .await
+        let mut listing = storage.list(list_prefix, start_after);
+        while let Some(page) = listing.try_next().await? {
+            if pages_tx.send(page).await.is_err() {
+                // The scan stopped (it failed); its error is the one to report.
+                break;
+            }
+        }
+        Ok::<_, anyhow::Error>(())
     });
 
     let progress = output.byte_progress("orphans", None);

@@ -12,6 +12,7 @@ mod compression;
 pub mod facts;
 pub mod manifest;
 pub mod properties;
+pub mod runs;
 pub mod stream;
 
 pub use compression::Compression;
@@ -277,7 +278,7 @@ fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Writes `path` through a temporary sibling, fsynced, then renamed over it.
-fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_file_atomically(path: &Path, contents: &[u8]) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let temp = path.with_extension("tmp");

@@ -4,6 +4,7 @@ use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use md5::{Digest, Md5};
 
 use super::{DELETE_BATCH, ObjectInfo, ObjectMeta, PutOptions, Storage};
@@ -63,23 +64,30 @@ impl Storage for LocalStorage {
         .await?
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        page: &mut (dyn FnMut(Vec<ObjectInfo>) -> Result<()> + Send),
-    ) -> Result<()> {
+    fn list(&self, prefix: String, start_after: Option<String>) -> super::Pages<'_> {
         let root = self.root.clone();
-        let mut objects = tokio::task::spawn_blocking(move || walk(&root)).await??;
-        objects.retain(|o| {
-            o.key.starts_with(prefix) && start_after.is_none_or(|after| o.key.as_str() > after)
-        });
-        objects.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut objects = objects.into_iter().peekable();
-        while objects.peek().is_some() {
-            page(objects.by_ref().take(DELETE_BATCH).collect())?;
-        }
-        Ok(())
+        let listed = async move {
+            let mut objects = tokio::task::spawn_blocking(move || walk(&root)).await??;
+            objects.retain(|o| {
+                o.key.starts_with(&prefix)
+                    && start_after
+                        .as_deref()
+                        .is_none_or(|after| o.key.as_str() > after)
+            });
+            objects.sort_by(|a, b| a.key.cmp(&b.key));
+            let pages: Vec<Result<Vec<ObjectInfo>>> = objects
+                .chunks(DELETE_BATCH)
+                .map(|page| Ok(page.to_vec()))
+                .collect();
+            Ok::<_, anyhow::Error>(futures_util::stream::iter(pages))
+        };
+        futures_util::stream::once(listed)
+            .map(|walked| match walked {
+                Ok(pages) => pages.left_stream(),
+                Err(err) => futures_util::stream::once(async { Err(err) }).right_stream(),
+            })
+            .flatten()
+            .boxed()
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {

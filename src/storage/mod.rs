@@ -11,6 +11,8 @@ use std::time::SystemTime;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use futures_util::TryStreamExt;
+use futures_util::stream::BoxStream;
 
 /// One object as a listing reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,47 @@ pub struct ObjectMeta {
     pub content_type: Option<String>,
 }
 
+/// Whether repeating a failed request can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// A timeout, a dropped connection, a 5xx, 408 or 429: try again later.
+    Transient,
+    /// The request itself is wrong or not allowed (other 4xx): repeating it
+    /// only delays the error.
+    Permanent,
+}
+
+/// A request the store refused or could not complete, classified. Stores
+/// put it into the error chain; [`retry::Retrying`] repeats only transient
+/// ones, and never an error that did not come from the store.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    pub failure: Failure,
+    pub message: String,
+}
+
+impl StoreError {
+    /// The classified failure as an error to return.
+    pub fn error(failure: Failure, message: impl Into<String>) -> anyhow::Error {
+        StoreError {
+            failure,
+            message: message.into(),
+        }
+        .into()
+    }
+}
+
+/// Whether `err` is, anywhere in its chain, a store failure worth repeating.
+pub fn is_transient(err: &anyhow::Error) -> bool {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<StoreError>())
+        .is_some_and(|store| store.failure == Failure::Transient)
+}
+
+/// A listing, one page of objects at a time, in key order.
+pub type Pages<'a> = BoxStream<'a, Result<Vec<ObjectInfo>>>;
+
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// `s3://bucket/prefix at https://endpoint` or a directory, for messages.
@@ -61,14 +104,10 @@ pub trait Storage: Send + Sync {
     /// the content's MD5 so the store rejects corrupted transfers.
     async fn put_file(&self, key: &str, path: &Path, size: u64, opts: &PutOptions) -> Result<()>;
 
-    /// Calls `page` with every object whose key starts with `prefix`, in key
-    /// order, one listing page at a time, starting after `start_after`.
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        page: &mut (dyn FnMut(Vec<ObjectInfo>) -> Result<()> + Send),
-    ) -> Result<()>;
+    /// Every object whose key starts with `prefix` and sorts after
+    /// `start_after`, in key order, one listing page (at most 1000) at a time.
+    /// The stream ends after the first error.
+    fn list(&self, prefix: String, start_after: Option<String>) -> Pages<'_>;
 
     /// The object's size and headers, or `None` when there is no such key.
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>>;
@@ -84,14 +123,7 @@ pub const DELETE_BATCH: usize = 1000;
 
 /// Lists everything under `prefix` into one vector.
 pub async fn list_all(storage: &dyn Storage, prefix: &str) -> Result<Vec<ObjectInfo>> {
-    let mut all = Vec::new();
-    storage
-        .list(prefix, None, &mut |page| {
-            all.extend(page);
-            Ok(())
-        })
-        .await?;
-    Ok(all)
+    storage.list(prefix.to_string(), None).try_concat().await
 }
 
 /// The Content-Type an object is stored with, from its key's extension

@@ -1,12 +1,18 @@
 //! Retries with exponential backoff, as a wrapper around any [`Storage`].
+//!
+//! Only failures the store marks transient ([`super::is_transient`]) are
+//! repeated: a 403 or a missing bucket fails at once, and so does any error
+//! that did not come from the store at all (a local file that cannot be
+//! read, a page the caller refused).
 
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Result;
 use async_trait::async_trait;
+use futures_util::StreamExt;
 
-use super::{ObjectInfo, ObjectMeta, PutOptions, Storage};
+use super::{ObjectMeta, Pages, PutOptions, Storage, is_transient};
 
 pub struct Retrying<S> {
     inner: S,
@@ -35,7 +41,7 @@ impl<S: Storage> Retrying<S> {
         loop {
             match call().await {
                 Ok(value) => return Ok(value),
-                Err(err) if attempt < self.attempts => {
+                Err(err) if attempt < self.attempts && is_transient(&err) => {
                     tracing::debug!(
                         "{what} failed (attempt {attempt}/{}): {err:#}",
                         self.attempts
@@ -50,6 +56,17 @@ impl<S: Storage> Retrying<S> {
     }
 }
 
+/// A listing in progress: where to resume after a transient failure.
+struct Listing<'a, S> {
+    retrying: &'a Retrying<S>,
+    prefix: String,
+    pages: Pages<'a>,
+    last_seen: Option<String>,
+    attempt: u32,
+    delay: Duration,
+    failed: bool,
+}
+
 #[async_trait]
 impl<S: Storage> Storage for Retrying<S> {
     fn describe(&self) -> String {
@@ -61,42 +78,57 @@ impl<S: Storage> Storage for Retrying<S> {
             .await
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        page: &mut (dyn FnMut(Vec<ObjectInfo>) -> Result<()> + Send),
-    ) -> Result<()> {
-        // A listing is resumed after the last key seen, not restarted.
-        let mut last_seen: Option<String> = start_after.map(str::to_string);
-        let mut delay = self.first_delay;
-        let mut attempt = 1;
-        loop {
-            let resume = last_seen.clone();
-            let mut tracking = |objects: Vec<ObjectInfo>| {
-                if let Some(last) = objects.last() {
-                    last_seen = Some(last.key.clone());
-                }
-                page(objects)
-            };
-            match self
-                .inner
-                .list(prefix, resume.as_deref(), &mut tracking)
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(err) if attempt < self.attempts => {
-                    tracing::debug!(
-                        "listing failed (attempt {attempt}/{}): {err:#}",
-                        self.attempts
-                    );
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(err) => return Err(err),
+    /// A listing that fails transiently resumes after the last key it
+    /// delivered, so no page is seen twice; the attempts count again after
+    /// every page that arrives.
+    fn list(&self, prefix: String, start_after: Option<String>) -> Pages<'_> {
+        let listing = Listing {
+            retrying: self,
+            pages: self.inner.list(prefix.clone(), start_after.clone()),
+            prefix,
+            last_seen: start_after,
+            attempt: 1,
+            delay: self.first_delay,
+            failed: false,
+        };
+        futures_util::stream::unfold(listing, |mut listing| async move {
+            if listing.failed {
+                return None;
             }
-        }
+            loop {
+                match listing.pages.next().await? {
+                    Ok(page) => {
+                        if let Some(last) = page.last() {
+                            listing.last_seen = Some(last.key.clone());
+                        }
+                        listing.attempt = 1;
+                        listing.delay = listing.retrying.first_delay;
+                        return Some((Ok(page), listing));
+                    }
+                    Err(err)
+                        if listing.attempt < listing.retrying.attempts && is_transient(&err) =>
+                    {
+                        tracing::debug!(
+                            "listing failed (attempt {}/{}): {err:#}",
+                            listing.attempt,
+                            listing.retrying.attempts
+                        );
+                        tokio::time::sleep(listing.delay).await;
+                        listing.delay *= 2;
+                        listing.attempt += 1;
+                        listing.pages = listing
+                            .retrying
+                            .inner
+                            .list(listing.prefix.clone(), listing.last_seen.clone());
+                    }
+                    Err(err) => {
+                        listing.failed = true;
+                        return Some((Err(err), listing));
+                    }
+                }
+            }
+        })
+        .boxed()
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -106,5 +138,182 @@ impl<S: Storage> Storage for Retrying<S> {
     async fn delete_batch(&self, keys: &[String]) -> Result<()> {
         let what = format!("deleting {} keys", keys.len());
         self.retry(&what, || self.inner.delete_batch(keys)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use futures_util::TryStreamExt;
+
+    use super::*;
+    use crate::storage::{Failure, ObjectInfo, StoreError, list_all};
+
+    /// A store that fails as scripted: each call takes the next outcome.
+    struct Flaky {
+        keys: Vec<String>,
+        /// Per call: `None` succeeds, `Some(failure)` fails.
+        script: Mutex<Vec<Option<Failure>>>,
+        calls: Mutex<Vec<String>>,
+    }
+
+    impl Flaky {
+        fn new(script: &[Option<Failure>]) -> Self {
+            Flaky {
+                keys: (1..=5).map(|i| format!("k{i}")).collect(),
+                script: Mutex::new(script.iter().rev().copied().collect()),
+                calls: Mutex::new(Vec::new()),
+            }
+        }
+
+        fn outcome(&self, call: String) -> Result<()> {
+            self.calls.lock().unwrap().push(call);
+            match self.script.lock().unwrap().pop().flatten() {
+                None => Ok(()),
+                Some(failure) => Err(StoreError::error(failure, format!("{failure:?} failure"))),
+            }
+        }
+
+        fn calls(&self) -> Vec<String> {
+            self.calls.lock().unwrap().clone()
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Flaky {
+        fn describe(&self) -> String {
+            "flaky".into()
+        }
+
+        async fn put_file(&self, key: &str, _: &Path, _: u64, _: &PutOptions) -> Result<()> {
+            self.outcome(format!("put {key}"))
+        }
+
+        /// Two keys a page; every page request follows the script.
+        fn list(&self, prefix: String, start_after: Option<String>) -> Pages<'_> {
+            let keys: Vec<String> = self
+                .keys
+                .iter()
+                .filter(|k| k.starts_with(&prefix))
+                .filter(|k| start_after.as_ref().is_none_or(|after| *k > after))
+                .cloned()
+                .collect();
+            let pages: Vec<Vec<String>> = keys.chunks(2).map(<[String]>::to_vec).collect();
+            futures_util::stream::iter(pages)
+                .then(move |page| async move {
+                    self.outcome(format!("list from {}", page[0]))?;
+                    Ok(page
+                        .into_iter()
+                        .map(|key| ObjectInfo {
+                            key,
+                            size: 1,
+                            etag: None,
+                            modified: None,
+                        })
+                        .collect())
+                })
+                .boxed()
+        }
+
+        async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+            self.outcome(format!("head {key}")).map(|()| None)
+        }
+
+        async fn delete_batch(&self, keys: &[String]) -> Result<()> {
+            self.outcome(format!("delete {}", keys.len()))
+        }
+    }
+
+    fn retrying(script: &[Option<Failure>]) -> Retrying<Flaky> {
+        Retrying::new(Flaky::new(script), 3, Duration::from_millis(1))
+    }
+
+    const T: Option<Failure> = Some(Failure::Transient);
+    const P: Option<Failure> = Some(Failure::Permanent);
+
+    #[tokio::test]
+    async fn transient_failures_are_repeated_until_the_attempts_run_out() {
+        let store = retrying(&[T, T, None]);
+        store.head("a").await.unwrap();
+        assert_eq!(store.inner.calls().len(), 3);
+
+        let store = retrying(&[T, T, T, None]);
+        let err = store.head("a").await.unwrap_err();
+        assert!(is_transient(&err));
+        assert_eq!(store.inner.calls().len(), 3, "three attempts in all");
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_are_not_repeated() {
+        let store = retrying(&[P, None]);
+        store.delete_batch(&["a".into()]).await.unwrap_err();
+        assert_eq!(store.inner.calls(), ["delete 1"]);
+    }
+
+    #[tokio::test]
+    async fn errors_that_are_not_the_stores_are_not_repeated() {
+        struct LocalTrouble;
+        #[async_trait]
+        impl Storage for LocalTrouble {
+            fn describe(&self) -> String {
+                "local".into()
+            }
+            async fn put_file(&self, _: &str, path: &Path, _: u64, _: &PutOptions) -> Result<()> {
+                anyhow::bail!("could not read {}", path.display())
+            }
+            fn list(&self, _: String, _: Option<String>) -> Pages<'_> {
+                futures_util::stream::empty().boxed()
+            }
+            async fn head(&self, _: &str) -> Result<Option<ObjectMeta>> {
+                Ok(None)
+            }
+            async fn delete_batch(&self, _: &[String]) -> Result<()> {
+                Ok(())
+            }
+        }
+        let store = Retrying::new(LocalTrouble, 5, Duration::from_secs(3600));
+        // Were it retried, the test would sleep for an hour.
+        let err = store
+            .put_file("k", Path::new("/gone"), 1, &PutOptions::default())
+            .await
+            .unwrap_err();
+        assert!(!is_transient(&err));
+    }
+
+    #[tokio::test]
+    async fn a_listing_resumes_after_the_last_key_it_delivered() {
+        // Page 1 arrives, page 2 fails twice, then the rest arrives.
+        let store = retrying(&[None, T, T, None, None]);
+        let keys: Vec<String> = list_all(&store, "k")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.key)
+            .collect();
+        assert_eq!(
+            keys,
+            ["k1", "k2", "k3", "k4", "k5"],
+            "every key once, in order"
+        );
+        assert_eq!(
+            store.inner.calls(),
+            [
+                "list from k1",
+                "list from k3",
+                "list from k3",
+                "list from k3",
+                "list from k5"
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_listing_stops_at_a_permanent_failure() {
+        let store = retrying(&[None, P]);
+        let pages: Vec<Result<Vec<ObjectInfo>>> = store.list("k".into(), None).collect().await;
+        assert_eq!(pages.len(), 2);
+        assert!(pages[0].is_ok() && pages[1].is_err());
+        assert!(store.list("k".into(), None).try_concat().await.is_ok());
     }
 }

@@ -15,7 +15,11 @@ use aws_sdk_s3::types::{
 use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
-use super::{ObjectInfo, ObjectMeta, PutOptions, Storage};
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::SdkError;
+use futures_util::StreamExt;
+
+use super::{Failure, ObjectInfo, ObjectMeta, Pages, PutOptions, Storage, StoreError};
 
 /// Files up to this size go up in one PutObject (Mastodon's own threshold
 /// is 15 MB, so nearly all media does).
@@ -122,7 +126,7 @@ impl S3Storage {
             .disable_payload_signing()
             .send()
             .await
-            .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+            .map_err(store_error)
             .with_context(|| format!("could not upload {key}"))?;
         Ok(())
     }
@@ -143,7 +147,7 @@ impl S3Storage {
         let upload = request
             .send()
             .await
-            .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+            .map_err(store_error)
             .with_context(|| format!("could not start a multipart upload of {key}"))?;
         let upload_id = upload.upload_id().context("no upload id")?.to_string();
         match self.upload_parts(key, path, &upload_id).await {
@@ -160,7 +164,7 @@ impl S3Storage {
                     )
                     .send()
                     .await
-                    .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+                    .map_err(store_error)
                     .with_context(|| format!("could not complete the upload of {key}"))?;
                 Ok(())
             }
@@ -210,7 +214,7 @@ impl S3Storage {
                 .disable_payload_signing()
                 .send()
                 .await
-                .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+                .map_err(store_error)
                 .with_context(|| format!("could not upload part {number} of {key}"))?;
             parts.push(
                 CompletedPart::builder()
@@ -230,13 +234,17 @@ fn content_md5_base64(body: &[u8]) -> String {
     aws_smithy_types::base64::encode(Md5::digest(body))
 }
 
-/// The service's own words for a failed request, not just "service error".
-fn describe_error<E, R>(err: &aws_sdk_s3::error::SdkError<E, R>) -> String
+/// A failed request as a [`StoreError`]: in the service's own words (not
+/// just "service error"), and classified as restic classifies them. A 4xx
+/// other than 408 and 429 is the request's fault and permanent; a timeout,
+/// a broken or refused connection, an unreadable answer, a 5xx, 408 and 429
+/// may pass.
+fn store_error<E>(err: SdkError<E, HttpResponse>) -> anyhow::Error
 where
     E: aws_sdk_s3::error::ProvideErrorMetadata + std::error::Error + 'static,
-    R: std::fmt::Debug,
 {
-    match err.as_service_error() {
+    let failure = classify(&err);
+    let message = match err.as_service_error() {
         Some(service) => format!(
             "{}: {}",
             service.code().unwrap_or("error"),
@@ -244,8 +252,34 @@ where
         ),
         None => format!(
             "{}",
-            aws_smithy_types::error::display::DisplayErrorContext(err)
+            aws_smithy_types::error::display::DisplayErrorContext(&err)
         ),
+    };
+    StoreError::error(failure, message)
+}
+
+fn classify<E>(err: &SdkError<E, HttpResponse>) -> Failure {
+    match err {
+        SdkError::ConstructionFailure(_) => Failure::Permanent,
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            Failure::Transient
+        }
+        _ => match err
+            .raw_response()
+            .map(|response| response.status().as_u16())
+        {
+            Some(status) => failure_for_status(status),
+            None => Failure::Transient,
+        },
+    }
+}
+
+/// What an HTTP status says about repeating the request.
+pub fn failure_for_status(status: u16) -> Failure {
+    match status {
+        408 | 429 => Failure::Transient,
+        400..=499 => Failure::Permanent,
+        _ => Failure::Transient,
     }
 }
 
@@ -275,49 +309,54 @@ impl Storage for S3Storage {
         self.put_single(key, body, opts).await
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        start_after: Option<&str>,
-        page: &mut (dyn FnMut(Vec<ObjectInfo>) -> Result<()> + Send),
-    ) -> Result<()> {
-        let mut continuation: Option<String> = None;
-        loop {
-            let mut request = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.settings.bucket)
-                .prefix(prefix)
-                .max_keys(1000);
-            request = match &continuation {
-                Some(token) => request.continuation_token(token),
-                None => request.set_start_after(start_after.map(str::to_string)),
-            };
-            let response = request
-                .send()
-                .await
-                .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
-                .with_context(|| format!("could not list {}", self.describe()))?;
-            let objects = response
-                .contents()
-                .iter()
-                .filter_map(|object| {
-                    Some(ObjectInfo {
-                        key: object.key()?.to_string(),
-                        size: object.size().unwrap_or(0).max(0) as u64,
-                        etag: trim_etag(object.e_tag()),
-                        modified: object
-                            .last_modified()
-                            .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
-                    })
-                })
-                .collect();
-            page(objects)?;
-            match (response.is_truncated(), response.next_continuation_token()) {
-                (Some(true), Some(token)) => continuation = Some(token.to_string()),
-                _ => return Ok(()),
-            }
+    fn list(&self, prefix: String, start_after: Option<String>) -> Pages<'_> {
+        /// Where the listing stands between pages.
+        enum Cursor {
+            Start(Option<String>),
+            Continue(String),
+            Done,
         }
+        futures_util::stream::try_unfold(Cursor::Start(start_after), move |cursor| {
+            let prefix = prefix.clone();
+            async move {
+                let request = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.settings.bucket)
+                    .prefix(prefix)
+                    .max_keys(1000);
+                let request = match cursor {
+                    Cursor::Done => return Ok(None),
+                    Cursor::Start(start_after) => request.set_start_after(start_after),
+                    Cursor::Continue(token) => request.continuation_token(token),
+                };
+                let response = request
+                    .send()
+                    .await
+                    .map_err(store_error)
+                    .with_context(|| format!("could not list {}", self.describe()))?;
+                let objects = response
+                    .contents()
+                    .iter()
+                    .filter_map(|object| {
+                        Some(ObjectInfo {
+                            key: object.key()?.to_string(),
+                            size: object.size().unwrap_or(0).max(0) as u64,
+                            etag: trim_etag(object.e_tag()),
+                            modified: object
+                                .last_modified()
+                                .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                        })
+                    })
+                    .collect();
+                let next = match (response.is_truncated(), response.next_continuation_token()) {
+                    (Some(true), Some(token)) => Cursor::Continue(token.to_string()),
+                    _ => Cursor::Done,
+                };
+                Ok(Some((objects, next)))
+            }
+        })
+        .boxed()
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
@@ -335,7 +374,7 @@ impl Storage for S3Storage {
                 content_type: head.content_type().map(str::to_string),
             })),
             Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
-            Err(err) => Err(anyhow::anyhow!("{}", describe_error(&err)))
+            Err(err) => Err(store_error(err))
                 .with_context(|| format!("could not read the headers of {key}")),
         }
     }
@@ -366,7 +405,7 @@ impl Storage for S3Storage {
             .delete(delete)
             .send()
             .await
-            .map_err(|err| anyhow::anyhow!("{}", describe_error(&err)))
+            .map_err(store_error)
             .with_context(|| format!("could not delete {} objects", keys.len()))?;
         // Quiet mode reports only the keys that failed.
         if let Some(first) = response.errors().first() {
@@ -380,5 +419,20 @@ impl Storage for S3Storage {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_client_errors_other_than_timeout_and_throttling_are_permanent() {
+        for status in [400, 401, 403, 404, 409, 411, 412, 416] {
+            assert_eq!(failure_for_status(status), Failure::Permanent, "{status}");
+        }
+        for status in [408, 429, 500, 502, 503, 504] {
+            assert_eq!(failure_for_status(status), Failure::Transient, "{status}");
+        }
     }
 }

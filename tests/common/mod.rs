@@ -401,7 +401,7 @@ pub struct Compose {
 /// explicitly; otherwise an unreachable engine fails the test.
 pub fn docker_tests_enabled() -> bool {
     if std::env::var("TUSK_SKIP_DOCKER_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: TUSK_SKIP_DOCKER_TESTS=1");
+        announce_skip("TUSK_SKIP_DOCKER_TESTS=1");
         return false;
     }
     let info = Command::new("docker")
@@ -413,6 +413,26 @@ pub fn docker_tests_enabled() -> bool {
             "the Docker Engine is not reachable: start it, or set TUSK_SKIP_DOCKER_TESTS=1 to skip the Docker tests"
         ),
     }
+}
+
+/// Says, where a person reads it, that the running test checks nothing. A
+/// skipped test still reports "ok" to the test runner, so the line goes
+/// straight to stderr (libtest captures only `eprintln!`), and CI, which
+/// must never skip, fails instead.
+pub fn announce_skip(reason: &str) {
+    use std::io::Write;
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} would be skipped ({reason}), but CI never skips: unset it"
+    );
+    let _ = writeln!(
+        std::io::stderr(),
+        "SKIPPED {test}: {reason}; this test checked nothing"
+    );
 }
 
 pub const APP_SERVICES: [&str; 3] = ["web", "streaming", "sidekiq"];

@@ -116,7 +116,7 @@ impl S3Server {
 /// servers fail them.
 pub fn s3_tests_enabled() -> bool {
     if std::env::var("TUSK_SKIP_S3_TESTS").as_deref() == Ok("1") {
-        eprintln!("skipped: TUSK_SKIP_S3_TESTS=1");
+        super::announce_skip("TUSK_SKIP_S3_TESTS=1");
         return false;
     }
     true
