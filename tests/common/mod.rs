@@ -435,6 +435,22 @@ pub fn announce_skip(reason: &str) {
     );
 }
 
+/// The PostgreSQL images of the cross-major tests: the default one, then
+/// `TUSK_TEST_DOCKER_IMAGE_<N>` for each of `TUSK_TEST_DOCKER_EXTRA_MAJORS`.
+pub fn docker_images() -> Vec<String> {
+    let mut images = vec![
+        std::env::var("TUSK_TEST_DOCKER_IMAGE").unwrap_or_else(|_| "tusk-test/postgres:15".into()),
+    ];
+    let majors = std::env::var("TUSK_TEST_DOCKER_EXTRA_MAJORS").unwrap_or_default();
+    for major in majors.split_whitespace() {
+        let var = format!("TUSK_TEST_DOCKER_IMAGE_{major}");
+        images.push(std::env::var(&var).unwrap_or_else(|_| {
+            panic!("{var} is not set although TUSK_TEST_DOCKER_EXTRA_MAJORS names {major}")
+        }));
+    }
+    images
+}
+
 pub const APP_SERVICES: [&str; 3] = ["web", "streaming", "sidekiq"];
 
 /// `docker events` lines `nanos name action` of containers matching a
@@ -470,9 +486,15 @@ fn docker(args: &[&str]) -> String {
 
 impl Compose {
     pub fn up(prefix: &str) -> Self {
-        let project = unique_name(prefix);
         let image = std::env::var("TUSK_TEST_DOCKER_IMAGE")
             .unwrap_or_else(|_| "tusk-test/postgres:15".into());
+        Self::up_with_image(prefix, &image)
+    }
+
+    /// The same deployment from another PostgreSQL image.
+    pub fn up_with_image(prefix: &str, image: &str) -> Self {
+        let project = unique_name(prefix);
+        let image = image.to_string();
         let network = format!("{project}_default");
         docker(&["network", "create", &network]);
         let compose = Compose {
