@@ -195,7 +195,8 @@ pub fn fingerprint(cluster: &Cluster, database: &str) -> BTreeMap<String, (i64, 
     let tables = cluster.sql(
         database,
         "SELECT quote_ident(schemaname) || '.' || quote_ident(tablename) FROM pg_tables \
-         WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema') \
+           AND schemaname NOT LIKE 'pg\\_temp\\_%' ORDER BY 1",
     );
     let mut prints = BTreeMap::new();
     for table in tables.lines() {
