@@ -26,15 +26,16 @@ style at the path Paperclip uses in Mastodon 4.3 (shared/notes/mastodon.md §2):
   filename      original: `<att>_file_name` as stored; other styles: its basename + the style's
                 format extension (or the original extension).
 
-Tables that the fixture lacks (custom_emojis, backups) are used when they exist. Files of media
+Tables that the fixture lacks (custom_emojis) are used when they exist; the fixture's backups rows
+(user archives) get their dumps. Files of media
 attachments whose account is suspended (accounts.suspended_at set) get mode 0600, as
 SuspendAccountService leaves them on disk (on S3 they become ACL private); all others 0644.
 Each file's mtime is its `<att>_updated_at`.
 
 Extras (not backed by rows of the fixture):
   * --backups N user archives backups/dumps/<id_partition>/original/archive-<YYYYmmddHHMMSS>-<32 hex>.zip
-    (Mastodon's BackupService name; ids 1..N; mode 0644; S3 ACL private) when there is no
-    `backups` table (the fixture has none; so verify/orphan logic must not require rows for them);
+    (Mastodon's BackupService name; ids 1..N; mode 0644; S3 ACL private) only when there is no
+    `backups` table (fixtures from before it had one);
   * orphans (unless --no-orphans): media files whose id has no row (6- and 3-group, local and
     cache/), an account avatar without a row, a stray variant name under an existing media row,
     and a file of a class Mastodon's remove-orphans does not know:

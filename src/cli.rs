@@ -287,7 +287,7 @@ pub enum Command {
     /// Move the local media folder to S3-compatible storage, and check it
     #[command(subcommand)]
     Media(MediaCommand),
-    /// Remove cached media, avatars, headers, preview card images and orphaned files on retention rules
+    /// Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules
     Prune(PruneArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
@@ -436,6 +436,10 @@ pub struct PruneArgs {
     /// Delete attachments never posted, older than a day (rows and files)
     #[arg(long, help_heading = "Rules")]
     pub unattached_media: bool,
+
+    /// Delete user archives (rows and files) created more than N days ago, as Mastodon's vacuum
+    #[arg(long, value_name = "DAYS", help_heading = "Rules")]
+    pub user_archives_days: Option<u32>,
 
     /// Delete stored files that no database row points at
     #[arg(long, help_heading = "Rules")]

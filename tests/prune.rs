@@ -1,5 +1,6 @@
 //! `tusk prune` on the Mastodon fixture: every rule changes exactly the rows
-//! an SQL oracle written from tootctl's scopes picks, exactly their files
+//! an SQL oracle written from tootctl's scopes (and, for user archives, the
+//! backups vacuum's) picks, exactly their files
 //! go (locally and in buckets), and a run killed midway converges on a
 //! re-run to the state an uninterrupted run leaves.
 
@@ -15,8 +16,10 @@ use common::*;
 use md5::{Digest, Md5};
 
 /// Every rule, with the retention a small instance might pick.
-const ALL_RULES: [&str; 10] = [
+const ALL_RULES: [&str; 12] = [
     "--media-cache-days",
+    "7",
+    "--user-archives-days",
     "7",
     "--profiles-days",
     "30",
@@ -65,6 +68,11 @@ struct Oracle {
     /// Accounts that match the profile rule but for a follow.
     protected_by_follows: BTreeSet<i64>,
     preview_cards: BTreeSet<i64>,
+    /// `backups` rows Mastodon's BackupsVacuum deletes at a 7-day retention.
+    user_archives: BTreeSet<i64>,
+    /// Expired cached media whose `file_file_name` is '': in the `cached`
+    /// scope, skipped by tootctl (`file.blank?`).
+    blank_cached: BTreeSet<i64>,
 }
 
 fn ids(db: &TestDb, sql: &str) -> BTreeSet<i64> {
@@ -80,13 +88,18 @@ fn oracle(db: &TestDb) -> Oracle {
              AND scheduled_status_id IS NULL AND created_at < {now} - interval '1 day'"
         ),
     );
-    let cached = ids(
-        db,
-        &format!(
-            "SELECT id FROM media_attachments WHERE remote_url <> '' \
-             AND file_file_name IS NOT NULL AND created_at < {now} - interval '7 days'"
-        ),
+    let cached_scope = format!(
+        "SELECT id FROM media_attachments WHERE remote_url <> '' \
+         AND file_file_name IS NOT NULL AND created_at < {now} - interval '7 days'"
     );
+    let blank_cached = ids(
+        db,
+        &format!("{cached_scope} AND file_file_name ~ '^[[:space:]]*$'"),
+    );
+    let cached: BTreeSet<i64> = ids(db, &cached_scope)
+        .difference(&blank_cached)
+        .copied()
+        .collect();
     let stale_profiles = format!(
         "SELECT id FROM accounts WHERE domain IS NOT NULL \
          AND last_webfingered_at <= {now} - interval '30 days' \
@@ -106,6 +119,11 @@ fn oracle(db: &TestDb) -> Oracle {
                  AND updated_at < {now} - interval '30 days'"
             ),
         ),
+        user_archives: ids(
+            db,
+            &format!("SELECT id FROM backups WHERE created_at < {now} - interval '7 days'"),
+        ),
+        blank_cached,
     }
 }
 
@@ -118,6 +136,7 @@ impl Oracle {
             }
             "accounts" => self.profiles.contains(&entry.id),
             "preview_cards" => self.preview_cards.contains(&entry.id),
+            "backups" => self.user_archives.contains(&entry.id),
             _ => false,
         }
     }
@@ -188,9 +207,18 @@ fn every_rule_changes_exactly_the_rows_tootctl_selects_and_removes_exactly_their
         ("profiles", &expected.profiles),
         ("protected_by_follows", &expected.protected_by_follows),
         ("preview_cards", &expected.preview_cards),
+        ("user_archives", &expected.user_archives),
+        ("blank_cached", &expected.blank_cached),
     ] {
         assert!(!set.is_empty(), "the fixture gives the {name} set no rows");
     }
+    assert!(
+        ids(&db, "SELECT id FROM backups")
+            .difference(&expected.user_archives)
+            .next()
+            .is_some(),
+        "the fixture has user archives younger than the retention"
+    );
     let fingerprint = db.fingerprint();
     let tree = tree_md5s(&root);
 
@@ -220,6 +248,16 @@ fn every_rule_changes_exactly_the_rows_tootctl_selects_and_removes_exactly_their
         "preview_cards",
         &format!("id NOT IN ({})", id_list(&expected.preview_cards)),
     );
+    let young_archives = rows_md5(
+        &db,
+        "backups",
+        &format!("id NOT IN ({})", id_list(&expected.user_archives)),
+    );
+    let blank_rows = rows_md5(
+        &db,
+        "media_attachments",
+        &format!("id IN ({})", id_list(&expected.blank_cached)),
+    );
 
     let mut cmd = local_prune(&ws, &db, &root);
     cmd.args(ALL_RULES).arg("--yes");
@@ -236,6 +274,7 @@ fn every_rule_changes_exactly_the_rows_tootctl_selects_and_removes_exactly_their
         ("media_cache", &expected.media_cache),
         ("profiles", &expected.profiles),
         ("preview_cards", &expected.preview_cards),
+        ("user_archives", &expected.user_archives),
     ] {
         assert_eq!(rule(&report, name)["rows"], set.len(), "{name}");
         assert_eq!(rule(&dry, name)["rows"], set.len(), "{name} (dry run)");
@@ -308,6 +347,26 @@ fn every_rule_changes_exactly_the_rows_tootctl_selects_and_removes_exactly_their
             &format!("id NOT IN ({})", id_list(&expected.preview_cards))
         ),
         untouched_cards
+    );
+
+    // User archives: the expired rows are gone, the younger ones untouched,
+    // as after Mastodon's vacuum.
+    assert_eq!(
+        db.sql(&format!(
+            "SELECT count(*) FROM backups WHERE id IN ({})",
+            id_list(&expected.user_archives)
+        )),
+        "0"
+    );
+    assert_eq!(rows_md5(&db, "backups", "true"), young_archives);
+    // The blank-named cached attachment is left exactly as it was.
+    assert_eq!(
+        rows_md5(
+            &db,
+            "media_attachments",
+            &format!("id IN ({})", id_list(&expected.blank_cached))
+        ),
+        blank_rows
     );
 
     // Files: exactly the survivors remain, byte for byte (local media
@@ -407,6 +466,80 @@ fn headers_alone_and_include_follows_widen_the_selection_as_tootctl_does() {
 }
 
 #[test]
+fn user_archives_go_as_mastodons_backups_vacuum_deletes_them() {
+    let ws = Workspace::new();
+    let (db, root, _) = media_tree(&ws, "pr_archives");
+    let archive_files: Vec<Entry> = manifest(&ws)
+        .into_iter()
+        .filter(|e| e.table == "backups")
+        .collect();
+    let expired = oracle(&db).user_archives;
+    let kept: BTreeSet<i64> = ids(&db, "SELECT id FROM backups")
+        .difference(&expired)
+        .copied()
+        .collect();
+    let expired_files: BTreeSet<String> = archive_files
+        .iter()
+        .filter(|e| expired.contains(&e.id))
+        .map(|e| e.path.clone())
+        .collect();
+    assert!(!expired_files.is_empty() && !kept.is_empty());
+    assert!(
+        expired_files.len() < expired.len(),
+        "the fixture has an expired archive that was never written"
+    );
+    let expired_bytes: u64 = db
+        .sql(&format!(
+            "SELECT coalesce(sum(dump_file_size), 0) FROM backups WHERE id IN ({})",
+            id_list(&expired)
+        ))
+        .parse()
+        .unwrap();
+    let fingerprint = db.fingerprint();
+    let tree = tree_md5s(&root);
+    let prune = |extra: &[&str]| {
+        let mut cmd = local_prune(&ws, &db, &root);
+        // --only narrows the rules given to the one asked for.
+        cmd.args([
+            "--user-archives-days",
+            "7",
+            "--media-cache-days",
+            "7",
+            "--only",
+            "user_archives",
+        ])
+        .args(extra);
+        run(cmd).expect_code(0).json()
+    };
+
+    let dry = prune(&["--dry-run"]);
+    assert_eq!(dry["rules"].as_array().unwrap().len(), 1, "{dry}");
+    assert_eq!(rule(&dry, "user_archives")["rows"], expired.len());
+    assert_eq!(rule(&dry, "user_archives")["files"], expired_files.len());
+    assert_eq!(db.fingerprint(), fingerprint, "a dry run changes nothing");
+    assert_eq!(tree_md5s(&root), tree);
+
+    let report = prune(&["--yes"]);
+    let archives = rule(&report, "user_archives");
+    assert_eq!(archives["rows"], expired.len());
+    assert_eq!(archives["files"], expired_files.len());
+    assert_eq!(archives["bytes"], expired_bytes);
+    assert_eq!(ids(&db, "SELECT id FROM backups"), kept);
+    let mut want = tree.clone();
+    want.retain(|path, _| !expired_files.contains(path));
+    assert_eq!(
+        tree_md5s(&root),
+        want,
+        "exactly the expired archives' files go"
+    );
+    assert!(!root.join("backups/dumps/000/000/007").exists());
+    assert_eq!(
+        db.sql("SELECT to_regclass('tusk_prune_pending') IS NULL"),
+        "t"
+    );
+}
+
+#[test]
 fn prune_in_buckets_with_a_key_prefix_leaves_exactly_the_survivors() {
     if !s3_tests_enabled() {
         return;
@@ -439,6 +572,10 @@ fn prune_in_buckets_with_a_key_prefix_leaves_exactly_the_survivors() {
         assert_eq!(
             rule(&report, "media_cache")["rows"],
             expected.media_cache.len()
+        );
+        assert_eq!(
+            rule(&report, "user_archives")["rows"],
+            expected.user_archives.len()
         );
 
         let left: BTreeSet<String> = server.listing(&bucket).into_keys().collect();
@@ -501,7 +638,7 @@ fn a_run_killed_midway_converges_on_a_rerun_to_the_uninterrupted_end_state() {
     assert!(!oracle(&twin).media_cache.is_empty(), "killed midway");
 
     let rerun = run(prune(&cut, &twin, &["--json"])).expect_code(0).json();
-    assert!(rerun["rules"].as_array().unwrap().len() == 5);
+    assert!(rerun["rules"].as_array().unwrap().len() == 6);
 
     // Same rows (but for the time they were touched), same objects.
     let state = |target: &TestDb| {
@@ -512,6 +649,7 @@ fn a_run_killed_midway_converges_on_a_rerun_to_the_uninterrupted_end_state() {
              header_file_size), ',' ORDER BY id)) FROM accounts",
             "SELECT md5(string_agg(concat_ws('|', id, image_file_name, image_file_size), ',' ORDER BY id)) \
              FROM preview_cards",
+            "SELECT md5(string_agg(concat_ws('|', id, dump_file_name), ',' ORDER BY id)) FROM backups",
             "SELECT to_regclass('tusk_prune_pending') IS NULL",
         ]
         .map(|sql| target.sql(sql))

@@ -96,6 +96,7 @@ impl PruneArgs {
             include_follows: said(self.include_follows),
             preview_cards_days: self.preview_cards_days,
             unattached_media: said(self.unattached_media),
+            user_archives_days: self.user_archives_days,
             orphans: said(self.orphans),
             orphans_min_age_minutes: self.orphans_min_age,
             concurrency: self.concurrency,

@@ -50,6 +50,15 @@ pub const PREVIEW_CARD_IMAGE: Attachment = Attachment {
     remote_sql: Some("true"),
 };
 
+/// A user archive (`Backup#dump`): one `original`, never under `cache/`
+/// (Backup has no `local?`), private on S3.
+pub const BACKUP_DUMP: Attachment = Attachment {
+    table: "backups",
+    name: "dump",
+    segment: "dumps",
+    remote_sql: None,
+};
+
 /// Every class Mastodon 4.2–4.3 stores files for. Keys of any other class
 /// are never treated as orphans: tootctl 4.2/4.3 deleted provider icons that
 /// way (fixed upstream in mastodon#32720).
@@ -71,12 +80,7 @@ pub const KNOWN: &[Attachment] = &[
         segment: "files",
         remote_sql: None,
     },
-    Attachment {
-        table: "backups",
-        name: "dump",
-        segment: "dumps",
-        remote_sql: None,
-    },
+    BACKUP_DUMP,
     Attachment {
         table: "imports",
         name: "data",

@@ -43,6 +43,9 @@ pub struct PruneOptions {
     pub preview_cards_days: Option<u32>,
     /// Attachments never posted, older than a day: rows and files.
     pub unattached_media: bool,
+    /// User archives (`backups` rows and their files) older than this many
+    /// days, as Mastodon's BackupsVacuum.
+    pub user_archives_days: Option<u32>,
     /// Files with no database row.
     pub orphans: bool,
     /// Orphan candidates younger than this are kept: Mastodon writes a file
@@ -65,6 +68,7 @@ impl PruneOptions {
             || self.profiles_days.is_some()
             || self.preview_cards_days.is_some()
             || self.unattached_media
+            || self.user_archives_days.is_some()
             || self.orphans
     }
 }
@@ -82,6 +86,7 @@ pub struct PruneSettings {
     pub include_follows: Option<bool>,
     pub preview_cards_days: Option<u32>,
     pub unattached_media: Option<bool>,
+    pub user_archives_days: Option<u32>,
     pub orphans: Option<bool>,
     pub orphans_min_age_minutes: Option<u64>,
     pub concurrency: Option<usize>,
@@ -94,6 +99,7 @@ impl PruneSettings {
             || self.profiles_days.is_some()
             || self.preview_cards_days.is_some()
             || self.unattached_media == Some(true)
+            || self.user_archives_days.is_some()
             || self.orphans == Some(true)
     }
 }
@@ -106,16 +112,18 @@ pub enum PruneRule {
     Profiles,
     PreviewCards,
     UnattachedMedia,
+    UserArchives,
     Orphans,
 }
 
 impl PruneRule {
     /// The names `--only` accepts.
-    pub const CHOICES: [(&'static str, &'static str); 5] = [
+    pub const CHOICES: [(&'static str, &'static str); 6] = [
         ("media_cache", ""),
         ("profiles", ""),
         ("preview_cards", ""),
         ("unattached_media", ""),
+        ("user_archives", ""),
         ("orphans", ""),
     ];
 }
@@ -167,6 +175,9 @@ impl PruneOptions {
                 .filter(|_| only(PruneRule::PreviewCards)),
             unattached_media: rules.unattached_media.unwrap_or(false)
                 && only(PruneRule::UnattachedMedia),
+            user_archives_days: rules
+                .user_archives_days
+                .filter(|_| only(PruneRule::UserArchives)),
             orphans: rules.orphans.unwrap_or(false) && only(PruneRule::Orphans),
             orphans_min_age: Duration::from_secs(
                 60 * flags
@@ -196,6 +207,9 @@ impl PruneOptions {
         }
         if let Some(days) = self.preview_cards_days {
             names.push(format!("preview cards over {days} days"));
+        }
+        if let Some(days) = self.user_archives_days {
+            names.push(format!("user archives over {days} days"));
         }
         if self.orphans {
             names.push("orphaned files".to_string());
@@ -324,17 +338,18 @@ pub fn validate(opts: &PruneOptions) -> Result<()> {
     if !opts.any_rule() {
         return Err(TuskError::usage(
             "no rule to apply: set prune.media_cache_days, profiles_days, preview_cards_days, \
-             unattached_media or orphans in tusk.yaml, or pass the matching flags (see tusk prune --help)",
+             unattached_media, user_archives_days or orphans in tusk.yaml, or pass the matching flags (see tusk prune --help)",
         ));
     }
     for (name, days) in [
         ("media_cache_days", opts.media_cache_days),
         ("profiles_days", opts.profiles_days),
         ("preview_cards_days", opts.preview_cards_days),
+        ("user_archives_days", opts.user_archives_days),
     ] {
         if days == Some(0) {
             return Err(TuskError::usage(format!(
-                "{name} must be at least 1 (0 would drop files Mastodon is still fetching)"
+                "{name} must be at least 1 (0 would drop files Mastodon is still fetching or writing)"
             )));
         }
     }
@@ -391,6 +406,40 @@ mod tests {
         assert_eq!(opts.profiles_days, None);
         assert!(opts.orphans);
         assert_eq!((opts.concurrency, opts.batch_size), (8, 10));
+    }
+
+    #[test]
+    fn user_archives_are_a_rule_of_their_own() {
+        let flags = PruneSettings {
+            user_archives_days: Some(7),
+            ..Default::default()
+        };
+        let opts = PruneOptions::resolve(&file(), &flags, RunChoices::default());
+        assert_eq!(opts.user_archives_days, Some(7));
+        assert_eq!(
+            opts.media_cache_days, None,
+            "a rule flag replaces the file's rules"
+        );
+        assert!(opts.any_rule());
+        let only_cards = RunChoices {
+            only: vec![PruneRule::PreviewCards],
+            ..Default::default()
+        };
+        let with_archives = PruneSettings {
+            user_archives_days: Some(7),
+            ..file()
+        };
+        let opts = PruneOptions::resolve(&with_archives, &PruneSettings::default(), only_cards);
+        assert_eq!(opts.user_archives_days, None);
+        let zero = PruneOptions::resolve(
+            &PruneSettings {
+                user_archives_days: Some(0),
+                ..Default::default()
+            },
+            &PruneSettings::default(),
+            RunChoices::default(),
+        );
+        assert!(validate(&zero).is_err());
     }
 
     #[test]

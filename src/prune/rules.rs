@@ -11,7 +11,7 @@ use tokio_postgres::{Client, Row};
 
 use super::{MediaStore, PruneOptions, RuleReport, journal};
 use crate::mastodon::paperclip::{
-    AVATAR, Attachment, HEADER, MEDIA_FILE, MEDIA_THUMBNAIL, PREVIEW_CARD_IMAGE,
+    AVATAR, Attachment, BACKUP_DUMP, HEADER, MEDIA_FILE, MEDIA_THUMBNAIL, PREVIEW_CARD_IMAGE,
 };
 use crate::output::Output;
 use crate::storage::DELETE_BATCH;
@@ -79,7 +79,7 @@ enum Action {
     /// file again when someone looks); `touch` bumps `updated_at` as
     /// ActiveRecord's `save` does after tootctl's `destroy`.
     Clear { touch: bool },
-    /// Delete the rows (unattached uploads).
+    /// Delete the rows (unattached uploads, expired user archives).
     Delete,
 }
 
@@ -115,9 +115,14 @@ pub fn selected(opts: &PruneOptions, schema: &Schema) -> Result<Vec<Rule>> {
         )?);
     }
     if let Some(days) = opts.media_cache_days {
-        let mut condition = "remote_url <> '' AND file_file_name IS NOT NULL \
-                             AND created_at < $2::text::timestamp"
-            .to_string();
+        // The `cached` scope holds rows whose file name is '' too, but
+        // tootctl skips them (`file.blank?`: nil, empty or only spaces);
+        // the vacuum's `file.destroy` does nothing to them either.
+        let mut condition = format!(
+            "remote_url <> '' AND file_file_name IS NOT NULL AND {} \
+             AND created_at < $2::text::timestamp",
+            not_blank("file_file_name")
+        );
         let touch = match opts.media_cache_semantics {
             CacheSemantics::Tootctl => true,
             CacheSemantics::Vacuum => {
@@ -185,7 +190,25 @@ pub fn selected(opts: &PruneOptions, schema: &Schema) -> Result<Vec<Rule>> {
             schema,
         )?);
     }
+    if let Some(days) = opts.user_archives_days {
+        // Mastodon's BackupsVacuum: every archive created before the cutoff
+        // goes, row and file (`destroy`); nothing else points at a backup.
+        rules.push(Rule::new(
+            "user_archives",
+            &[&BACKUP_DUMP],
+            "created_at < $2::text::timestamp".into(),
+            days.into(),
+            Action::Delete,
+            schema,
+        )?);
+    }
     Ok(rules)
+}
+
+/// SQL that is false where Rails' `blank?` is true for a string column:
+/// NULL, empty, or nothing but white space.
+fn not_blank(column: &str) -> String {
+    format!("COALESCE({column}, '') !~ '^[[:space:]]*$'")
 }
 
 impl Rule {
