@@ -63,22 +63,64 @@ complete -c tusk -n "__fish_tusk_needs_command" -l s3-path-style -d 'Path-style 
 false\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_needs_command" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_needs_command" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_needs_command" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_needs_command" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_needs_command" -s V -l version -d 'Print version'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "init" -d 'Write a first tusk.yaml: find Mastodon, ask what is left, check the connections'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "backups" -d 'Inspect backup sets'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "restore" -d 'Restore a backup set onto a server'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
-complete -c tusk -n "__fish_tusk_needs_command" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images and orphaned files on retention rules'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "completions" -d 'Print shell completions'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "man" -d 'Write man pages into a directory'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand init" -s o -l output -d 'The file to write' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l non-interactive -d 'Ask nothing: take the flags, and what is found for the rest (for scripts)'
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l force -d 'Replace the file if it exists'
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand init" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand init" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand init" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand init" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
@@ -118,7 +160,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-path-style -d 'P
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l stop-services -d 'Stop Mastodon\'s app containers (never PostgreSQL) during the dump and start them again afterwards, also on failure or Ctrl-C (Docker mode)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -164,7 +206,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_s
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -211,7 +253,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subco
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -263,7 +305,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-path-style -d '
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l force -d 'Replace a target database that already holds tables'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-owner -d 'Do not set object owners from the dump (Mastodon\'s cross-server form)'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-acl -d 'Leave out the grants: the objects\' and the database\'s own'
@@ -315,7 +357,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-path-style -d 'P
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l checksums-only -d 'Only re-hash the artefacts; no test restore'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -361,7 +403,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_sub
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -411,7 +453,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l dry-run -d 'Show what would be uploaded; change nothing'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l delete-local -d 'After the upload, delete local files that a verification proves stored and identical'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l json -d 'Print one JSON document on stdout instead of text'
@@ -459,7 +501,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -504,7 +546,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l bucket -d 'Measure the bucket instead of the local folder'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -518,10 +560,12 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l media-cache-days -d 'Clear cached remote media attachments created more than N days ago' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l profiles-days -d 'Remote avatars/headers of accounts neither webfingered nor updated for N days' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l preview-cards-days -d 'Preview card images not updated for N days (Mastodon refetches only after 14)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l user-archives-days -d 'Delete user archives (rows and files) created more than N days ago, as Mastodon\'s vacuum' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l only -d 'Run only these of the configured rules' -r -f -a "media_cache\t''
 profiles\t''
 preview_cards\t''
 unattached_media\t''
+user_archives\t''
 orphans\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l media-cache-semantics -d 'tootctl (created before the cutoff) or vacuum (created and updated before it)' -r -f -a "tootctl\t'`tootctl media remove`: created before the cutoff'
 vacuum\t'Mastodon\'s daily vacuum: created and updated before the cutoff'"
@@ -568,7 +612,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-path-style -d 'Pa
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand prune" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l unattached-media -d 'Delete attachments never posted, older than a day (rows and files)'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l orphans -d 'Delete stored files that no database row points at'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l avatars -d 'With --profiles-days: prune avatars [default: avatars and headers]'
@@ -619,7 +663,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-path-style 
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -664,21 +708,22 @@ complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-path-style -d 'Path
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "backups" -d 'Inspect backup sets'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images and orphaned files on retention rules'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "man" -d 'Write man pages into a directory'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from backup backups restore verify media prune completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "init" -d 'Write a first tusk.yaml: find Mastodon, ask what is left, check the connections'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "backups" -d 'Inspect backup sets'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "man" -d 'Write man pages into a directory'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "list" -d 'List backup sets, oldest first'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'

@@ -217,7 +217,8 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "TUSK_MASTODON_ENV_FILE",
-        value_name = "FILE"
+        value_name = "FILE",
+        visible_alias = "env-file"
     )]
     pub mastodon_env_file: Option<PathBuf>,
 
@@ -275,6 +276,8 @@ impl GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Write a first tusk.yaml: find Mastodon, ask what is left, check the connections
+    Init(InitArgs),
     /// Dump the roles and the database into a new backup set
     Backup(BackupArgs),
     /// Inspect backup sets
@@ -294,6 +297,23 @@ pub enum Command {
     /// Write man pages into a directory
     #[command(hide = true)]
     Man(ManArgs),
+}
+
+/// The answers the wizard would ask for come from the global flags
+/// --env-file, --postgres-mode, --container, --backup-dir and --docker-host.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Ask nothing: take the flags, and what is found for the rest (for scripts)
+    #[arg(long)]
+    pub non_interactive: bool,
+
+    /// The file to write
+    #[arg(long, short = 'o', value_name = "FILE", default_value = "tusk.yaml")]
+    pub output: PathBuf,
+
+    /// Replace the file if it exists
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

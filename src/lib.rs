@@ -7,8 +7,9 @@
 //! which leaves clap out of the dependency graph (see docs/architecture.md).
 //! Modules import only downward, in this order:
 //!
-//! - settings: [`config`] (one precedence for every setting) and
-//!   [`instance`] (the configured instance's servers and stores);
+//! - settings: [`config`] (one precedence for every setting),
+//!   [`instance`] (the configured instance's servers and stores) and
+//!   [`init`] (writing a first tusk.yaml);
 //! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
@@ -40,4 +41,5 @@ pub mod verify;
 
 // settings
 pub mod config;
+pub mod init;
 pub mod instance;

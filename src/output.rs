@@ -102,6 +102,58 @@ impl Output {
     }
 }
 
+/// The questions of a wizard (`tusk init`), asked of a person on a terminal
+/// or answered without one. The wizard asks every question through this, so
+/// both ways go through one flow.
+pub trait Prompter {
+    /// Whether a person answers (and can correct a wrong answer).
+    fn is_interactive(&self) -> bool;
+    /// A line of text; `proposal` is taken on an empty answer. `flag` names
+    /// the command-line flag that gives the answer without a terminal.
+    fn text(&mut self, question: &str, proposal: Option<&str>, flag: &str) -> Result<String>;
+    /// One of `choices` (as shown); `proposal` is preselected.
+    fn select(&mut self, question: &str, choices: &[String], proposal: usize) -> Result<usize>;
+    fn confirm(&mut self, question: &str, proposal: bool) -> Result<bool>;
+    /// A finding worth showing (what was detected, what was checked).
+    fn note(&mut self, line: &str);
+}
+
+/// Asks on the terminal with dialoguer; notes go to stderr.
+pub struct TerminalPrompter;
+
+impl Prompter for TerminalPrompter {
+    fn is_interactive(&self) -> bool {
+        true
+    }
+
+    fn text(&mut self, question: &str, proposal: Option<&str>, _flag: &str) -> Result<String> {
+        let mut input = dialoguer::Input::<String>::new().with_prompt(question);
+        if let Some(proposal) = proposal {
+            input = input.default(proposal.to_string());
+        }
+        Ok(input.interact_text()?.trim().to_string())
+    }
+
+    fn select(&mut self, question: &str, choices: &[String], proposal: usize) -> Result<usize> {
+        Ok(dialoguer::Select::new()
+            .with_prompt(question)
+            .items(choices)
+            .default(proposal)
+            .interact()?)
+    }
+
+    fn confirm(&mut self, question: &str, proposal: bool) -> Result<bool> {
+        Ok(dialoguer::Confirm::new()
+            .with_prompt(question)
+            .default(proposal)
+            .interact()?)
+    }
+
+    fn note(&mut self, line: &str) {
+        eprintln!("{line}");
+    }
+}
+
 /// `1536` -> `1.5 KiB`.
 pub fn human_bytes(bytes: u64) -> String {
     indicatif::BinaryBytes(bytes).to_string()

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("restore", 3),
     ("verify", 3),
     ("config", 4),
+    ("init", 4),
     ("instance", 4),
 ];
 

@@ -4,6 +4,7 @@
 pub mod backup;
 pub mod backups;
 pub mod completions;
+pub mod init;
 pub mod media;
 pub mod prune;
 pub mod restore;
@@ -28,6 +29,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     match &cli.command {
         Command::Completions(args) => return completions::exec(args),
         Command::Man(args) => return completions::exec_man(args),
+        Command::Init(args) => return init::exec(&cli.global, args).await,
         _ => {}
     }
     let settings = Settings::resolve(&cli.global.overrides())?;
@@ -45,6 +47,8 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Verify(args) => verify::exec(&ctx, args).await,
         Command::Media(args) => media::exec(&ctx, args).await,
         Command::Prune(args) => prune::exec(&ctx, args).await,
-        Command::Completions(_) | Command::Man(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Man(_) | Command::Init(_) => {
+            unreachable!("handled above")
+        }
     }
 }

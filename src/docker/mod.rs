@@ -14,6 +14,8 @@ use crate::error::TuskError;
 
 pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
+/// The directory compose ran in: where Mastodon's `.env.production` sits.
+pub const COMPOSE_WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
 
 /// Connects to the engine at `host` (`unix:///...` or `tcp://...`), else
 /// `DOCKER_HOST`, else the local socket.
@@ -81,6 +83,8 @@ pub struct Container {
     pub name: String,
     pub image: String,
     pub project: Option<String>,
+    /// The compose project's directory, as compose recorded it.
+    pub working_dir: Option<String>,
     /// Its address on its first network, reachable from the host on Linux.
     pub address: Option<String>,
 }
@@ -167,8 +171,33 @@ pub async fn inspect(docker: &Docker, id: &str) -> Result<Container> {
             .to_string(),
         image: info.image.unwrap_or_default(),
         project: labels.get(COMPOSE_PROJECT_LABEL).cloned(),
+        working_dir: labels.get(COMPOSE_WORKING_DIR_LABEL).cloned(),
         address,
     })
+}
+
+/// Every running container of a compose service, in any project, by name.
+pub async fn running_of_service(docker: &Docker, service: &str) -> Result<Vec<Container>> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        vec![format!("{COMPOSE_SERVICE_LABEL}={service}")],
+    )]);
+    let ids: Vec<String> = docker
+        .list_containers(Some(ListContainersOptions {
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .context("could not list containers")?
+        .into_iter()
+        .filter_map(|c| c.id)
+        .collect();
+    let mut containers = Vec::new();
+    for id in ids {
+        containers.push(inspect(docker, &id).await?);
+    }
+    containers.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(containers)
 }
 
 /// Names of all running containers, for error messages.

@@ -517,6 +517,10 @@ impl Compose {
         let full = self.container(name);
         let project_label = format!("com.docker.compose.project={}", self.project);
         let service_label = format!("com.docker.compose.service={service}");
+        let dir_label = format!(
+            "com.docker.compose.project.working_dir={}",
+            self.working_dir().display()
+        );
         let mut args = vec![
             "run",
             "-d",
@@ -528,6 +532,8 @@ impl Compose {
             &project_label,
             "--label",
             &service_label,
+            "--label",
+            &dir_label,
             "-e",
             "POSTGRES_HOST_AUTH_METHOD=trust",
         ];
@@ -562,6 +568,12 @@ impl Compose {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
         panic!("{pg} never became ready");
+    }
+
+    /// The directory compose would have run in, as its label says (not
+    /// created here).
+    pub fn working_dir(&self) -> PathBuf {
+        std::env::temp_dir().join(&self.project)
     }
 
     /// The full name of one of this deployment's containers.
