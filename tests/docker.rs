@@ -533,7 +533,8 @@ fn prune_works_in_docker_mode() {
     let db = seeded(&compose, 1);
     let ws = Workspace::new();
     let (root, _) = common::s3::media_files(&ws, &db);
-    let cached = "remote_url <> '' AND file_file_name IS NOT NULL \
+    // tootctl's selection: the `cached` scope without blank file names.
+    let cached = "remote_url <> '' AND file_file_name IS NOT NULL AND file_file_name <> '' \
                   AND created_at < (now() AT TIME ZONE 'UTC') - interval '7 days'";
     let expected: usize = db
         .sql(&format!(
