@@ -90,6 +90,13 @@ gzip\t''
 none\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
