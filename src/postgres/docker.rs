@@ -404,6 +404,7 @@ mod tests {
             name: "db".into(),
             image: "postgres:15".into(),
             project: None,
+            working_dir: None,
             address: Some("172.17.0.2".into()),
         };
         let server = DockerServer::new(docker, container, &login).unwrap();
