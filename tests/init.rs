@@ -334,3 +334,54 @@ fn a_running_compose_database_is_found_and_docker_mode_proposed() {
     assert!(backup["id"].is_string(), "{backup}");
     std::fs::remove_dir_all(&live).unwrap();
 }
+
+#[test]
+fn a_configured_bucket_is_listed_and_one_that_does_not_answer_writes_nothing() {
+    if !common::s3::s3_tests_enabled() {
+        return;
+    }
+    let server = common::s3::S3Server::s3s_fs();
+    let bucket = server.create_bucket("init");
+    let ws = Workspace::new();
+    let cluster = Cluster::main();
+    let db = cluster.empty_database("init_s3");
+    let env = env_production(ws.path(), &db, &cluster.password());
+    let with_bucket = |name: &str| {
+        let base = std::fs::read_to_string(&env)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("S3_") && !l.starts_with("AWS_"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(
+            &env,
+            format!(
+                "{base}\nS3_ENABLED=true\nS3_BUCKET={name}\nS3_ENDPOINT={}\nS3_REGION=us-east-1\n\
+                 AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\n",
+                server.endpoint, server.access_key, server.secret_key
+            ),
+        )
+        .unwrap();
+    };
+    let init = |output: &str| {
+        let mut cmd = tusk_in(ws.path());
+        cmd.args(["--json", "init", "--non-interactive", "--postgres-mode"])
+            .args(["direct", "--backup-dir"])
+            .arg(ws.backup_dir())
+            .args(["--output", output]);
+        run(cmd)
+    };
+
+    with_bucket(&bucket);
+    let report = init("tusk.yaml").expect_code(0).json();
+    assert_eq!(report["bucket"], bucket.as_str(), "{report}");
+
+    with_bucket("no-such-bucket-for-init");
+    let out = init("other.yaml").expect_code(1);
+    assert!(
+        out.stderr.contains("no-such-bucket-for-init"),
+        "{}",
+        out.stderr
+    );
+    assert!(!ws.path().join("other.yaml").exists());
+}
