@@ -167,9 +167,13 @@ fn the_wizard_on_a_terminal_finds_the_env_file_checks_the_database_and_writes_a_
 
     let tusk_bin = assert_cmd::cargo::cargo_bin("tusk");
     let mut term = Terminal::start(ws.path(), &format!("'{}' init", tusk_bin.display()));
-    // The .env.production of the working directory is proposed: take it.
+    // The .env.production of the working directory is proposed. A wrong
+    // path is refused and the question asked again; then take the proposal.
     term.expect("Mastodon's .env.production");
     term.expect(&env.display().to_string());
+    term.send("/nowhere/.env.production\r");
+    term.expect("/nowhere/.env.production is not a file");
+    term.expect("Mastodon's .env.production");
     term.send("\r");
     // No Docker Engine: direct mode is proposed.
     term.expect("Where do pg_dump and psql run?");
