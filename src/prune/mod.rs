@@ -222,7 +222,8 @@ impl PruneOptions {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RuleReport {
     pub rule: String,
-    /// Rows whose attachments were cleared (or deleted, for unattached media).
+    /// Rows whose attachments were cleared (or deleted: unattached media,
+    /// user archives).
     pub rows: u64,
     /// Keys deleted from storage (every style of every attachment).
     pub files: u64,
