@@ -12,6 +12,7 @@ use tusk::postgres::SslMode;
 use tusk::postgres::docker::DumpTransport;
 use tusk::prune::{CacheSemantics, PruneRule};
 use tusk::set::Compression;
+use tusk::tune::StorageKind;
 
 /// Parses one of a library enum's names into the enum, through the same
 /// serde names the YAML file uses, so a flag and a setting always agree.
@@ -292,6 +293,8 @@ pub enum Command {
     Media(MediaCommand),
     /// Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules
     Prune(PruneArgs),
+    /// Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them
+    Tune(TuneArgs),
     /// Print shell completions
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -526,6 +529,37 @@ pub struct MediaUsageArgs {
     pub bucket: bool,
 }
 
+/// Inputs not given are detected: memory and CPUs of this machine, or of
+/// the database container (its limits, else the Docker host's), and the
+/// connection count from .env.production and the compose file.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// Memory of the database server, e.g. 16GB or 512MB [default: detected]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+
+    /// CPUs of the database server [default: detected]
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+
+    /// What the data directory is on [default: ssd]
+    #[arg(long, value_name = "KIND", value_parser = choice::<StorageKind>(&StorageKind::CHOICES))]
+    pub storage: Option<StorageKind>,
+
+    /// Connections the server must accept [default: derived from Mastodon's settings]
+    #[arg(long, value_name = "N")]
+    pub connections: Option<u32>,
+
+    /// Mastodon's compose file, for the processes' pools [default: from the
+    /// database container's labels, else beside .env.production]
+    #[arg(long, value_name = "FILE")]
+    pub compose_file: Option<PathBuf>,
+
+    /// Write the settings with ALTER SYSTEM and reload (asks first; --yes for scripts)
+    #[arg(long)]
+    pub apply: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for
@@ -570,6 +604,9 @@ mod tests {
         }
         for (name, _) in PruneRule::CHOICES {
             parse(&["prune", "--only", name]);
+        }
+        for (name, _) in StorageKind::CHOICES {
+            parse(&["tune", "--storage", name]);
         }
     }
 

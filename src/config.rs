@@ -224,6 +224,9 @@ pub struct Settings {
     pub prune: crate::prune::PruneSettings,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
+    /// Mastodon's `.env.production`, when one was found: its pool and
+    /// process settings size the database (`tusk tune`).
+    pub mastodon_env: Option<EnvFile>,
 }
 
 impl Settings {
@@ -384,6 +387,7 @@ impl Settings {
             pg_bin_dir: args.pg_bin_dir.clone().or(file.postgres.bin_dir),
             temp_dir: args.temp_dir.clone().or(file.temp_dir),
             config_file,
+            mastodon_env: env_file,
         })
     }
 

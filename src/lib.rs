@@ -10,7 +10,8 @@
 //! - settings: [`config`] (one precedence for every setting),
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
-//! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`];
+//! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
+//!   [`tune`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
 //! - infrastructure: [`postgres`], [`docker`], [`storage`];
@@ -37,6 +38,7 @@ pub mod backup;
 pub mod media;
 pub mod prune;
 pub mod restore;
+pub mod tune;
 pub mod verify;
 
 // settings

@@ -21,6 +21,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("media", 3),
     ("prune", 3),
     ("restore", 3),
+    ("tune", 3),
     ("verify", 3),
     ("config", 4),
     ("init", 4),

@@ -8,6 +8,7 @@ pub mod init;
 pub mod media;
 pub mod prune;
 pub mod restore;
+pub mod tune;
 pub mod verify;
 
 use anyhow::Result;
@@ -47,6 +48,7 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
         Command::Verify(args) => verify::exec(&ctx, args).await,
         Command::Media(args) => media::exec(&ctx, args).await,
         Command::Prune(args) => prune::exec(&ctx, args).await,
+        Command::Tune(args) => tune::exec(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) | Command::Init(_) => {
             unreachable!("handled above")
         }

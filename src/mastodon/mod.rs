@@ -2,3 +2,4 @@
 
 pub mod env_file;
 pub mod paperclip;
+pub mod pools;

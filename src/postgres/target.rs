@@ -95,6 +95,18 @@ impl DbTarget {
         &self.tls
     }
 
+    /// The hosts the login names; a Unix socket directory as its path.
+    pub fn host_names(&self) -> Vec<String> {
+        self.config
+            .get_hosts()
+            .iter()
+            .map(|host| match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect()
+    }
+
     pub fn database(&self) -> Option<&str> {
         self.config.get_dbname()
     }
