@@ -320,7 +320,7 @@ fn meminfo_total_kb(meminfo: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// Memory as a person types it into PgTune: whole GB from 2GB on (the
+/// Memory as a person types it into PgTune: whole GB from 1.5GB on (the
 /// kernel keeps some of a 16GB machine for itself, MemTotal shows less),
 /// else whole MB.
 pub fn round_memory_kb(kb: u64) -> u64 {

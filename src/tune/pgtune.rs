@@ -72,9 +72,9 @@ pub struct Setting {
 /// Writes kB as PgTune does: GB or MB only when the value is a whole number
 /// of them, else kB.
 pub fn format_kb(kb: u64) -> String {
-    if kb % KB_PER_GB == 0 {
+    if kb.is_multiple_of(KB_PER_GB) {
         format!("{}GB", kb / KB_PER_GB)
-    } else if kb % KB_PER_MB == 0 {
+    } else if kb.is_multiple_of(KB_PER_MB) {
         format!("{}MB", kb / KB_PER_MB)
     } else {
         format!("{kb}kB")
