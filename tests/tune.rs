@@ -459,3 +459,125 @@ fn apply_without_terminal_or_yes_changes_nothing() {
         auto_before
     );
 }
+
+/// A database container as compose starts one, with a memory and CPU
+/// limit and the labels naming the compose file; removed on drop.
+struct LimitedDbContainer {
+    name: String,
+}
+
+impl LimitedDbContainer {
+    fn start(compose_dir: &Path, compose_file: &Path) -> Self {
+        let name = common::unique_name("tusk_tune_db");
+        let image = std::env::var("TUSK_TEST_DOCKER_IMAGE")
+            .unwrap_or_else(|_| "tusk-test/postgres:15".into());
+        let out = Command::new("docker")
+            .args([
+                "run", "-d", "--name", &name, "--memory", "2g", "--cpus", "1.5",
+            ])
+            .args(["--label", &format!("com.docker.compose.project={name}")])
+            .args(["--label", "com.docker.compose.service=db"])
+            .arg("--label")
+            .arg(format!(
+                "com.docker.compose.project.working_dir={}",
+                compose_dir.display()
+            ))
+            .arg("--label")
+            .arg(format!(
+                "com.docker.compose.project.config_files={}",
+                compose_file.display()
+            ))
+            .args(["-e", "POSTGRES_HOST_AUTH_METHOD=trust", &image])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "docker run: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let container = LimitedDbContainer { name };
+        for _ in 0..600 {
+            let ready = Command::new("docker")
+                .args([
+                    "exec",
+                    &container.name,
+                    "pg_isready",
+                    "-q",
+                    "-h",
+                    "127.0.0.1",
+                ])
+                .args(["-U", "postgres"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return container;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("container {} did not become ready", container.name);
+    }
+}
+
+impl Drop for LimitedDbContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", "-v", &self.name])
+            .output();
+    }
+}
+
+/// Docker mode: memory and CPUs are the container's limits, the compose
+/// file is the one its labels name, the version is the container's server.
+#[test]
+fn docker_mode_reads_the_container_limits_and_its_compose_file() {
+    if !common::docker_tests_enabled() {
+        return;
+    }
+    let ws = Workspace::new();
+    let compose_file = ws.path().join("docker-compose.yml");
+    std::fs::write(
+        &compose_file,
+        "services:\n\
+         \x20 db:\n    image: postgres:15\n\
+         \x20 web:\n    command: bundle exec puma -C config/puma.rb\n\
+         \x20 streaming:\n    image: ghcr.io/mastodon/mastodon-streaming:v4.4.0\n\
+         \x20 sidekiq:\n    command: bundle exec sidekiq -c 15\n    environment:\n      DB_POOL: 15\n",
+    )
+    .unwrap();
+    let db = LimitedDbContainer::start(ws.path(), &compose_file);
+    // The workspace has no .env.production: Mastodon's defaults apply.
+    let out = run({
+        let mut cmd = ws.tusk();
+        cmd.args([
+            "--json",
+            "--postgres-mode",
+            "docker",
+            "--container",
+            &db.name,
+        ])
+        .args(["tune", "--storage", "san"]);
+        cmd
+    })
+    .expect_code(0);
+    let doc = out.json();
+    let inputs = &doc["inputs"];
+    assert_eq!(inputs["memory"], "2GB", "{doc:#}");
+    assert!(
+        inputs["memory_source"]
+            .as_str()
+            .unwrap()
+            .contains("memory limit"),
+        "{inputs}"
+    );
+    assert_eq!(inputs["cpus"], 1);
+    assert_eq!(inputs["postgres_major"], 15);
+    assert_eq!(
+        doc["connection_budget"]["compose_file"].as_str().unwrap(),
+        compose_file.to_str().unwrap()
+    );
+    // web 2 x 5 + streaming 10 + sidekiq min(15, 15) + headroom 10
+    assert_eq!(inputs["connections"], 10 + 10 + 15 + 10);
+    assert_eq!(doc["settings"]["shared_buffers"], "512MB");
+    assert_eq!(doc["settings"]["effective_io_concurrency"], "300");
+    assert!(doc["settings"].get("max_worker_processes").is_none());
+}
