@@ -84,7 +84,12 @@ fn json_with_given_inputs_prints_pgtunes_settings() {
         .iter()
         .map(|a| a["topic"].as_str().unwrap())
         .collect();
-    for topic in ["postgres_version", "sidekiq_layout", "pgbouncer"] {
+    for topic in [
+        "postgres_version",
+        "connections",
+        "sidekiq_layout",
+        "pgbouncer",
+    ] {
         assert!(topics.contains(&topic), "{topic} missing: {topics:?}");
     }
     // Every line has its reason.

@@ -5,12 +5,13 @@
 use serde::Serialize;
 
 use crate::mastodon::pools::{ConnectionBudget, ProcessKind};
+use crate::tune::ConnectionsInUse;
 use crate::tune::pgtune::{Hardware, Setting};
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Advice {
-    /// What it is about: `inputs`, `postgres_version`, `db_pool`,
-    /// `sidekiq_layout`, `pgbouncer`.
+    /// What it is about: `inputs`, `postgres_version`, `connections`,
+    /// `db_pool`, `sidekiq_layout`, `pgbouncer`.
     pub topic: &'static str,
     pub message: String,
 }
@@ -43,8 +44,8 @@ pub fn version_check(major: u32, version: &str) -> Vec<Advice> {
         out.push(Advice::new(
             "postgres_version",
             format!(
-                "PostgreSQL {version}: Mastodon 4.3 and newer refuse 14.0 to 14.3 (an index \
-                 corruption bug); update to the newest 14.x"
+                "PostgreSQL {version}: Mastodon 4.3 and newer refuse 14.0 to 14.3 (they can \
+                 corrupt indexes built concurrently, fixed in 14.4); update to the newest 14.x"
             ),
         ));
     } else {
@@ -54,6 +55,33 @@ pub fn version_check(major: u32, version: &str) -> Vec<Advice> {
         ));
     }
     out
+}
+
+/// The recommended `max_connections` against what the server has open now:
+/// a limit below it would refuse sessions after the restart.
+pub fn connections_in_use(recommended: u32, now: &ConnectionsInUse) -> Advice {
+    let ConnectionsInUse {
+        open,
+        max_connections,
+    } = *now;
+    if recommended < open {
+        Advice::new(
+            "connections",
+            format!(
+                "{open} client connections are open now, more than the {recommended} recommended: \
+                 check what holds them (pg_stat_activity) or pass a larger --connections before \
+                 applying, or sessions will be refused after the restart"
+            ),
+        )
+    } else {
+        Advice::new(
+            "connections",
+            format!(
+                "{open} client connections are open now; max_connections is {max_connections}, \
+                 recommended {recommended}"
+            ),
+        )
+    }
 }
 
 /// Each process's pool must cover its threads, or threads wait for a
@@ -219,6 +247,20 @@ mod tests {
             version_check(17, "17.2 (Debian 17.2-1)")[0]
                 .message
                 .contains("accepted")
+        );
+    }
+
+    #[test]
+    fn warns_when_more_connections_are_open_than_recommended() {
+        let now = ConnectionsInUse {
+            open: 80,
+            max_connections: 100,
+        };
+        assert!(connections_in_use(72, &now).message.contains("refused"));
+        assert!(
+            connections_in_use(90, &now)
+                .message
+                .contains("max_connections is 100")
         );
     }
 

@@ -126,12 +126,12 @@ pub async fn run(opts: &TuneOptions, around: Surroundings<'_>) -> Result<TuneRep
         return Err(TuskError::usage("--connections must be at least 1"));
     }
 
-    let (version, version_note) = match around.server {
-        Ok(server) => match server_version(server).await {
-            Ok(version) => (Some(version), None),
-            Err(err) => (None, Some(format!("{err:#}"))),
+    let (version, version_note, in_use) = match around.server {
+        Ok(server) => match server_facts(server).await {
+            Ok((version, in_use)) => (Some(version), None, Some(in_use)),
+            Err(err) => (None, Some(format!("{err:#}")), None),
         },
-        Err(why) => (None, Some(why)),
+        Err(why) => (None, Some(why), None),
     };
     let postgres_major = version
         .as_ref()
@@ -178,6 +178,9 @@ pub async fn run(opts: &TuneOptions, around: Surroundings<'_>) -> Result<TuneRep
     if let Some((major, text)) = &version {
         advice.extend(advice::version_check(*major, text));
     }
+    if let Some(in_use) = &in_use {
+        advice.push(advice::connections_in_use(connections, in_use));
+    }
     if let Some(budget) = &budget {
         advice.extend(advice::pools(budget));
     }
@@ -206,9 +209,35 @@ pub async fn run(opts: &TuneOptions, around: Surroundings<'_>) -> Result<TuneRep
     })
 }
 
-async fn server_version(server: &dyn PgServer) -> Result<(u32, String)> {
+/// The server's version, and the connections open now against its
+/// `max_connections`.
+async fn server_facts(server: &dyn PgServer) -> Result<((u32, String), ConnectionsInUse)> {
     let client = server.connect_maintenance().await?;
-    crate::postgres::server_version(&client).await
+    let version = crate::postgres::server_version(&client).await?;
+    let row = client
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'), \
+             current_setting('max_connections')::int",
+            &[],
+        )
+        .await
+        .context("could not count the server's connections")?;
+    let open: i64 = row.get(0);
+    let max: i32 = row.get(1);
+    Ok((
+        version,
+        ConnectionsInUse {
+            open: open as u32,
+            max_connections: max as u32,
+        },
+    ))
+}
+
+/// Client connections open now and the server's current limit.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionsInUse {
+    pub open: u32,
+    pub max_connections: u32,
 }
 
 /// Reads the compose file (given, from the container's labels, or beside
