@@ -119,7 +119,7 @@ pub async fn run(opts: &TuneOptions, around: Surroundings<'_>) -> Result<TuneRep
     };
     let (connections, connections_source) = match (opts.connections, &budget) {
         (Some(n), _) => (n, "given".to_string()),
-        (None, Some(budget)) => (budget.total, describe_budget(budget)),
+        (None, Some(budget)) => (budget.total, describe_budget(budget, around.env.is_some())),
         (None, None) => unreachable!("derived when not given"),
     };
     if connections == 0 {
@@ -281,16 +281,21 @@ fn connection_budget(opts: &TuneOptions, around: &Surroundings<'_>) -> Result<Co
     pools::derive(around.env, compose.as_deref().zip(text.as_deref()))
 }
 
-fn describe_budget(budget: &ConnectionBudget) -> String {
+fn describe_budget(budget: &ConnectionBudget, with_env_file: bool) -> String {
     let mut parts: Vec<String> = budget
         .processes
         .iter()
         .map(|p| format!("{} {}", p.service, p.connections))
         .collect();
     parts.push(format!("headroom {}", budget.headroom));
+    let settings = if with_env_file {
+        ".env.production"
+    } else {
+        "Mastodon's defaults (no .env.production)"
+    };
     let origin = match &budget.compose_file {
-        Some(path) => format!("{} and .env.production", path.display()),
-        None => "Mastodon's systemd units and .env.production".to_string(),
+        Some(path) => format!("{} and {settings}", path.display()),
+        None => format!("Mastodon's systemd units and {settings}"),
     };
     format!("derived from {origin}: {}", parts.join(" + "))
 }
