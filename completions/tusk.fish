@@ -77,6 +77,7 @@ complete -c tusk -n "__fish_tusk_needs_command" -f -a "restore" -d 'Restore a ba
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "tune" -d 'Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "completions" -d 'Print shell completions'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "man" -d 'Write man pages into a directory'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -631,6 +632,60 @@ complete -c tusk -n "__fish_tusk_using_subcommand prune" -s y -l yes -d 'Answer 
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l memory -d 'Memory of the database server, e.g. 16GB or 512MB [default: detected]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l cpus -d 'CPUs of the database server [default: detected]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l storage -d 'What the data directory is on [default: ssd]' -r -f -a "ssd\t'Solid-state drive (tusk\'s default when it cannot tell)'
+hdd\t'Spinning disk'
+san\t'Network storage (SAN, cloud block volumes)'
+nvme\t'NVMe drive'"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l connections -d 'Connections the server must accept [default: derived from Mastodon\'s settings]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l compose-file -d 'Mastodon\'s compose file, for the processes\' pools [default: from the database container\'s labels, else beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l apply -d 'Write the settings with ALTER SYSTEM and reload (asks first; --yes for scripts)'
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
@@ -721,16 +776,17 @@ complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer ye
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "init" -d 'Write a first tusk.yaml: find Mastodon, ask what is left, check the connections'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "backups" -d 'Inspect backup sets'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "man" -d 'Write man pages into a directory'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "init" -d 'Write a first tusk.yaml: find Mastodon, ask what is left, check the connections'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "backups" -d 'Inspect backup sets'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "tune" -d 'Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "man" -d 'Write man pages into a directory'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "list" -d 'List backup sets, oldest first'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'
