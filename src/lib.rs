@@ -11,7 +11,7 @@
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
 //! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
-//!   [`tune`];
+//!   [`prune_sets`], [`tune`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
 //! - infrastructure: [`postgres`], [`docker`], [`storage`];
@@ -37,6 +37,7 @@ pub mod set;
 pub mod backup;
 pub mod media;
 pub mod prune;
+pub mod prune_sets;
 pub mod restore;
 pub mod tune;
 pub mod verify;

@@ -20,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("backup", 3),
     ("media", 3),
     ("prune", 3),
+    ("prune_sets", 3),
     ("restore", 3),
     ("tune", 3),
     ("verify", 3),
