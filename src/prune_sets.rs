@@ -47,6 +47,23 @@ pub struct DirDestination {
     pub retention: RetentionPolicy,
 }
 
+impl DirDestination {
+    /// Refuses a destination without a policy: pruning it would remove all
+    /// but the protected sets.
+    pub fn require_retention(&self) -> Result<()> {
+        if self.retention.is_empty() {
+            return Err(TuskError::usage(format!(
+                "destination {:?} ({}) has no retention policy: add e.g. \
+                 `retention: {{keep_daily: 7, keep_weekly: 4}}` to tusk.yaml (top level for \
+                 backup_dir, or in the destination's entry under destinations:)",
+                self.name,
+                self.dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// What `tusk backups prune` needs to know, free of any CLI type.
 #[derive(Debug, Clone)]
 pub struct PruneSetsOptions {
@@ -324,34 +341,37 @@ pub fn run(opts: &PruneSetsOptions, output: &Output) -> Result<PruneSetsReport> 
         } else {
             Some(DirLock::acquire(&destination.dir)?)
         };
-        destinations.push(prune_locked(destination, opts, output)?);
+        destinations.push(prune_locked(
+            destination,
+            opts.time_zone,
+            opts.dry_run,
+            opts.confirm,
+            output,
+        )?);
     }
     Ok(PruneSetsReport { destinations })
 }
 
 /// Prunes one destination whose lock the caller holds (`tusk backup
 /// --prune` keeps the lock of its backup for this).
+/// `confirm` asks on the terminal before removing anything.
 pub fn prune_locked(
     destination: &DirDestination,
-    opts: &PruneSetsOptions,
+    time_zone: Tz,
+    dry_run: bool,
+    confirm: bool,
     output: &Output,
 ) -> Result<DestinationReport> {
-    if destination.retention.is_empty() {
-        return Err(TuskError::usage(format!(
-            "destination {:?} has no retention policy, so prune would keep only the newest \
-             sets: add e.g. `retention: {{keep_daily: 7, keep_weekly: 4}}` to it in tusk.yaml",
-            destination.name
-        )));
-    }
+    destination.require_retention()?;
     let store = DirSets {
         dir: &destination.dir,
     };
     let listing = store.list()?;
-    let plan = plan(&listing, &destination.retention, opts.time_zone, Utc::now());
+    let plan = plan(&listing, &destination.retention, time_zone, Utc::now());
     let doomed: Vec<&Entry> = plan.sets.iter().filter(|entry| !entry.keep).collect();
     let mut removed = 0;
-    if !opts.dry_run && !doomed.is_empty() {
-        if opts.confirm {
+    if !dry_run && !doomed.is_empty() {
+        if confirm {
             let ids: Vec<&str> = doomed.iter().map(|entry| entry.id.as_str()).collect();
             let question = format!(
                 "Remove {} of {} entries from {} ({}): {}?",
@@ -386,7 +406,7 @@ pub fn prune_locked(
     Ok(DestinationReport {
         name: destination.name.clone(),
         dir: destination.dir.clone(),
-        dry_run: opts.dry_run,
+        dry_run,
         held: plan.held,
         removed,
         sets: plan.sets,

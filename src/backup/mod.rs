@@ -20,6 +20,9 @@ use crate::set::manifest::{
 use crate::set::runs::{self, RunRecord};
 use crate::set::{DirLock, PartialSet, new_id, stream};
 
+use crate::prune_sets::{self, DestinationReport, DirDestination};
+use chrono_tz::Tz;
+
 /// What `tusk backup` needs to know, free of any CLI type.
 #[derive(Debug)]
 pub struct BackupOptions {
@@ -33,6 +36,16 @@ pub struct BackupOptions {
     /// Mastodon's app containers to stop for the dump and start again
     /// afterwards, whatever happens (Docker mode's `--stop-services`).
     pub stop_services: Option<AppServices>,
+    /// Prune this destination (the backup directory's) once the new set is
+    /// complete, under the same lock (`--prune`).
+    pub prune: Option<PruneAfter>,
+}
+
+/// What `tusk backup --prune` prunes afterwards.
+#[derive(Debug, Clone)]
+pub struct PruneAfter {
+    pub destination: DirDestination,
+    pub time_zone: Tz,
 }
 
 /// The outcome, as printed with `--json`.
@@ -47,6 +60,9 @@ pub struct BackupReport {
     pub artefacts: Vec<Artefact>,
     pub durations: BTreeMap<String, f64>,
     pub notes: Vec<String>,
+    /// What `--prune` decided and removed afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<DestinationReport>,
 }
 
 /// Writes a new backup set. With `opts.stop_services`, the app is stopped
@@ -56,25 +72,43 @@ pub async fn run(
     opts: &BackupOptions,
     output: &Output,
 ) -> Result<BackupReport> {
-    let Some(app) = &opts.stop_services else {
-        return write_set(server, opts, output).await;
+    let (mut report, _lock) = match &opts.stop_services {
+        None => write_set(server, opts, output).await?,
+        Some(app) => {
+            let stopped = app.stop().await?;
+            let outcome = write_set(server, opts, output).await;
+            let names = stopped.names().join(", ");
+            stopped.start().await?;
+            if !names.is_empty() {
+                tracing::info!("started {names} again");
+            }
+            outcome?
+        }
     };
-    let stopped = app.stop().await?;
-    let outcome = write_set(server, opts, output).await;
-    let names = stopped.names().join(", ");
-    stopped.start().await?;
-    if !names.is_empty() {
-        tracing::info!("started {names} again");
+    // The set is complete and recorded as the last good backup; the lock is
+    // still ours, so no other run comes between the backup and its pruning.
+    if let Some(prune) = &opts.prune {
+        let pruned =
+            prune_sets::prune_locked(&prune.destination, prune.time_zone, false, false, output)
+                .with_context(|| {
+                    format!(
+                        "backup {} is complete, but pruning {} failed",
+                        report.id, prune.destination.name
+                    )
+                })?;
+        report.pruned = Some(pruned);
     }
-    outcome
+    Ok(report)
 }
 
+/// Writes the set under the backup directory's lock, and hands the lock
+/// back with the report so `--prune` runs under it too.
 async fn write_set(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
-) -> Result<BackupReport> {
-    let _lock = DirLock::acquire(&opts.backup_dir)?;
+) -> Result<(BackupReport, DirLock)> {
+    let lock = DirLock::acquire(&opts.backup_dir)?;
     // Recorded once the lock is ours: a run that could not start is no run.
     let run = RunRecord::start("backup");
     runs::save(&opts.backup_dir, &run)?;
@@ -89,7 +123,7 @@ async fn write_set(
         // The set itself is complete (or the run failed for its own reason).
         tracing::warn!("{err:#}");
     }
-    outcome
+    outcome.map(|report| (report, lock))
 }
 
 async fn dump_set(
@@ -221,6 +255,7 @@ async fn dump_set(
         artefacts: manifest.artefacts,
         durations,
         notes,
+        pruned: None,
     })
 }
 

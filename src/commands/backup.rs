@@ -1,6 +1,6 @@
 use anyhow::Result;
 
-use tusk::backup::{self, BackupOptions};
+use tusk::backup::{self, BackupOptions, PruneAfter};
 use tusk::output::human_bytes;
 
 use super::Context;
@@ -8,6 +8,19 @@ use crate::cli::BackupArgs;
 
 pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
     let instance = &ctx.instance;
+    // Checked before the dump: a backup that cannot prune as asked is a
+    // configuration mistake, found now rather than after an hour of pg_dump.
+    let prune = match args.prune {
+        true => {
+            let destination = instance.backup_destination()?;
+            destination.require_retention()?;
+            Some(PruneAfter {
+                destination,
+                time_zone: instance.settings.time_zone,
+            })
+        }
+        false => None,
+    };
     let stop_services = match args.stop_services {
         true => Some(instance.app_services().await?),
         false => None,
@@ -21,6 +34,7 @@ pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
         compression_level: instance.settings.compression_level,
         mode: instance.settings.mode.name().into(),
         stop_services,
+        prune,
     };
     let report = backup::run(server.as_ref(), &opts, &ctx.output).await?;
     if ctx.output.json {
@@ -34,6 +48,9 @@ pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
             report.rows,
             report.path.display()
         );
+        if let Some(pruned) = &report.pruned {
+            super::backups::print_pruned(pruned);
+        }
     }
     Ok(())
 }
