@@ -6,7 +6,7 @@
 # fixture in its unit tests and must decide exactly the same; the tests never
 # run restic.
 #
-# Needs restic (Debian: `apt-get install -y restic`) and jq. Usage:
+# Needs restic and jq (Debian packages; installed when missing and run as root). Usage:
 #   scripts/retention-fixture.sh [OUTPUT]
 #
 # restic stores a snapshot's time with the UTC offset it was made under and
@@ -23,8 +23,17 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$here/fixtures/retention/restic-forget.json}"
-command -v restic >/dev/null || { echo "restic is not installed: apt-get install -y restic" >&2; exit 1; }
-command -v jq >/dev/null || { echo "jq is not installed: apt-get install -y jq" >&2; exit 1; }
+# Only this script needs restic: the tests read its output.
+for tool in restic jq; do
+    if ! command -v "$tool" >/dev/null; then
+        if [ "$(id -u)" = 0 ]; then
+            apt-get install -y "$tool" >/dev/null
+        else
+            echo "$tool is not installed: apt-get install -y $tool" >&2
+            exit 1
+        fi
+    fi
+done
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

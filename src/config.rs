@@ -725,6 +725,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(example.prune.media_cache_days, Some(7));
+        let destinations = example.destinations.unwrap();
+        assert_eq!(destinations[0].name, "local");
+        assert_eq!(
+            destinations[0].retention.as_ref().unwrap().keep_weekly,
+            Some(4)
+        );
     }
 
     #[test]
