@@ -98,6 +98,8 @@ pub struct Attempt {
 pub struct Listing {
     pub sets: Vec<ListedSet>,
     pub incomplete: Vec<Attempt>,
+    /// Removals an earlier prune began and did not finish (`<name>.removing`).
+    pub unfinished_removals: Vec<String>,
     pub last_backup: Option<RunRecord>,
 }
 
@@ -255,6 +257,13 @@ impl DirSets<'_> {
             if !path.is_dir() || path.is_symlink() {
                 continue;
             }
+            if let Some(doomed) = name.strip_suffix(REMOVING_SUFFIX) {
+                let id = doomed.strip_suffix(PARTIAL_SUFFIX).unwrap_or(doomed);
+                if parse_id(id).is_some() {
+                    listing.unfinished_removals.push(name);
+                }
+                continue;
+            }
             if let Some(id) = name.strip_suffix(PARTIAL_SUFFIX) {
                 if let Some((_, started_at)) = parse_id(id) {
                     listing.incomplete.push(Attempt {
@@ -312,6 +321,13 @@ impl DirSets<'_> {
         })?;
         std::fs::remove_dir_all(&doomed)
             .with_context(|| format!("could not remove {}", doomed.display()))
+    }
+
+    /// Finishes a removal an earlier run began (`<name>.removing`).
+    pub fn finish_removal(&self, removing: &str) -> Result<()> {
+        let path = self.dir.join(removing);
+        std::fs::remove_dir_all(&path)
+            .with_context(|| format!("could not remove {}", path.display()))
     }
 }
 
@@ -400,6 +416,12 @@ pub fn prune_locked(
             removed += 1;
         }
     }
+    if !dry_run && plan.held.is_none() {
+        for name in &listing.unfinished_removals {
+            store.finish_removal(name)?;
+            tracing::info!("finished removing {name} from {}", destination.name);
+        }
+    }
     if let Some(why) = &plan.held {
         tracing::warn!("{}: nothing removed: {why}", destination.name);
     }
@@ -475,8 +497,8 @@ mod tests {
                 set("2026-01-02T00:00:00Z", None),
                 set("2026-01-03T00:00:00Z", Some(false)),
             ],
-            incomplete: vec![],
             last_backup: Some(ok_run("2026-01-03T00:00:00Z")),
+            ..Listing::default()
         };
         let plan = plan(&listing, &keep_last(1), Tz::UTC, at("2026-01-04T00:00:00Z"));
         assert_eq!(plan.held, None);
@@ -505,8 +527,8 @@ mod tests {
         for last_backup in [Some(failed), Some(running), None] {
             let listing = Listing {
                 sets: sets.clone(),
-                incomplete: vec![],
                 last_backup,
+                ..Listing::default()
             };
             let plan = plan(&listing, &keep_last(1), Tz::UTC, now);
             assert!(plan.held.is_some());
@@ -521,6 +543,7 @@ mod tests {
                 started_at: at("2026-01-04T00:00:00Z"),
             }],
             last_backup: Some(ok_run("2026-01-02T00:00:00Z")),
+            ..Listing::default()
         };
         let plan = plan(&listing, &keep_last(1), Tz::UTC, now);
         assert!(
@@ -546,6 +569,7 @@ mod tests {
                 },
             ],
             last_backup: Some(ok_run("2026-01-03T18:00:00Z")),
+            ..Listing::default()
         };
         let plan = plan(&listing, &keep_last(1), Tz::UTC, at("2026-01-04T00:00:00Z"));
         let fates: Vec<(&str, bool, bool)> = plan

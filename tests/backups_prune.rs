@@ -141,6 +141,8 @@ fn dry_run_decides_in_the_time_zone_and_prune_removes_only_what_it_listed() {
     last_backup(&dir, "ok", "2026-06-03T10:00:00Z");
     // An attempt killed long ago, and what tusk did not make.
     std::fs::create_dir_all(dir.join("social-20260515T000000Z.partial")).unwrap();
+    // A removal an earlier prune did not finish.
+    std::fs::create_dir_all(dir.join("social-20250101T000000Z.removing")).unwrap();
     std::fs::create_dir_all(dir.join("notes")).unwrap();
     std::fs::write(dir.join("README"), "the admin's file").unwrap();
     std::fs::create_dir_all(dir.join("social-20200101T000000Z")).unwrap();
@@ -207,7 +209,11 @@ fn dry_run_decides_in_the_time_zone_and_prune_removes_only_what_it_listed() {
     assert!(pruned.stdout.contains("2 removed"), "{}", pruned.stdout);
     let mut expected: Vec<String> = before
         .into_iter()
-        .filter(|name| *name != a && name != "social-20260515T000000Z.partial")
+        .filter(|name| {
+            *name != a
+                && name != "social-20260515T000000Z.partial"
+                && name != "social-20250101T000000Z.removing"
+        })
         .collect();
     expected.sort();
     assert_eq!(entries(&dir), expected, "foreign entries survive");
@@ -425,4 +431,38 @@ fn nightly_backup_prune_keeps_exactly_keep_last_sets() {
     let mut cmd = tusk_with_config(&ws, &yaml);
     cmd.args(["verify", "--checksums-only", ids[2]]);
     run(cmd).expect_code(0);
+}
+
+#[test]
+fn on_a_terminal_it_asks_and_removes_only_after_yes() {
+    let ws = Workspace::new();
+    let dir = ws.backup_dir();
+    let old = synthetic_set(&dir, "test", "2026-01-01T00:00:00Z");
+    let new = synthetic_set(&dir, "test", "2026-01-02T00:00:00Z");
+    last_backup(&dir, "ok", "2026-01-02T00:00:00Z");
+    let config = ws.path().join("tusk.yaml");
+    std::fs::write(&config, destinations_yaml(&ws, "{keep_last: 1}", "")).unwrap();
+    let command_line = format!(
+        "cd '{}' && '{}' --config '{}' backups prune",
+        ws.path().display(),
+        assert_cmd::cargo::cargo_bin("tusk").display(),
+        config.display()
+    );
+
+    let (code, screen) = run_on_terminal(&command_line, b"n\n");
+    assert!(
+        screen.contains("Remove 1 of 2 entries from local"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(&old),
+        "the question names the set:\n{screen}"
+    );
+    assert_eq!(code, Some(1), "{screen}");
+    assert!(screen.contains("nothing removed from local"), "{screen}");
+    assert_eq!(ws.set_ids(), [old.clone(), new.clone()]);
+
+    let (code, screen) = run_on_terminal(&command_line, b"y\n");
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(ws.set_ids(), [new]);
 }
