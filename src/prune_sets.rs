@@ -369,8 +369,8 @@ pub fn run(opts: &PruneSetsOptions, output: &Output) -> Result<PruneSetsReport> 
 }
 
 /// Prunes one destination whose lock the caller holds (`tusk backup
-/// --prune` keeps the lock of its backup for this).
-/// `confirm` asks on the terminal before removing anything.
+/// --prune` keeps the lock of its backup for this). With `confirm`, it asks
+/// on the terminal (or wants `--yes`) before removing anything.
 pub fn prune_locked(
     destination: &DirDestination,
     time_zone: Tz,
