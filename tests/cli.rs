@@ -25,7 +25,9 @@ fn checked_in_completions_match_the_binary() {
         cmd.env("TUSK_COMPLETE", shell);
         assert_eq!(run(cmd).expect_code(0).stdout, generated, "{shell}");
         let checked_in = std::fs::read_to_string(repo_root().join("completions").join(file))
-            .unwrap_or_else(|err| panic!("completions/{file}: {err}; regenerate with {REGENERATE}"));
+            .unwrap_or_else(|err| {
+                panic!("completions/{file}: {err}; regenerate with {REGENERATE}")
+            });
         assert!(
             generated == checked_in,
             "completions/{file} is stale: regenerate with {REGENERATE}"
@@ -52,7 +54,11 @@ fn checked_in_man_pages_match_the_binary() {
     };
     let generated = pages(&dir);
     let checked_in = pages(&repo_root().join("completions/man"));
-    assert!(generated.contains_key("tusk-backup.1"), "{:?}", generated.keys());
+    assert!(
+        generated.contains_key("tusk-backup.1"),
+        "{:?}",
+        generated.keys()
+    );
     let generated_names: Vec<&String> = generated.keys().collect();
     let checked_in_names: Vec<&String> = checked_in.keys().collect();
     assert!(
@@ -119,11 +125,19 @@ fn bash_completes_commands_flags_and_the_set_ids_of_the_backup_dir() {
     assert!(flags.contains(&"--no-owner".to_string()), "{flags:?}");
 
     // The backup directory from TUSK_BACKUP_DIR ...
-    let sets = bash_complete(&ws, &["tusk", "restore", ""], &[("TUSK_BACKUP_DIR", &backups)]);
+    let sets = bash_complete(
+        &ws,
+        &["tusk", "restore", ""],
+        &[("TUSK_BACKUP_DIR", &backups)],
+    );
     assert_eq!(sets, ["latest".to_string(), ids[0].clone()]);
     // ... from a --backup-dir flag on the line being completed ...
     let backup_dir = backups.to_string_lossy();
-    let sets = bash_complete(&ws, &["tusk", "--backup-dir", &backup_dir, "verify", "te"], &[]);
+    let sets = bash_complete(
+        &ws,
+        &["tusk", "--backup-dir", &backup_dir, "verify", "te"],
+        &[],
+    );
     assert_eq!(sets, [ids[0].clone()]);
     // ... and from the config file.
     let config = ws.path().join("tusk.yaml");
@@ -134,7 +148,11 @@ fn bash_completes_commands_flags_and_the_set_ids_of_the_backup_dir() {
     assert_eq!(sets, ["latest".to_string(), ids[0].clone()]);
     // No sets (a backup dir that does not exist): only `latest`, no error.
     let empty = ws.path().join("none");
-    let sets = bash_complete(&ws, &["tusk", "restore", ""], &[("TUSK_BACKUP_DIR", &empty)]);
+    let sets = bash_complete(
+        &ws,
+        &["tusk", "restore", ""],
+        &[("TUSK_BACKUP_DIR", &empty)],
+    );
     assert_eq!(sets, ["latest"]);
 }
 

@@ -23,7 +23,15 @@ impl Debian {
         );
         let name = unique_name("tusk-package");
         let out = Command::new("docker")
-            .args(["run", "-d", "--label", "tusk.test=1", "--name", &name, &image])
+            .args([
+                "run",
+                "-d",
+                "--label",
+                "tusk.test=1",
+                "--name",
+                &name,
+                &image,
+            ])
             .args(["sleep", "infinity"])
             .output()
             .unwrap();
@@ -106,7 +114,12 @@ fn build_deb(out_dir: &Path) -> PathBuf {
         .map(|entry| entry.unwrap().path())
         .filter(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .collect();
-    assert_eq!(debs.len(), 1, "one .deb expected in {}: {debs:?}", out_dir.display());
+    assert_eq!(
+        debs.len(),
+        1,
+        "one .deb expected in {}: {debs:?}",
+        out_dir.display()
+    );
     debs.into_iter().next().unwrap()
 }
 
@@ -150,7 +163,10 @@ fn the_deb_installs_works_and_purges_cleanly() {
 
     debian.ok("dpkg -i /tmp/tusk.deb");
     let version = debian.ok("tusk --version");
-    assert_eq!(version.trim(), format!("tusk {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        version.trim(),
+        format!("tusk {}", env!("CARGO_PKG_VERSION"))
+    );
 
     for (path, mode_owner) in EXPECTED_FILES {
         let stat = debian.ok(&format!("stat -c '%a %U' {path}"));
@@ -170,7 +186,10 @@ fn the_deb_installs_works_and_purges_cleanly() {
     // timers' calendar specifications; it exits non-zero on an error, and
     // prints warnings (unknown keys, bad values) that must not name our units.
     let (code, stdout, stderr) = debian.sh(&format!("systemd-analyze verify {UNITS}"));
-    assert_eq!(code, 0, "systemd-analyze verify failed:\n{stdout}\n{stderr}");
+    assert_eq!(
+        code, 0,
+        "systemd-analyze verify failed:\n{stdout}\n{stderr}"
+    );
     assert!(
         !stderr.contains("tusk-"),
         "systemd-analyze verify complains about the units:\n{stderr}"
@@ -192,7 +211,8 @@ fn the_deb_installs_works_and_purges_cleanly() {
     assert_ne!(code, 0, "tusk still on PATH after dpkg -r");
     debian.ok("grep -q '# edited' /etc/tusk/tusk.yaml");
     debian.ok("dpkg -P tusk");
-    let status = debian.ok("dpkg-query -W -f '${db:Status-Status}' tusk 2>/dev/null || echo not-installed");
+    let status =
+        debian.ok("dpkg-query -W -f '${db:Status-Status}' tusk 2>/dev/null || echo not-installed");
     assert!(
         status.trim() == "not-installed" || status.trim().is_empty(),
         "dpkg still knows tusk: {status}"

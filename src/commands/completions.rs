@@ -13,7 +13,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
 use clap::{CommandFactory, FromArgMatches as _};
-use clap_complete::engine::{ArgValueCompleter, CompletionCandidate, PathCompleter};
+use clap_complete::engine::{
+    ArgValueCompleter, CompletionCandidate, PathCompleter, ValueCompleter as _,
+};
 use clap_complete::env::Shells;
 use clap_complete::{CompleteEnv, Shell};
 
@@ -73,7 +75,8 @@ pub fn exec(args: &CompletionsArgs) -> Result<()> {
 /// same text `TUSK_COMPLETE=<shell> tusk` prints.
 fn registration(shell: Shell) -> Result<Vec<u8>> {
     let name = shell.to_string();
-    let completer = Shells::builtins()
+    let shells = Shells::builtins();
+    let completer = shells
         .completer(&name)
         .ok_or_else(|| anyhow!("clap_complete has no dynamic completion for {name}"))?;
     let mut script = Vec::new();
@@ -99,7 +102,8 @@ fn complete_backup_set(current: &OsStr) -> Vec<CompletionCandidate> {
     if typed.starts_with(['/', '.', '~']) || typed.contains('/') {
         return PathCompleter::dir().complete(current);
     }
-    let mut candidates = vec![CompletionCandidate::new("latest").help(Some("the newest set".into()))];
+    let mut candidates =
+        vec![CompletionCandidate::new("latest").help(Some("the newest set".into()))];
     // Settings that cannot be resolved (an unreadable /etc/tusk/tusk.yaml for
     // a normal user, say) leave only `latest`: completion never prints errors.
     if let Some(backup_dir) = backup_dir_of_command_line() {
