@@ -10,8 +10,9 @@
 # servers, makes the image available, runs `cargo test`, and always stops what it started (also on
 # failure or Ctrl-C).
 # Setup before cargo: ~4 s on a warm machine; a cold one adds apt installs (~30-60 s), the image
-# build (~40 s), `cargo install s3s-fs` (~4-6 min, kept in TUSK_CACHE_DIR) and a pip install of
-# moto (~40 s). CI's fresh clone compiles into a kept CARGO_TARGET_DIR (see below), so only the
+# build (~40 s), `cargo install s3s-fs` (~4-6 min, kept in TUSK_CACHE_DIR), a pip install of
+# moto (~40 s), and for the package test `cargo install cargo-deb` (~3-5 min, kept in
+# TUSK_CACHE_DIR) and a Debian image with systemd (~1 min; lib/package.sh). CI's fresh clone compiles into a kept CARGO_TARGET_DIR (see below), so only the
 # first CI run on a machine pays the ~5 min cold dependency build.
 #
 # Usage:  scripts/test.sh [CARGO TEST ARGS...] [-- TEST BINARY ARGS...]   (any cwd)
@@ -32,6 +33,8 @@
 #   TUSK_TEST_DOCKER_IMAGE                tusk-test/postgres:15 (unless docker tests are skipped;
 #                                         containers are created by the Rust tests themselves)
 #   TUSK_TEST_DOCKER_IMAGE_<N>            one per TUSK_TEST_DOCKER_EXTRA_MAJORS entry
+#   TUSK_TEST_PACKAGE_IMAGE               tusk-test/debian-systemd:bookworm, for tests/package.rs
+#   TUSK_TEST_CARGO_DEB                   the cargo-deb binary (pinned; lib/package.sh)
 #   TUSK_SKIP_DOCKER_TESTS                passed through as given
 #   TUSK_TEST_S3_ENDPOINT                 http://127.0.0.1:<port>, s3s-fs 0.14.1 (path-style, no TLS;
 #                                         strict SigV4/Content-MD5/CRC32; no buckets: tests create them)
@@ -71,6 +74,8 @@ source scripts/lib/pg-cluster.sh
 source scripts/lib/pg-image.sh
 # shellcheck source=scripts/lib/s3.sh
 source scripts/lib/s3.sh
+# shellcheck source=scripts/lib/package.sh
+source scripts/lib/package.sh
 
 T_START=$SECONDS
 STEP_NAMES=() STEP_RESULTS=()
@@ -170,6 +175,9 @@ else
         tusk_pg_image_build "" "$major" "tusk-test/postgres:$major"
         export "TUSK_TEST_DOCKER_IMAGE_$major=tusk-test/postgres:$major"
     done
+    # The Debian package test (tests/package.rs): cargo-deb and a bookworm image with systemd.
+    tusk_package_image_build  # exports TUSK_TEST_PACKAGE_IMAGE (~1 min once, then cached)
+    tusk_cargo_deb_install    # exports TUSK_TEST_CARGO_DEB (cargo install, ~3-5 min once)
 fi
 
 # --- 5 ---------------------------------------------------------------------------------------------

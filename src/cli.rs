@@ -301,7 +301,7 @@ pub enum Command {
     Prune(PruneArgs),
     /// Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them
     Tune(TuneArgs),
-    /// Print shell completions
+    /// Print the script that makes a shell complete tusk's commands, flags and set ids
     Completions(CompletionsArgs),
     /// Write man pages into a directory
     #[command(hide = true)]
@@ -363,6 +363,7 @@ pub struct BackupsPruneArgs {
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
     /// Backup id in the backup directory, path of a backup set, or `latest`
+    #[arg(add = crate::commands::completions::backup_set_completer())]
     pub set: String,
 
     /// Server and database to restore into, with local tools (the database
@@ -417,6 +418,7 @@ pub struct RestoreArgs {
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Backup id in the backup directory, path of a backup set, or `latest`
+    #[arg(add = crate::commands::completions::backup_set_completer())]
     pub set: String,
 
     /// Only re-hash the artefacts; no test restore
@@ -589,8 +591,15 @@ pub struct TuneArgs {
 
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
-    /// The shell to complete for
-    pub shell: clap_complete::Shell,
+    /// The shell whose registration script to print (load it from the shell's
+    /// startup file, e.g. `source <(tusk completions bash)`)
+    #[arg(required_unless_present = "dir")]
+    pub shell: Option<clap_complete::Shell>,
+
+    /// Write the scripts of every shell into this directory instead (tusk.bash,
+    /// _tusk, tusk.fish, tusk.elv, tusk.ps1)
+    #[arg(long, value_name = "DIR", conflicts_with = "shell")]
+    pub dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -17,6 +17,9 @@ use tusk::{cleanup, error};
 const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    // A shell asking for completions (TUSK_COMPLETE set) gets them and
+    // nothing else runs.
+    commands::completions::answer_completion_request();
     let cli = cli::Cli::parse();
     init_logging(cli.global.verbose, cli.global.quiet);
     let runtime = match tokio::runtime::Runtime::new() {
