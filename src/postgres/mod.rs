@@ -8,7 +8,10 @@ pub mod direct;
 pub mod docker;
 mod docker_pipe;
 pub mod target;
+pub mod temporary;
 pub mod tls;
+
+use std::path::PathBuf;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +21,8 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::Client;
 
+pub use direct::STAGED_ARCHIVE_KIND;
+pub use docker_pipe::TEMP_KIND as PIPE_DIR_KIND;
 pub use target::{DbTarget, quote_ident};
 pub use tls::{RootCert, SslMode, TlsOptions};
 
@@ -304,6 +309,17 @@ pub trait PgServer: Send + Sync {
 
     /// Where the client tools run, for messages ("local tools in /usr/lib/...").
     fn describe_tools(&self) -> String;
+
+    /// The directory on this machine for temporary files: staged archives
+    /// ([`STAGED_ARCHIVE_KIND`]) and the pipe transport's directories
+    /// ([`PIPE_DIR_KIND`]), named by their creator.
+    fn temp_dir(&self) -> PathBuf;
+
+    /// The Docker Engine the tools run through, if any; it also holds the
+    /// helper containers tusk makes.
+    fn engine(&self) -> Option<&bollard::Docker> {
+        None
+    }
 
     /// Starts a client tool with its stdout piped (and stdin when asked).
     async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess>;
