@@ -184,6 +184,16 @@ fn docker(args: &[&str]) -> (bool, String) {
     )
 }
 
+/// Names of the helper containers beside the deployment's database.
+fn helper_names(compose: &Compose) -> Vec<String> {
+    let filter = format!("label=tusk.for={}", compose.container("postgres"));
+    let (ok, names) = docker(&["ps", "-a", "--filter", &filter, "--format", "{{.Names}}"]);
+    assert!(ok);
+    let mut names: Vec<String> = names.split_whitespace().map(str::to_string).collect();
+    names.sort();
+    names
+}
+
 fn container_exists(name: &str) -> bool {
     docker(&["inspect", "--format", "{{.Name}}", name]).0
 }
@@ -290,6 +300,11 @@ fn a_second_sigterm_does_not_cut_the_cleanup_short_and_exec_tools_are_ended() {
     assert!(ws.set_ids().is_empty());
     assert!(backup_dir_entries(&ws).is_empty());
     // The exec'd pg_dump was ended, not left to dump into nowhere.
+    assert!(
+        out.stderr.contains("ended the cancelled tool in container"),
+        "{}",
+        out.stderr
+    );
     assert_eq!(
         sessions_left(&source.cluster, "application_name LIKE 'tusk-exec-%'"),
         "0",
@@ -477,7 +492,7 @@ fn what_sigkill_leaves_of_a_backup_is_removed_by_the_next_but_not_a_live_runs_he
         partial.len() == 1 && partial[0].ends_with(".partial"),
         "{partial:?}"
     );
-    let dead_helpers = compose.helpers();
+    let dead_helpers = helper_names(&compose);
     assert_eq!(dead_helpers.len(), 1, "{}", killed.stderr);
     let pipe_dirs = ws.temp_leftovers();
     assert!(
@@ -500,16 +515,14 @@ fn what_sigkill_leaves_of_a_backup_is_removed_by_the_next_but_not_a_live_runs_he
         next.wait_for_log(&removed);
     }
     assert!(!container_exists(&dead_helpers[0]));
-    next.wait_until("the next run's COPY", || {
-        copying(&source.cluster, "mastodon")
-            && compose.helpers().len() == 1
-            && ws.temp_leftovers().len() == 1
+    next.wait_until("the next run's helper", || {
+        helper_names(&compose).len() == 1 && ws.temp_leftovers().len() == 1
     });
 
     // ... and, frozen mid-dump, is a live run whose helper and pipe another
     // run (into another directory, same temporary directory) leaves alone.
     next.signal("STOP");
-    let live_helper = compose.helpers();
+    let live_helper = helper_names(&compose);
     let live_pipe = ws.temp_leftovers();
     let other = Workspace::new();
     let mut cmd = compose.tusk_with_temp_dir(&other, &ws.temp_dir());
@@ -519,7 +532,7 @@ fn what_sigkill_leaves_of_a_backup_is_removed_by_the_next_but_not_a_live_runs_he
         "backup",
     ]);
     let beside = run(cmd).expect_code(0);
-    assert_eq!(compose.helpers(), live_helper, "{}", beside.stderr);
+    assert_eq!(helper_names(&compose), live_helper, "{}", beside.stderr);
     assert_eq!(ws.temp_leftovers(), live_pipe, "{}", beside.stderr);
     next.signal("CONT");
     let next = next.finish();
