@@ -80,6 +80,10 @@ pub fn parse_temp_name(name: &str, kind: &str) -> Option<(u32, u64)> {
 
 /// Whether process `pid`, started at `started`, runs on this host.
 pub fn process_liveness(pid: u32, started: u64) -> Liveness {
+    // Without a readable /proc nothing can be told apart.
+    if Creator::current().started == 0 {
+        return Liveness::Unknown;
+    }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => match parse_start_ticks(&stat) {
             Some(ticks) if ticks == started => Liveness::Alive,
