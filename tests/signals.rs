@@ -152,14 +152,15 @@ fn sessions_left(cluster: &Cluster, where_clause: &str) -> String {
     }
 }
 
-/// Entries of `dir` other than the lock file.
+/// Entries of the backup directory other than tusk's hidden files (the
+/// lock, the records of the last runs).
 fn backup_dir_entries(ws: &Workspace) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(ws.backup_dir())
         .map(|entries| {
             entries
                 .filter_map(|e| e.ok())
                 .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|name| name != ".tusk.lock")
+                .filter(|name| !name.starts_with('.'))
                 .collect()
         })
         .unwrap_or_default();
