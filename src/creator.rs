@@ -51,6 +51,23 @@ impl Creator {
         format!("tusk-{kind}-{}-", self.mark())
     }
 
+    /// `<host> <pid> <started>`, for a file that names its creator where a
+    /// name cannot (inside a container).
+    pub fn record(&self) -> String {
+        format!("{} {} {}\n", self.host, self.pid, self.started)
+    }
+
+    /// Reads [`Creator::record`] back.
+    pub fn from_record(text: &str) -> Option<Creator> {
+        let mut fields = text.split_whitespace();
+        let creator = Creator {
+            host: fields.next()?.to_string(),
+            pid: fields.next()?.parse().ok()?,
+            started: fields.next()?.parse().ok()?,
+        };
+        fields.next().is_none().then_some(creator)
+    }
+
     /// Whether this creator still runs, as far as this host can tell.
     pub fn liveness(&self) -> Liveness {
         if self.host != Creator::current().host {
@@ -161,6 +178,15 @@ mod tests {
             assert_eq!(parse_temp_name(other, "restore"), None, "{other}");
             assert_eq!(parse_temp_name(other, "pipe"), None, "{other}");
         }
+    }
+
+    #[test]
+    fn records_read_back() {
+        let me = Creator::current();
+        assert_eq!(Creator::from_record(&me.record()).as_ref(), Some(me));
+        assert_eq!(Creator::from_record("host 12"), None);
+        assert_eq!(Creator::from_record("host 12 34 56"), None);
+        assert_eq!(Creator::from_record("host x 34"), None);
     }
 
     #[test]

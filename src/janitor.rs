@@ -12,8 +12,9 @@
 //!   session, and the run, is gone;
 //! - helper and throwaway containers (`tusk-*`, labelled with their
 //!   creator) and temporary files and directories (`tusk-restore-*`,
-//!   `tusk-pipe-*`, named by their creator) whose creating process no longer
-//!   runs on this host.
+//!   `tusk-pipe-*`, named by their creator) and archives staged in the
+//!   database container (`/tmp/tusk-restore-*`, beside a file naming their
+//!   creator) whose creating process no longer runs on this host.
 //!
 //! Nothing that is not named exactly as tusk names things is touched, and a
 //! failed sweep never fails the operation: it is logged.
@@ -49,8 +50,9 @@ pub fn sweep_backup_dir(lock: &DirLock) {
     }
 }
 
-/// Removes the temporary files and helper containers that `server`'s tools
-/// made for runs that no longer run.
+/// Removes the temporary files, helper containers and staged archives (in
+/// the database container) that `server`'s tools made for runs that no
+/// longer run.
 pub async fn sweep_tools(server: &dyn PgServer) {
     sweep_temp_dir(&server.temp_dir());
     if let Some(docker) = server.engine() {
@@ -67,6 +69,23 @@ pub async fn sweep_tools(server: &dyn PgServer) {
             }
             Err(err) => tracing::warn!("could not look for leftover containers: {err:#}"),
         }
+    }
+    match server.staged_archives_elsewhere().await {
+        Ok(staged) => {
+            for (path, creator) in staged {
+                if creator.liveness() != Liveness::Gone {
+                    continue;
+                }
+                match server.remove_staged_archive(&path).await {
+                    Ok(()) => tracing::info!(
+                        "removed {path} ({}), left by a tusk run that was killed",
+                        server.describe_tools()
+                    ),
+                    Err(err) => tracing::warn!("{err:#}"),
+                }
+            }
+        }
+        Err(err) => tracing::warn!("could not look for leftover staged archives: {err:#}"),
     }
 }
 

@@ -670,11 +670,11 @@ fn what_sigkill_leaves_of_a_verify_is_removed_by_the_next() {
 }
 
 #[test]
-fn a_killed_verify_container_is_removed_by_the_next_docker_run() {
+fn what_sigkill_leaves_of_a_docker_verify_is_removed_by_the_next() {
     if !docker_tests_enabled() {
         return;
     }
-    let (compose, _source) = seeded_compose("sg_kill_vc");
+    let (compose, source) = seeded_compose("sg_kill_vc");
     let ws = Workspace::new();
     let mut cmd = compose.tusk(&ws);
     cmd.args(["--json", "--database-url", DB_URL, "backup"]);
@@ -682,7 +682,48 @@ fn a_killed_verify_container_is_removed_by_the_next_docker_run() {
         .as_str()
         .unwrap()
         .to_string();
-    let verify = || {
+    let pg = compose.container("postgres");
+    let staged_in_container = || {
+        docker(&[
+            "exec",
+            &pg,
+            "sh",
+            "-c",
+            "ls /tmp | grep tusk-restore || true",
+        ])
+        .1
+    };
+
+    // In place, -j 2: a scratch database and a copy staged in the container.
+    let in_place = || {
+        let mut cmd = compose.tusk(&ws);
+        cmd.args(["--database-url", DB_URL, "verify", &id, "-j", "2"]);
+        cmd
+    };
+    let mut job = Running::start(in_place());
+    job.wait_for_log("test restore of");
+    let scratch = word_starting(&job.stderr(), "tusk_verify_").unwrap();
+    job.wait_until("pg_restore's COPY", || copying(&source.cluster, &scratch));
+    job.signal("KILL");
+    assert_eq!(job.finish().code, None);
+    assert!(source.cluster.database_exists(&scratch));
+    let staged = staged_in_container();
+    assert!(staged.starts_with("tusk-restore-"), "{staged:?}");
+
+    let out = run(in_place()).expect_code(0);
+    for removed in [
+        format!("dropped database {scratch}, left by a tusk run that was killed"),
+        format!(
+            "removed /tmp/{staged} (tools inside container {pg}), left by a tusk run that was killed"
+        ),
+    ] {
+        assert!(out.stderr.contains(&removed), "{removed}:\n{}", out.stderr);
+    }
+    assert!(!source.cluster.database_exists(&scratch));
+    assert_eq!(staged_in_container(), "");
+
+    // In a throwaway container.
+    let throwaway = || {
         let mut cmd = compose.tusk(&ws);
         cmd.args([
             "--database-url",
@@ -694,14 +735,14 @@ fn a_killed_verify_container_is_removed_by_the_next_docker_run() {
         ]);
         cmd
     };
-    let mut job = Running::start(verify());
+    let mut job = Running::start(throwaway());
     job.wait_for_log("test restore of");
     let container = word_starting(&job.stderr(), "tusk-verify-").unwrap();
     job.signal("KILL");
     assert_eq!(job.finish().code, None);
     assert!(container_exists(&container));
 
-    let out = run(verify()).expect_code(0);
+    let out = run(throwaway()).expect_code(0);
     assert!(
         out.stderr.contains(&format!(
             "removed container {container}, left by a tusk run that was killed"

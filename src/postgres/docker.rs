@@ -13,12 +13,14 @@ use bollard::models::ExecConfig;
 use bollard::query_parameters::UploadToContainerOptions;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::docker_pipe::{self, PipeError};
 use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolExit, ToolProcess};
 use crate::cleanup;
+use crate::creator::Creator;
 use crate::docker::Container;
 use crate::error::TuskError;
 
@@ -26,6 +28,10 @@ use crate::error::TuskError;
 const OUTPUT_CAPACITY: usize = 1 << 20;
 /// The port PostgreSQL listens on inside its container.
 const CONTAINER_PORT: u16 = 5432;
+/// Where archives are staged inside the container, each in its own
+/// `tusk-restore-<random>` directory beside a file naming its creator.
+const STAGED_PARENT: &str = "/tmp";
+const STAGED_CREATOR_FILE: &str = "creator";
 
 /// How a dump leaves the database container in Docker mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -434,7 +440,7 @@ impl PgServer for DockerServer {
 
     async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive> {
         let dir = format!("tusk-restore-{}", crate::names::random_hex());
-        let path = format!("/tmp/{dir}/database.dump");
+        let path = format!("{STAGED_PARENT}/{dir}/database.dump");
 
         let mut dir_header = tar::Header::new_gnu();
         dir_header.set_path(format!("{dir}/"))?;
@@ -442,14 +448,24 @@ impl PgServer for DockerServer {
         dir_header.set_mode(0o700);
         dir_header.set_size(0);
         dir_header.set_cksum();
+        // Names the run that staged it, for the janitor should it be killed.
+        let creator = Creator::current().record();
+        let mut creator_header = tar::Header::new_gnu();
+        creator_header.set_path(format!("{dir}/{STAGED_CREATOR_FILE}"))?;
+        creator_header.set_mode(0o600);
+        creator_header.set_size(creator.len() as u64);
+        creator_header.set_cksum();
         let mut file_header = tar::Header::new_gnu();
         file_header.set_path(format!("{dir}/database.dump"))?;
         file_header.set_mode(0o600);
         file_header.set_size(size);
         file_header.set_cksum();
         let padding = (512 - size % 512) % 512;
-        let mut head = Vec::with_capacity(1024);
+        let mut head = Vec::with_capacity(2048);
         head.extend_from_slice(dir_header.as_bytes());
+        head.extend_from_slice(creator_header.as_bytes());
+        head.extend_from_slice(creator.as_bytes());
+        head.resize(head.len().next_multiple_of(512), 0);
         head.extend_from_slice(file_header.as_bytes());
         let tail = vec![0u8; padding as usize + 1024];
 
@@ -463,7 +479,7 @@ impl PgServer for DockerServer {
         let docker = self.docker.clone();
         let container = self.container.clone();
         let login = self.target.clone();
-        let remove_dir = format!("/tmp/{dir}");
+        let remove_dir = format!("{STAGED_PARENT}/{dir}");
         let cleanup = cleanup::defer(
             format!("remove {remove_dir} in {}", container.name),
             move || async move {
@@ -477,7 +493,7 @@ impl PgServer for DockerServer {
             .upload_to_container(
                 &self.container.id,
                 Some(UploadToContainerOptions {
-                    path: "/tmp".into(),
+                    path: STAGED_PARENT.into(),
                     ..Default::default()
                 }),
                 bollard::body_try_stream(body),
@@ -494,6 +510,49 @@ impl PgServer for DockerServer {
             local_file: None,
             cleanup,
         })
+    }
+
+    async fn staged_archives_elsewhere(&self) -> Result<Vec<(String, Creator)>> {
+        let script = format!(
+            "for f in {STAGED_PARENT}/tusk-restore-*/{STAGED_CREATOR_FILE}; do \
+               [ -f \"$f\" ] && echo \"${{f%/{STAGED_CREATOR_FILE}}} $(cat \"$f\")\"; \
+             done; true"
+        );
+        let mut process = self
+            .exec(
+                vec!["sh".into(), "-c".into(), script],
+                Vec::new(),
+                false,
+                None,
+            )
+            .await?;
+        let mut listing = String::new();
+        process
+            .take_stdout()
+            .read_to_string(&mut listing)
+            .await
+            .context("could not list the staged archives")?;
+        process.wait().await?;
+        Ok(listing
+            .lines()
+            .filter_map(|line| {
+                let (dir, record) = line.split_once(' ')?;
+                let staged = dir.starts_with(&format!("{STAGED_PARENT}/tusk-restore-"));
+                Some((
+                    dir.to_string(),
+                    Creator::from_record(record).filter(|_| staged)?,
+                ))
+            })
+            .collect())
+    }
+
+    async fn remove_staged_archive(&self, path: &str) -> Result<()> {
+        if !path.starts_with(&format!("{STAGED_PARENT}/tusk-restore-")) || path.contains("..") {
+            bail!("{path} is not a staged archive");
+        }
+        self.exec_simple(vec!["rm".into(), "-rf".into(), path.to_string()])
+            .await
+            .with_context(|| format!("could not remove {path} in {}", self.container.name))
     }
 }
 

@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::Client;
 
+use crate::creator::Creator;
 pub use direct::STAGED_ARCHIVE_KIND;
 pub use docker_pipe::TEMP_KIND as PIPE_DIR_KIND;
 pub use target::{DbTarget, quote_ident};
@@ -348,6 +349,18 @@ pub trait PgServer: Send + Sync {
     /// (parallel pg_restore needs one). The caller runs `cleanup` when done;
     /// after a failure or Ctrl-C, `main` does.
     async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive>;
+
+    /// Staged archives that runs left where the tools run, when that is not
+    /// [`PgServer::temp_dir`] (which the janitor reads itself): each one's
+    /// path and creator.
+    async fn staged_archives_elsewhere(&self) -> Result<Vec<(String, Creator)>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes a staged archive listed by [`PgServer::staged_archives_elsewhere`].
+    async fn remove_staged_archive(&self, path: &str) -> Result<()> {
+        bail!("no staged archive {path} here")
+    }
 }
 
 /// A seekable copy of an archive, as the tools see it.
