@@ -8,7 +8,7 @@ mod common;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -115,6 +115,23 @@ impl Running {
             stderr,
         }
     }
+}
+
+/// Every backup, restore and verify sweeps the cluster and the Docker Engine
+/// it uses, which the tests share: a test that leaves something for the next
+/// run to remove runs alone (exclusive), the others may overlap (shared).
+static SWEEPS: RwLock<()> = RwLock::new(());
+
+fn sweeps_shared() -> RwLockReadGuard<'static, ()> {
+    SWEEPS
+        .read()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn sweeps_exclusive() -> RwLockWriteGuard<'static, ()> {
+    SWEEPS
+        .write()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Adds a table big enough that a dump or restore can be caught midway.
@@ -231,6 +248,7 @@ fn assert_apps_running(compose: &Compose, stderr: &str) {
 
 #[test]
 fn sigterm_mid_dump_starts_the_apps_again_and_exits_143() {
+    let _sweeps = sweeps_shared();
     if !docker_tests_enabled() {
         return;
     }
@@ -267,6 +285,7 @@ fn sigterm_mid_dump_starts_the_apps_again_and_exits_143() {
 
 #[test]
 fn a_second_sigterm_does_not_cut_the_cleanup_short_and_exec_tools_are_ended() {
+    let _sweeps = sweeps_shared();
     if !docker_tests_enabled() {
         return;
     }
@@ -324,6 +343,7 @@ fn a_second_sigterm_does_not_cut_the_cleanup_short_and_exec_tools_are_ended() {
 
 #[test]
 fn sighup_mid_backup_exits_129_and_keeps_nothing() {
+    let _sweeps = sweeps_shared();
     let cluster = Cluster::main();
     let source = cluster.mastodon_database("sg_hup", 1);
     add_bulk(&source);
@@ -361,6 +381,7 @@ fn sighup_mid_backup_exits_129_and_keeps_nothing() {
 
 #[test]
 fn sigterm_mid_restore_leaves_the_target_as_it_was() {
+    let _sweeps = sweeps_shared();
     let cluster = Cluster::main();
     let source = cluster.mastodon_database("sg_rs_src", 1);
     add_bulk(&source);
@@ -395,6 +416,7 @@ fn sigterm_mid_restore_leaves_the_target_as_it_was() {
 
 #[test]
 fn sigterm_mid_verify_drops_the_scratch_database_and_removes_the_container() {
+    let _sweeps = sweeps_shared();
     if !docker_tests_enabled() {
         return;
     }
@@ -476,6 +498,7 @@ fn sigterm_mid_verify_drops_the_scratch_database_and_removes_the_container() {
 
 #[test]
 fn what_sigkill_leaves_of_a_backup_is_removed_by_the_next_but_not_a_live_runs_helper() {
+    let _sweeps = sweeps_exclusive();
     if !docker_tests_enabled() {
         return;
     }
@@ -547,6 +570,7 @@ fn what_sigkill_leaves_of_a_backup_is_removed_by_the_next_but_not_a_live_runs_he
 
 #[test]
 fn what_sigkill_leaves_of_a_restore_is_removed_by_the_next_but_not_a_live_runs_staging() {
+    let _sweeps = sweeps_exclusive();
     let cluster = Cluster::main();
     let source = cluster.mastodon_database("sg_kill_rs", 1);
     add_bulk(&source);
@@ -634,6 +658,7 @@ fn what_sigkill_leaves_of_a_restore_is_removed_by_the_next_but_not_a_live_runs_s
 
 #[test]
 fn what_sigkill_leaves_of_a_verify_is_removed_by_the_next() {
+    let _sweeps = sweeps_exclusive();
     let cluster = Cluster::main();
     let source = cluster.mastodon_database("sg_kill_vf", 1);
     add_bulk(&source);
@@ -671,6 +696,7 @@ fn what_sigkill_leaves_of_a_verify_is_removed_by_the_next() {
 
 #[test]
 fn what_sigkill_leaves_of_a_docker_verify_is_removed_by_the_next() {
+    let _sweeps = sweeps_exclusive();
     if !docker_tests_enabled() {
         return;
     }

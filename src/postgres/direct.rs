@@ -94,7 +94,10 @@ impl PgServer for DirectServer {
         if let Some(database) = &command.database {
             child_command.env("PGDATABASE", database);
         }
-        // A run killed by SIGKILL cannot end its tools; the kernel does.
+        // A run killed by SIGKILL cannot end its tools; the kernel does. The
+        // signal follows the thread that spawned the tool, so spawn from
+        // async code (runtime threads live as long as the process), never
+        // from a blocking-pool thread, which ends when idle.
         let parent = std::process::id();
         // SAFETY: prctl, getppid and _exit are async-signal-safe, and the
         // closure allocates nothing.
