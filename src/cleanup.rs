@@ -1,9 +1,13 @@
-//! Undo actions that must run even when an operation fails or is interrupted.
+//! Undo actions that must run even when an operation fails or is cancelled.
 //!
 //! Async work cannot run in `Drop`, so an operation registers what to undo
 //! (drop a scratch database, start stopped containers) and either runs it
 //! itself on the normal path or leaves it here; `main` runs whatever is
-//! left after the operation returned an error or was cancelled by Ctrl-C.
+//! left after the operation returned an error or was cancelled by a signal.
+//!
+//! An undo action, once started, is never cut short: it runs as a task of
+//! its own, so cancelling the operation that awaited it does not abort it,
+//! and [`run_leftovers`] waits for it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,15 +15,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, anyhow};
+use tokio::task::JoinHandle;
+
+use crate::signals::{Signal, Signals};
 
 type Undo = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = Result<()>> + Send>> + Send>;
 
 static PENDING: Mutex<Vec<(u64, String, Undo)>> = Mutex::new(Vec::new());
+/// Undo actions started by [`Deferred::run`], with their labels.
+static STARTED: Mutex<Vec<(String, JoinHandle<()>)>> = Mutex::new(Vec::new());
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// How long the leftovers may take once the operation is gone.
-const LEFTOVER_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one undo action may take.
+const UNDO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A registered undo action.
 #[must_use = "run the undo action or dismiss it"]
@@ -40,12 +49,24 @@ where
 }
 
 impl Deferred {
-    /// Runs the undo action now.
+    /// Runs the undo action now and returns its outcome. Should the caller
+    /// be cancelled meanwhile, the action still runs to its end.
     pub async fn run(self) -> Result<()> {
-        match take(self.id) {
-            Some((_, undo)) => undo().await,
-            None => Ok(()),
+        let Some((label, undo)) = take(self.id) else {
+            return Ok(());
+        };
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let _ = done_tx.send(undo().await);
+        });
+        {
+            let mut started = STARTED.lock().unwrap();
+            started.retain(|(_, task)| !task.is_finished());
+            started.push((label.clone(), task));
         }
+        done_rx
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("the undo action panicked ({label})")))
     }
 
     /// Forgets the undo action: the work it guarded is to be kept.
@@ -61,16 +82,56 @@ fn take(id: u64) -> Option<(String, Undo)> {
     Some((label, undo))
 }
 
-/// Runs every action still registered, newest first. Called by `main`.
-pub async fn run_leftovers() {
+/// Waits for the undo actions already started, then runs every action still
+/// registered, newest first. Called by `main` after the operation ended or
+/// was cancelled by `cancelled_by`. Signals arriving meanwhile are logged
+/// and change nothing: the undo actions run to their end.
+pub async fn run_leftovers(signals: &mut Signals, cancelled_by: Option<Signal>) {
+    loop {
+        let started = STARTED.lock().unwrap().pop();
+        let Some((label, task)) = started else { break };
+        if task.is_finished() {
+            continue;
+        }
+        finish_despite_signals(signals, cancelled_by, &label, async {
+            let _ = task.await;
+        })
+        .await;
+    }
     loop {
         let next = PENDING.lock().unwrap().pop();
         let Some((_, label, undo)) = next else { break };
         tracing::info!("cleaning up: {label}");
-        match tokio::time::timeout(LEFTOVER_TIMEOUT, undo()).await {
+        let undone = finish_despite_signals(
+            signals,
+            cancelled_by,
+            &label,
+            tokio::time::timeout(UNDO_TIMEOUT, undo()),
+        )
+        .await;
+        match undone {
             Ok(Ok(())) => {}
             Ok(Err(err)) => tracing::error!("cleanup failed ({label}): {err:#}"),
             Err(_) => tracing::error!("cleanup timed out ({label})"),
+        }
+    }
+}
+
+/// Awaits `work`, logging each signal that arrives meanwhile.
+async fn finish_despite_signals<T>(
+    signals: &mut Signals,
+    cancelled_by: Option<Signal>,
+    label: &str,
+    work: impl Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            signal = signals.recv() => {
+                let again = if cancelled_by == Some(signal) { " again" } else { "" };
+                tracing::warn!("received {signal}{again}; still cleaning up: {label}");
+            }
         }
     }
 }
@@ -81,8 +142,10 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
 
+    // One test, because the registry is global to the test process.
     #[tokio::test]
-    async fn leftovers_run_once_and_dismissed_never() {
+    async fn leftovers_run_once_dismissed_never_and_started_ones_to_the_end() {
+        let mut signals = Signals::listen().unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
         let counter = runs.clone();
         let kept = defer("count", move || async move {
@@ -92,8 +155,20 @@ mod tests {
         let dismissed = defer("never", || async { panic!("dismissed undo ran") });
         dismissed.dismiss();
         drop(kept);
-        run_leftovers().await;
-        run_leftovers().await;
-        assert_eq!(runs.load(Ordering::SeqCst), 1);
+
+        // An action whose caller is cancelled while it runs still finishes.
+        let counter = runs.clone();
+        let slow = defer("slow", move || async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            counter.fetch_add(10, Ordering::SeqCst);
+            Ok(())
+        });
+        let cancelled = tokio::time::timeout(Duration::from_millis(20), slow.run()).await;
+        assert!(cancelled.is_err());
+        assert_eq!(runs.load(Ordering::SeqCst), 0);
+
+        run_leftovers(&mut signals, None).await;
+        run_leftovers(&mut signals, None).await;
+        assert_eq!(runs.load(Ordering::SeqCst), 11);
     }
 }

@@ -11,17 +11,21 @@
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
 //! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
-//!   [`prune_sets`], [`tune`];
+//!   [`prune_sets`], [`tune`], and [`janitor`], which backup, restore and
+//!   verify call first to remove what a killed run left;
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
 //! - infrastructure: [`postgres`], [`docker`], [`storage`];
-//! - base: [`error`], [`output`], [`cleanup`], [`names`].
+//! - base: [`error`], [`output`], [`cleanup`], [`names`], [`signals`],
+//!   [`creator`].
 
 // base
 pub mod cleanup;
+pub mod creator;
 pub mod error;
 pub mod names;
 pub mod output;
+pub mod signals;
 
 // infrastructure
 pub mod docker;
@@ -35,6 +39,7 @@ pub mod set;
 
 // operations
 pub mod backup;
+pub mod janitor;
 pub mod media;
 pub mod prune;
 pub mod prune_sets;

@@ -11,10 +11,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use tusk::{cleanup, error};
-
-/// Exit status after Ctrl-C, as shells report a SIGINT death.
-const EXIT_INTERRUPTED: u8 = 130;
+use tusk::{cleanup, error, signals};
 
 fn main() -> ExitCode {
     // A shell asking for completions (TUSK_COMPLETE set) gets them and
@@ -29,26 +26,40 @@ fn main() -> ExitCode {
             return ExitCode::from(error::EXIT_FAILED);
         }
     };
-    runtime.block_on(async {
-        let outcome = tokio::select! {
-            result = commands::dispatch(cli) => Some(result),
-            _ = tokio::signal::ctrl_c() => None,
+    let code = runtime.block_on(async {
+        let mut signals = match signals::Signals::listen() {
+            Ok(signals) => signals,
+            Err(err) => {
+                tracing::error!("{err:#}");
+                return ExitCode::from(error::EXIT_FAILED);
+            }
         };
+        // SIGINT, SIGTERM and SIGHUP all cancel the command: dropping its
+        // future ends the child processes and removes a partial set.
+        let outcome = tokio::select! {
+            result = commands::dispatch(cli) => Ok(result),
+            signal = signals.recv() => Err(signal),
+        };
+        let cancelled_by = outcome.as_ref().err().copied();
+        if let Some(signal) = cancelled_by {
+            tracing::error!("interrupted by {signal}; undoing what was started");
+        }
         // Whatever an operation left to undo (scratch databases, stopped
-        // services) runs now, also after an error or Ctrl-C.
-        cleanup::run_leftovers().await;
+        // services) runs now, also after an error or a signal.
+        cleanup::run_leftovers(&mut signals, cancelled_by).await;
         match outcome {
-            Some(Ok(())) => ExitCode::SUCCESS,
-            Some(Err(err)) => {
+            Ok(Ok(())) => ExitCode::SUCCESS,
+            Ok(Err(err)) => {
                 tracing::error!("{err:#}");
                 error::exit_code_for(&err)
             }
-            None => {
-                tracing::error!("interrupted");
-                ExitCode::from(EXIT_INTERRUPTED)
-            }
+            Err(signal) => ExitCode::from(signal.exit_code()),
         }
-    })
+    });
+    // A blocking task still waiting (opening a helper's pipe) must not keep
+    // the process alive.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }
 
 /// Logs go to stderr: short lines on a terminal, timestamped lines for cron.

@@ -4,6 +4,14 @@
 /// PostgreSQL's limit on identifier length, in bytes.
 pub const MAX_IDENTIFIER: usize = 63;
 
+/// The purpose in a restore's staging database name, `<target>_tusk_restore_<random>`.
+pub const STAGING_PURPOSE: &str = "tusk_restore";
+/// The purpose in the name a replaced database gets until it is dropped,
+/// `<target>_tusk_old_<random>`.
+pub const ASIDE_PURPOSE: &str = "tusk_old";
+/// The prefix of verify's scratch databases, `tusk_verify_<random>`.
+pub const VERIFY_PREFIX: &str = "tusk_verify_";
+
 /// `<base>_<purpose>_<random>`, cut to PostgreSQL's identifier limit.
 pub fn staging_name(base: &str, purpose: &str) -> String {
     let suffix = format!("_{purpose}_{}", random_hex());
@@ -12,6 +20,11 @@ pub fn staging_name(base: &str, purpose: &str) -> String {
         keep -= 1;
     }
     format!("{}{suffix}", &base[..keep.min(base.len())])
+}
+
+/// A name for verify's scratch database.
+pub fn verify_scratch_name() -> String {
+    format!("{VERIFY_PREFIX}{}", random_hex())
 }
 
 /// Eight random hex digits for names of scratch databases and files.

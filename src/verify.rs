@@ -17,6 +17,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::docker::{Container, throwaway};
+use crate::janitor;
 use crate::output::Output;
 use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer};
@@ -136,11 +137,13 @@ async fn test_restore(
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
     let mut admin = server.connect_maintenance().await?;
+    janitor::sweep_tools(server).await;
+    janitor::sweep_databases(server, &admin).await;
     let me: String = admin
         .query_one("SELECT current_user::text", &[])
         .await?
         .get(0);
-    let scratch = format!("tusk_verify_{}", crate::names::random_hex());
+    let scratch = crate::names::verify_scratch_name();
     let guard = restore::create_scratch_database(server, &admin, &scratch, &me, set).await?;
     tracing::info!(
         "test restore of {} into {scratch} on {}",

@@ -8,9 +8,11 @@ use std::path::{Path, PathBuf};
 /// layer and the ones below (a lower number).
 const LAYERS: &[(&str, u8)] = &[
     ("cleanup", 0),
+    ("creator", 0),
     ("error", 0),
     ("names", 0),
     ("output", 0),
+    ("signals", 0),
     ("docker", 1),
     ("postgres", 1),
     ("storage", 1),
@@ -18,6 +20,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("mastodon", 2),
     ("set", 2),
     ("backup", 3),
+    ("janitor", 3),
     ("media", 3),
     ("prune", 3),
     ("prune_sets", 3),

@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::docker::services::AppServices;
+use crate::janitor;
 use crate::output::{Output, human_bytes};
 use crate::postgres::{PgServer, Tool, ToolCommand, server_version};
 use crate::set::Compression;
@@ -109,6 +110,8 @@ async fn write_set(
     output: &Output,
 ) -> Result<(BackupReport, DirLock)> {
     let lock = DirLock::acquire(&opts.backup_dir)?;
+    janitor::sweep_backup_dir(&lock);
+    janitor::sweep_tools(server).await;
     // Recorded once the lock is ours: a run that could not start is no run.
     let run = RunRecord::start("backup");
     runs::save(&opts.backup_dir, &run)?;

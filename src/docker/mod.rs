@@ -9,14 +9,103 @@ use std::collections::HashMap;
 
 use anyhow::{Context, Result};
 use bollard::Docker;
-use bollard::query_parameters::{InspectContainerOptions, ListContainersOptions};
+use bollard::query_parameters::{
+    InspectContainerOptions, ListContainersOptions, RemoveContainerOptions,
+};
 
+use crate::creator::{Creator, Liveness};
 use crate::error::TuskError;
 
 pub const COMPOSE_PROJECT_LABEL: &str = "com.docker.compose.project";
 pub const COMPOSE_SERVICE_LABEL: &str = "com.docker.compose.service";
 /// The directory compose ran in: where Mastodon's `.env.production` sits.
 pub const COMPOSE_WORKING_DIR_LABEL: &str = "com.docker.compose.project.working_dir";
+
+/// What a container tusk made is for (`dump`, `verify`).
+pub const PURPOSE_LABEL: &str = "tusk.purpose";
+/// The run that made it: host name, process id, process start time.
+const HOST_LABEL: &str = "tusk.host";
+const PID_LABEL: &str = "tusk.pid";
+const STARTED_LABEL: &str = "tusk.started";
+
+/// Labels for a container this run makes: its purpose and this run as its
+/// creator, so a later run can remove it should this one be killed.
+pub fn creator_labels(purpose: &str) -> HashMap<String, String> {
+    let me = Creator::current();
+    HashMap::from([
+        (PURPOSE_LABEL.into(), purpose.into()),
+        (HOST_LABEL.into(), me.host.clone()),
+        (PID_LABEL.into(), me.pid.to_string()),
+        (STARTED_LABEL.into(), me.started.to_string()),
+    ])
+}
+
+/// Containers tusk made (named `tusk-...`, labelled with a purpose and a
+/// creator) whose creator no longer runs on this host; by name.
+pub async fn orphaned_containers(docker: &Docker) -> Result<Vec<String>> {
+    let listed = docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![PURPOSE_LABEL.to_string()],
+            )])),
+            ..Default::default()
+        }))
+        .await
+        .context("could not list containers")?;
+    let mut orphans = Vec::new();
+    for container in listed {
+        let Some(name) = container
+            .names
+            .as_ref()
+            .and_then(|names| names.first())
+            .map(|name| name.trim_start_matches('/').to_string())
+        else {
+            continue;
+        };
+        let labels = container.labels.unwrap_or_default();
+        if name.starts_with("tusk-") && creator_of(&labels).is_some_and(is_gone) {
+            orphans.push(name);
+        }
+    }
+    orphans.sort();
+    Ok(orphans)
+}
+
+fn creator_of(labels: &HashMap<String, String>) -> Option<Creator> {
+    Some(Creator {
+        host: labels.get(HOST_LABEL)?.clone(),
+        pid: labels.get(PID_LABEL)?.parse().ok()?,
+        started: labels.get(STARTED_LABEL)?.parse().ok()?,
+    })
+}
+
+fn is_gone(creator: Creator) -> bool {
+    creator.liveness() == Liveness::Gone
+}
+
+/// Removes a container tusk made, running or not, with its anonymous
+/// volumes; one that is already gone is no error.
+pub async fn remove_container(docker: &Docker, name: &str) -> Result<()> {
+    let removed = docker
+        .remove_container(
+            name,
+            Some(RemoveContainerOptions {
+                force: true,
+                v: true,
+                ..Default::default()
+            }),
+        )
+        .await;
+    match removed {
+        Ok(())
+        | Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 404, ..
+        }) => Ok(()),
+        Err(err) => Err(err).with_context(|| format!("could not remove container {name}")),
+    }
+}
 
 /// Connects to the engine at `host` (`unix:///...` or `tcp://...`), else
 /// `DOCKER_HOST`, else the local socket.

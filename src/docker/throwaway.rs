@@ -1,15 +1,12 @@
 //! Throwaway PostgreSQL containers: a test restore that never touches the
 //! production server.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bollard::Docker;
 use bollard::models::ContainerCreateBody;
-use bollard::query_parameters::{
-    CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
-};
+use bollard::query_parameters::{CreateContainerOptions, StartContainerOptions};
 
 use super::{Container, inspect};
 use crate::cleanup;
@@ -34,7 +31,7 @@ pub async fn start_like(
             "POSTGRES_HOST_AUTH_METHOD=trust".into(),
             format!("POSTGRES_PASSWORD={}", crate::names::random_hex()),
         ]),
-        labels: Some(HashMap::from([("tusk.purpose".into(), "verify".into())])),
+        labels: Some(super::creator_labels("verify")),
         ..Default::default()
     };
     docker
@@ -55,17 +52,7 @@ pub async fn start_like(
     let remove_docker = docker.clone();
     let remove_name = name.clone();
     let guard = cleanup::defer(format!("remove container {name}"), move || async move {
-        remove_docker
-            .remove_container(
-                &remove_name,
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .with_context(|| format!("could not remove container {remove_name}"))?;
+        super::remove_container(&remove_docker, &remove_name).await?;
         tracing::info!("removed container {remove_name}");
         Ok(())
     });

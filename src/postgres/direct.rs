@@ -8,11 +8,15 @@ use async_trait::async_trait;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::cleanup;
+use crate::creator::Creator;
 use tokio::process::Command;
 
 use super::{
     BoxReader, DbTarget, PgServer, StagedArchive, Tool, ToolCommand, ToolExit, ToolProcess,
 };
+
+/// A staged archive is `tusk-restore-<creator>-<random>.dump` in the temporary directory.
+pub const STAGED_ARCHIVE_KIND: &str = "restore";
 
 /// A server reached over the network, with local pg_* tools.
 pub struct DirectServer {
@@ -68,6 +72,10 @@ impl PgServer for DirectServer {
         }
     }
 
+    fn temp_dir(&self) -> PathBuf {
+        self.temp_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
     async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess> {
         let program = self.program_path(command.tool);
         let mut child_command = Command::new(&program);
@@ -85,6 +93,25 @@ impl PgServer for DirectServer {
             .kill_on_drop(true);
         if let Some(database) = &command.database {
             child_command.env("PGDATABASE", database);
+        }
+        // A run killed by SIGKILL cannot end its tools; the kernel does. The
+        // signal follows the thread that spawned the tool, so spawn from
+        // async code (runtime threads live as long as the process), never
+        // from a blocking-pool thread, which ends when idle.
+        let parent = std::process::id();
+        // SAFETY: prctl, getppid and _exit are async-signal-safe, and the
+        // closure allocates nothing.
+        unsafe {
+            child_command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent died before the request took effect.
+                if libc::getppid() as u32 != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
         }
         let mut child = child_command.spawn().with_context(|| {
             format!(
@@ -125,9 +152,9 @@ impl PgServer for DirectServer {
     }
 
     async fn stage_archive(&self, archive: BoxReader, _size: u64) -> Result<StagedArchive> {
-        let dir = self.temp_dir.clone().unwrap_or_else(std::env::temp_dir);
+        let dir = PgServer::temp_dir(self);
         let (file, path) = tempfile::Builder::new()
-            .prefix("tusk-restore-")
+            .prefix(&Creator::current().temp_prefix(STAGED_ARCHIVE_KIND))
             .suffix(".dump")
             .tempfile_in(&dir)
             .with_context(|| format!("could not create a temporary file in {}", dir.display()))?

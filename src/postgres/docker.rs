@@ -13,12 +13,14 @@ use bollard::models::ExecConfig;
 use bollard::query_parameters::UploadToContainerOptions;
 use bytes::Bytes;
 use futures_util::StreamExt;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::docker_pipe::{self, PipeError};
 use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolExit, ToolProcess};
 use crate::cleanup;
+use crate::creator::Creator;
 use crate::docker::Container;
 use crate::error::TuskError;
 
@@ -26,6 +28,10 @@ use crate::error::TuskError;
 const OUTPUT_CAPACITY: usize = 1 << 20;
 /// The port PostgreSQL listens on inside its container.
 const CONTAINER_PORT: u16 = 5432;
+/// Where archives are staged inside the container, each in its own
+/// `tusk-restore-<random>` directory beside a file naming its creator.
+const STAGED_PARENT: &str = "/tmp";
+const STAGED_CREATOR_FILE: &str = "creator";
 
 /// How a dump leaves the database container in Docker mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -159,11 +165,15 @@ impl DockerServer {
     async fn exec(
         &self,
         cmd: Vec<String>,
-        env: Vec<String>,
+        mut env: Vec<String>,
         stdin: bool,
         stderr_lines: Option<tokio::sync::mpsc::UnboundedSender<String>>,
     ) -> Result<ToolProcess> {
         let label = format!("{} (in container {})", cmd[0], self.container.name);
+        // Names the process and its server sessions, so a cancelled run can
+        // end it: the Engine lets an exec run on when its client is gone.
+        let marker = format!("tusk-exec-{}", crate::names::random_hex());
+        env.push(format!("PGAPPNAME={marker}"));
         let exec = self
             .docker
             .create_exec(
@@ -179,6 +189,15 @@ impl DockerServer {
             )
             .await
             .with_context(|| format!("could not start {label}"))?;
+        let ender = cleanup::defer(format!("end {label}"), {
+            let (docker, container, login) = (
+                self.docker.clone(),
+                self.container.clone(),
+                self.target.clone(),
+            );
+            let (exec_id, marker) = (exec.id.clone(), marker.clone());
+            move || end_exec(docker, container, login, exec_id, marker)
+        });
         let started = self
             .docker
             .start_exec(
@@ -222,6 +241,9 @@ impl DockerServer {
             }
             stderr.finish()
         });
+        // Dropped unfinished (the run was cancelled), the connection closes,
+        // which closes the process's stdin.
+        let pump_guard = AbortOnDrop(pump.abort_handle());
         let stdout_stream = futures_util::stream::poll_fn(move |cx| stdout_rx.poll_recv(cx));
         let stdout: BoxReader = Box::new(StreamReader::new(stdout_stream));
         let stdin = stdin.then(|| Box::new(input) as super::BoxWriter);
@@ -229,12 +251,14 @@ impl DockerServer {
         let docker = self.docker.clone();
         let exec_id = exec.id;
         let exit = async move {
+            let _pump_guard = pump_guard;
             let stderr = pump.await.unwrap_or_default();
             // The stream ends when the process closes its output; the exit
             // code is recorded a moment later.
             for _ in 0..200 {
                 let info = docker.inspect_exec(&exec_id).await?;
                 if info.running != Some(true) {
+                    ender.dismiss();
                     if !stderr.trim().is_empty() {
                         tracing::debug!(target: "tusk::tools", "{}", stderr.trim_end());
                     }
@@ -251,6 +275,108 @@ impl DockerServer {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How long a cancelled exec may take to end.
+const END_EXEC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Ends a tool started by exec whose run was cancelled: the processes
+/// carrying its marker are sent SIGTERM inside the container, its server
+/// sessions are terminated (for an image without a shell), and the exec is
+/// awaited.
+async fn end_exec(
+    docker: Docker,
+    container: Container,
+    server_target: DbTarget,
+    exec_id: String,
+    marker: String,
+) -> Result<()> {
+    let running = |docker: &Docker| {
+        let exec_id = exec_id.clone();
+        let docker = docker.clone();
+        async move {
+            docker
+                .inspect_exec(&exec_id)
+                .await
+                .map(|info| info.running == Some(true))
+                .unwrap_or(false)
+        }
+    };
+    if !running(&docker).await {
+        return Ok(());
+    }
+    let script = format!(
+        "for d in /proc/[0-9]*; do \
+           if tr '\\0' '\\n' < \"$d/environ\" 2>/dev/null | grep -qx 'PGAPPNAME={marker}'; \
+           then kill -TERM \"${{d#/proc/}}\" 2>/dev/null; fi; \
+         done; true"
+    );
+    if let Err(err) = run_detached(&docker, &container.id, script).await {
+        tracing::debug!("could not signal {marker} in {}: {err:#}", container.name);
+    }
+    let deadline = std::time::Instant::now() + END_EXEC_TIMEOUT;
+    loop {
+        if let Ok(session) = server_target.connect_maintenance().await {
+            let _ = session
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                    &[&marker],
+                )
+                .await;
+        }
+        if !running(&docker).await {
+            tracing::info!("ended the cancelled tool in container {}", container.name);
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "a tool run by exec in container {} is still running; \
+                 end the processes with PGAPPNAME={marker} there",
+                container.name
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+/// Runs a shell script in the container without attaching to it, and
+/// waits (briefly) for it to end.
+async fn run_detached(docker: &Docker, container_id: &str, script: String) -> Result<()> {
+    let exec = docker
+        .create_exec(
+            container_id,
+            ExecConfig {
+                cmd: Some(vec!["sh".into(), "-c".into(), script]),
+                ..Default::default()
+            },
+        )
+        .await?;
+    docker
+        .start_exec(
+            &exec.id,
+            Some(StartExecOptions {
+                detach: true,
+                ..Default::default()
+            }),
+        )
+        .await?;
+    for _ in 0..100 {
+        if docker.inspect_exec(&exec.id).await?.running != Some(true) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    bail!("the script did not end")
+}
+
 #[async_trait]
 impl PgServer for DockerServer {
     fn target(&self) -> &DbTarget {
@@ -259,6 +385,14 @@ impl PgServer for DockerServer {
 
     fn describe_tools(&self) -> String {
         format!("tools inside container {}", self.container.name)
+    }
+
+    fn temp_dir(&self) -> PathBuf {
+        self.temp_dir.clone().unwrap_or_else(std::env::temp_dir)
+    }
+
+    fn engine(&self) -> Option<&Docker> {
+        Some(&self.docker)
     }
 
     async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess> {
@@ -306,7 +440,7 @@ impl PgServer for DockerServer {
 
     async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive> {
         let dir = format!("tusk-restore-{}", crate::names::random_hex());
-        let path = format!("/tmp/{dir}/database.dump");
+        let path = format!("{STAGED_PARENT}/{dir}/database.dump");
 
         let mut dir_header = tar::Header::new_gnu();
         dir_header.set_path(format!("{dir}/"))?;
@@ -314,14 +448,24 @@ impl PgServer for DockerServer {
         dir_header.set_mode(0o700);
         dir_header.set_size(0);
         dir_header.set_cksum();
+        // Names the run that staged it, for the janitor should it be killed.
+        let creator = Creator::current().record();
+        let mut creator_header = tar::Header::new_gnu();
+        creator_header.set_path(format!("{dir}/{STAGED_CREATOR_FILE}"))?;
+        creator_header.set_mode(0o600);
+        creator_header.set_size(creator.len() as u64);
+        creator_header.set_cksum();
         let mut file_header = tar::Header::new_gnu();
         file_header.set_path(format!("{dir}/database.dump"))?;
         file_header.set_mode(0o600);
         file_header.set_size(size);
         file_header.set_cksum();
         let padding = (512 - size % 512) % 512;
-        let mut head = Vec::with_capacity(1024);
+        let mut head = Vec::with_capacity(2048);
         head.extend_from_slice(dir_header.as_bytes());
+        head.extend_from_slice(creator_header.as_bytes());
+        head.extend_from_slice(creator.as_bytes());
+        head.resize(head.len().next_multiple_of(512), 0);
         head.extend_from_slice(file_header.as_bytes());
         let tail = vec![0u8; padding as usize + 1024];
 
@@ -335,7 +479,7 @@ impl PgServer for DockerServer {
         let docker = self.docker.clone();
         let container = self.container.clone();
         let login = self.target.clone();
-        let remove_dir = format!("/tmp/{dir}");
+        let remove_dir = format!("{STAGED_PARENT}/{dir}");
         let cleanup = cleanup::defer(
             format!("remove {remove_dir} in {}", container.name),
             move || async move {
@@ -349,7 +493,7 @@ impl PgServer for DockerServer {
             .upload_to_container(
                 &self.container.id,
                 Some(UploadToContainerOptions {
-                    path: "/tmp".into(),
+                    path: STAGED_PARENT.into(),
                     ..Default::default()
                 }),
                 bollard::body_try_stream(body),
@@ -366,6 +510,49 @@ impl PgServer for DockerServer {
             local_file: None,
             cleanup,
         })
+    }
+
+    async fn staged_archives_elsewhere(&self) -> Result<Vec<(String, Creator)>> {
+        let script = format!(
+            "for f in {STAGED_PARENT}/tusk-restore-*/{STAGED_CREATOR_FILE}; do \
+               [ -f \"$f\" ] && echo \"${{f%/{STAGED_CREATOR_FILE}}} $(cat \"$f\")\"; \
+             done; true"
+        );
+        let mut process = self
+            .exec(
+                vec!["sh".into(), "-c".into(), script],
+                Vec::new(),
+                false,
+                None,
+            )
+            .await?;
+        let mut listing = String::new();
+        process
+            .take_stdout()
+            .read_to_string(&mut listing)
+            .await
+            .context("could not list the staged archives")?;
+        process.wait().await?;
+        Ok(listing
+            .lines()
+            .filter_map(|line| {
+                let (dir, record) = line.split_once(' ')?;
+                let staged = dir.starts_with(&format!("{STAGED_PARENT}/tusk-restore-"));
+                Some((
+                    dir.to_string(),
+                    Creator::from_record(record).filter(|_| staged)?,
+                ))
+            })
+            .collect())
+    }
+
+    async fn remove_staged_archive(&self, path: &str) -> Result<()> {
+        if !path.starts_with(&format!("{STAGED_PARENT}/tusk-restore-")) || path.contains("..") {
+            bail!("{path} is not a staged archive");
+        }
+        self.exec_simple(vec!["rm".into(), "-rf".into(), path.to_string()])
+            .await
+            .with_context(|| format!("could not remove {path} in {}", self.container.name))
     }
 }
 

@@ -9,7 +9,6 @@
 //! cross the kernel only. This needs the Engine on this machine; the helper
 //! runs as tusk's own user with no capabilities.
 
-use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
@@ -19,14 +18,18 @@ use anyhow::{Context, Result, anyhow};
 use bollard::Docker;
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
-    AttachContainerOptions, CreateContainerOptions, RemoveContainerOptions, StartContainerOptions,
+    AttachContainerOptions, CreateContainerOptions, StartContainerOptions,
 };
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::{StderrCollector, ToolCommand, ToolExit, ToolProcess};
 use crate::cleanup;
+use crate::creator::Creator;
 use crate::docker::Container;
+
+/// The shared directory is `tusk-pipe-<creator>-<random>` in the temporary directory.
+pub const TEMP_KIND: &str = "pipe";
 
 /// Where the helper sees the shared directory.
 const MOUNT_POINT: &str = "/tusk";
@@ -73,7 +76,7 @@ pub async fn spawn(
         .unwrap_or_else(std::env::temp_dir);
     // tempfile creates the directory 0700.
     let dir = tempfile::Builder::new()
-        .prefix("tusk-pipe-")
+        .prefix(&Creator::current().temp_prefix(TEMP_KIND))
         .tempdir_in(&parent)
         .with_context(|| format!("could not create a directory in {}", parent.display()))
         .map_err(failed)?
@@ -127,10 +130,11 @@ async fn start(
         user: Some(format!("{uid}:{gid}")),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
-        labels: Some(HashMap::from([
-            ("tusk.purpose".into(), "dump".into()),
-            ("tusk.for".into(), database.name.clone()),
-        ])),
+        labels: Some({
+            let mut labels = crate::docker::creator_labels("dump");
+            labels.insert("tusk.for".into(), database.name.clone());
+            labels
+        }),
         host_config: Some(HostConfig {
             network_mode: Some(format!("container:{}", database.id)),
             // A missing source is an error with `Mounts` (with `Binds` the
@@ -310,24 +314,11 @@ async fn wait_exit(docker: Docker, name: String) -> Result<i64> {
 
 /// Removes the helper (if it was created) and the shared directory.
 async fn remove_helper(docker: Docker, name: String, dir: PathBuf) -> Result<()> {
-    let removed = docker
-        .remove_container(
-            &name,
-            Some(RemoveContainerOptions {
-                force: true,
-                ..Default::default()
-            }),
-        )
-        .await;
-    let dir_removed = tokio::fs::remove_dir_all(&dir).await;
-    match removed {
-        Ok(()) => {}
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 404, ..
-        }) => {}
-        Err(err) => return Err(err).with_context(|| format!("could not remove container {name}")),
-    }
-    dir_removed.with_context(|| format!("could not remove {}", dir.display()))
+    let removed = crate::docker::remove_container(&docker, &name).await;
+    let dir_removed = tokio::fs::remove_dir_all(&dir)
+        .await
+        .with_context(|| format!("could not remove {}", dir.display()));
+    removed.and(dir_removed)
 }
 
 fn make_fifo(path: &Path) -> Result<()> {

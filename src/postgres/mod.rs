@@ -8,7 +8,10 @@ pub mod direct;
 pub mod docker;
 mod docker_pipe;
 pub mod target;
+pub mod temporary;
 pub mod tls;
+
+use std::path::PathBuf;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +21,9 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_postgres::Client;
 
+use crate::creator::Creator;
+pub use direct::STAGED_ARCHIVE_KIND;
+pub use docker_pipe::TEMP_KIND as PIPE_DIR_KIND;
 pub use target::{DbTarget, quote_ident};
 pub use tls::{RootCert, SslMode, TlsOptions};
 
@@ -305,6 +311,17 @@ pub trait PgServer: Send + Sync {
     /// Where the client tools run, for messages ("local tools in /usr/lib/...").
     fn describe_tools(&self) -> String;
 
+    /// The directory on this machine for temporary files: staged archives
+    /// ([`STAGED_ARCHIVE_KIND`]) and the pipe transport's directories
+    /// ([`PIPE_DIR_KIND`]), named by their creator.
+    fn temp_dir(&self) -> PathBuf;
+
+    /// The Docker Engine the tools run through, if any; it also holds the
+    /// helper containers tusk makes.
+    fn engine(&self) -> Option<&bollard::Docker> {
+        None
+    }
+
     /// Starts a client tool with its stdout piped (and stdin when asked).
     async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess>;
 
@@ -332,6 +349,18 @@ pub trait PgServer: Send + Sync {
     /// (parallel pg_restore needs one). The caller runs `cleanup` when done;
     /// after a failure or Ctrl-C, `main` does.
     async fn stage_archive(&self, archive: BoxReader, size: u64) -> Result<StagedArchive>;
+
+    /// Staged archives that runs left where the tools run, when that is not
+    /// [`PgServer::temp_dir`] (which the janitor reads itself): each one's
+    /// path and creator.
+    async fn staged_archives_elsewhere(&self) -> Result<Vec<(String, Creator)>> {
+        Ok(Vec::new())
+    }
+
+    /// Removes a staged archive listed by [`PgServer::staged_archives_elsewhere`].
+    async fn remove_staged_archive(&self, path: &str) -> Result<()> {
+        bail!("no staged archive {path} here")
+    }
 }
 
 /// A seekable copy of an archive, as the tools see it.

@@ -14,7 +14,10 @@ use tokio_postgres::Client;
 
 use crate::cleanup;
 use crate::error::TuskError;
+use crate::janitor;
+use crate::names::{ASIDE_PURPOSE, STAGING_PURPOSE};
 use crate::output::Output;
+use crate::postgres::temporary::{force_drop, hold_temporary_database};
 use crate::postgres::{DbTarget, PgServer, Tool, ToolCommand, quote_ident, server_version};
 use crate::set::BackupSet;
 use crate::set::manifest::ArtefactKind;
@@ -89,6 +92,8 @@ pub async fn run(
     }
 
     let mut admin = server.connect_maintenance().await?;
+    janitor::sweep_tools(server).await;
+    janitor::sweep_databases(server, &admin).await;
     let (target_major, target_version) = server_version(&admin).await?;
     if target_major < set.manifest.source.server_major {
         tracing::warn!(
@@ -126,7 +131,7 @@ pub async fn run(
     require_roles(&admin, set, &properties, &target_db).await?;
 
     let owner = choose_owner(&admin, set, opts, existing.owner.as_deref()).await?;
-    let staging = crate::names::staging_name(database, "tusk_restore");
+    let staging = crate::names::staging_name(database, STAGING_PURPOSE);
     let staging_guard = create_scratch_database(server, &admin, &staging, &owner, set).await?;
     properties
         .check(&mut admin, &staging)
@@ -392,7 +397,8 @@ async fn choose_owner(
 }
 
 /// Creates an empty database that is dropped again unless the caller
-/// dismisses the returned guard.
+/// dismisses the returned guard. `admin` (a maintenance-database session)
+/// holds the database's lock ([`temporary_database_lock`]) until it ends.
 pub async fn create_scratch_database(
     server: &dyn PgServer,
     admin: &Client,
@@ -400,6 +406,7 @@ pub async fn create_scratch_database(
     owner: &str,
     set: &BackupSet,
 ) -> Result<cleanup::Deferred> {
+    hold_temporary_database(admin, name).await?;
     admin
         .batch_execute(&format!(
             "CREATE DATABASE {} TEMPLATE template0 ENCODING '{}' OWNER {}",
@@ -423,33 +430,6 @@ pub async fn drop_database(target: DbTarget, name: String) -> Result<()> {
         .await
         .with_context(|| format!("could not drop database {name}"))?;
     tracing::info!("dropped database {name}");
-    Ok(())
-}
-
-/// `DROP DATABASE ... WITH (FORCE)`, after clearing the template flag a
-/// restored database may carry (a template cannot be dropped).
-async fn force_drop(admin: &Client, name: &str) -> Result<()> {
-    let template = admin
-        .query_opt(
-            "SELECT datistemplate FROM pg_database WHERE datname = $1",
-            &[&name],
-        )
-        .await?
-        .is_some_and(|row| row.get(0));
-    if template {
-        admin
-            .batch_execute(&format!(
-                "ALTER DATABASE {} IS_TEMPLATE false",
-                quote_ident(name)
-            ))
-            .await?;
-    }
-    admin
-        .batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            quote_ident(name)
-        ))
-        .await?;
     Ok(())
 }
 
@@ -626,10 +606,12 @@ async fn rename_database(admin: &Client, from: &str, to: &str) -> Result<()> {
         .with_context(|| format!("could not rename database {from} to {to}"))
 }
 
-/// Puts the restored staging database in place of `target`. The old one is
-/// moved aside first and dropped only after the new one carries its name.
+/// Puts the restored staging database in place of `target`: both renames
+/// in one transaction, so a run killed meanwhile leaves the target as it
+/// was. The old database, set aside under a locked name, is dropped after.
 async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
-    let aside = crate::names::staging_name(target, "tusk_old");
+    let aside = crate::names::staging_name(target, ASIDE_PURPOSE);
+    hold_temporary_database(admin, &aside).await?;
     admin
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -637,15 +619,18 @@ async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
             &[&target],
         )
         .await?;
-    rename_database(admin, target, &aside).await?;
-    if let Err(err) = rename_database(admin, staging, target).await {
-        // Put the original back so the server is as it was.
-        rename_database(admin, &aside, target)
-            .await
-            .with_context(|| {
-                format!("the original database is now named {aside}; rename it back to {target}")
-            })?;
-        return Err(err);
+    let swapped = admin
+        .batch_execute(&format!(
+            "BEGIN; ALTER DATABASE {target_q} RENAME TO {aside_q}; \
+             ALTER DATABASE {staging_q} RENAME TO {target_q}; COMMIT",
+            target_q = quote_ident(target),
+            aside_q = quote_ident(&aside),
+            staging_q = quote_ident(staging),
+        ))
+        .await;
+    if let Err(err) = swapped {
+        let _ = admin.batch_execute("ROLLBACK").await;
+        return Err(err).with_context(|| format!("could not put {staging} in place of {target}"));
     }
     force_drop(admin, &aside)
         .await
@@ -656,6 +641,20 @@ async fn swap_in(admin: &Client, staging: &str, target: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_names_tusk_makes_count_as_temporary_databases() {
+        use crate::names::{staging_name, verify_scratch_name};
+        use crate::postgres::temporary::is_temporary_database;
+        for made in [
+            staging_name("mastodon", STAGING_PURPOSE),
+            staging_name(&"m".repeat(80), STAGING_PURPOSE),
+            staging_name("mastodon", ASIDE_PURPOSE),
+            verify_scratch_name(),
+        ] {
+            assert!(is_temporary_database(&made), "{made}");
+        }
+    }
 
     #[test]
     fn conninfo_escapes_quotes() {

@@ -249,6 +249,7 @@ impl Drop for PartialSet {
 /// Holds `<backup-dir>/.tusk.lock` for the life of the value.
 pub struct DirLock {
     _file: File,
+    dir: PathBuf,
 }
 
 impl DirLock {
@@ -262,7 +263,10 @@ impl DirLock {
             .open(&path)
             .with_context(|| format!("could not open lock file {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => Ok(DirLock { _file: file }),
+            Ok(()) => Ok(DirLock {
+                _file: file,
+                dir: backup_dir.to_path_buf(),
+            }),
             Err(std::fs::TryLockError::WouldBlock) => Err(TuskError::Locked(format!(
                 "another tusk run holds {}; try again when it has finished",
                 path.display()
@@ -272,6 +276,28 @@ impl DirLock {
                 Err(err).with_context(|| format!("could not lock {}", path.display()))
             }
         }
+    }
+}
+
+impl DirLock {
+    /// The unfinished sets (`<id>.partial`) in the locked directory. Only a
+    /// backup writes them, and only under this lock, so while it is held
+    /// each one was left by a run that died (SIGKILL, a power cut).
+    pub fn stale_partial_sets(&self) -> Result<Vec<PathBuf>> {
+        let mut stale = Vec::new();
+        let entries = std::fs::read_dir(&self.dir)
+            .with_context(|| format!("could not read {}", self.dir.display()))?;
+        for entry in entries {
+            let entry = entry?;
+            let is_partial = entry.file_name().to_str().is_some_and(|name| {
+                name.len() > PARTIAL_SUFFIX.len() && name.ends_with(PARTIAL_SUFFIX)
+            });
+            if is_partial && entry.file_type()?.is_dir() {
+                stale.push(entry.path());
+            }
+        }
+        stale.sort();
+        Ok(stale)
     }
 }
 
@@ -348,6 +374,19 @@ mod tests {
         drop(partial);
         assert!(!root.path().join("x-1.partial").exists());
         assert!(!root.path().join("x-1").exists());
+    }
+
+    #[test]
+    fn partial_sets_under_the_lock_are_stale() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("x-1.partial")).unwrap();
+        std::fs::create_dir(root.path().join("x-0")).unwrap();
+        std::fs::write(root.path().join("notes.partial"), b"a file").unwrap();
+        let lock = DirLock::acquire(root.path()).unwrap();
+        assert_eq!(
+            lock.stale_partial_sets().unwrap(),
+            vec![root.path().join("x-1.partial")]
+        );
     }
 
     #[test]

@@ -13,6 +13,8 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::creator::Creator;
+
 /// How a run ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -52,8 +54,8 @@ impl RunRecord {
             set_id: None,
             bytes: None,
             error: None,
-            pid: std::process::id(),
-            host: host_name(),
+            pid: Creator::current().pid,
+            host: Creator::current().host.clone(),
         }
     }
 
@@ -108,12 +110,6 @@ pub fn last(dir: &Path, command: &str) -> Option<RunRecord> {
             None
         }
     }
-}
-
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
 }
 
 #[cfg(test)]
