@@ -7,6 +7,7 @@
 //! below (database logins, buckets, containers), and no operation reads it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -14,9 +15,10 @@ use serde::Deserialize;
 use crate::docker::ContainerSelector;
 use crate::error::TuskError;
 use crate::mastodon::env_file::EnvFile;
+use crate::notify::NotifySettings;
 use crate::postgres::docker::DumpTransport;
 use crate::postgres::{DbTarget, RootCert, SslMode, TlsOptions};
-use crate::set::Compression;
+use crate::set::{Compression, LockPolicy};
 use crate::storage::s3::S3Settings;
 
 /// Where the config file is looked for when `--config`/`TUSK_CONFIG` is not given.
@@ -44,6 +46,32 @@ pub struct FileSettings {
     pub s3: S3Section,
     #[serde(default)]
     pub prune: crate::prune::PruneSettings,
+    #[serde(default)]
+    pub notify: NotifySection,
+    /// node_exporter textfile metrics, rewritten after backup and verify.
+    pub metrics_file: Option<PathBuf>,
+    #[serde(default)]
+    pub lock: LockSection,
+}
+
+/// Alerts: a JSON POST and healthchecks.io-style pings ([`crate::notify`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    pub url: Option<String>,
+    pub on_success: Option<bool>,
+    pub ping_url: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The backup directory's lock ([`crate::set::lock`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSection {
+    /// Wait this long for another run's lock before exit 4.
+    pub wait_seconds: Option<u64>,
+    /// A lock record from another host older than this is taken over.
+    pub stale_after_hours: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -186,6 +214,11 @@ pub struct Overrides {
     pub s3_path_style: Option<bool>,
     pub s3_sdk_checksums: Option<bool>,
     pub mastodon_env_file: Option<PathBuf>,
+    pub notify_url: Option<String>,
+    pub ping_url: Option<String>,
+    pub metrics_file: Option<PathBuf>,
+    /// `--wait SECONDS` for the backup directory's lock.
+    pub lock_wait_seconds: Option<u64>,
 }
 
 /// Every setting, resolved.
@@ -222,6 +255,10 @@ pub struct Settings {
     pub media_store: MediaStoreKind,
     /// The `prune:` section as written.
     pub prune: crate::prune::PruneSettings,
+    pub notify: NotifySettings,
+    pub metrics_file: Option<PathBuf>,
+    /// Waiting for and taking over the backup directory's lock.
+    pub lock: LockPolicy,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
     /// Mastodon's `.env.production`, when one was found: its pool and
@@ -359,9 +396,35 @@ impl Settings {
                 }
             });
 
+        let notify = NotifySettings {
+            url: args.notify_url.clone().or(file.notify.url),
+            on_success: file.notify.on_success.unwrap_or(false),
+            ping_url: args.ping_url.clone().or(file.notify.ping_url),
+            timeout: file
+                .notify
+                .timeout_seconds
+                .map_or(NotifySettings::DEFAULT_TIMEOUT, Duration::from_secs),
+        };
+        let lock = LockPolicy {
+            wait: Duration::from_secs(
+                args.lock_wait_seconds
+                    .or(file.lock.wait_seconds)
+                    .unwrap_or(0),
+            ),
+            stale_after: file
+                .lock
+                .stale_after_hours
+                .map_or(LockPolicy::DEFAULT_STALE_AFTER, |hours| {
+                    Duration::from_secs(hours * 3600)
+                }),
+        };
+
         Ok(Settings {
             media_store,
             prune: file.prune,
+            notify,
+            metrics_file: args.metrics_file.clone().or(file.metrics_file),
+            lock,
             media_root,
             s3,
             s3_key_prefix,

@@ -11,10 +11,10 @@
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
 //! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
-//!   [`tune`];
+//!   [`tune`], and the reports around them, [`notify`] and [`metrics`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
-//! - infrastructure: [`postgres`], [`docker`], [`storage`];
+//! - infrastructure: [`postgres`], [`docker`], [`storage`], [`http`];
 //! - base: [`error`], [`output`], [`cleanup`], [`names`].
 
 // base
@@ -25,6 +25,7 @@ pub mod output;
 
 // infrastructure
 pub mod docker;
+pub mod http;
 pub mod postgres;
 pub mod storage;
 
@@ -36,6 +37,8 @@ pub mod set;
 // operations
 pub mod backup;
 pub mod media;
+pub mod metrics;
+pub mod notify;
 pub mod prune;
 pub mod restore;
 pub mod tune;

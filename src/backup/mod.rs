@@ -18,7 +18,7 @@ use crate::set::manifest::{
     Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, SourceInfo, ToolInfo,
 };
 use crate::set::runs::{self, RunRecord};
-use crate::set::{DirLock, PartialSet, new_id, stream};
+use crate::set::{DirLock, LockPolicy, PartialSet, new_id, stream};
 
 /// What `tusk backup` needs to know, free of any CLI type.
 #[derive(Debug)]
@@ -33,6 +33,8 @@ pub struct BackupOptions {
     /// Mastodon's app containers to stop for the dump and start again
     /// afterwards, whatever happens (Docker mode's `--stop-services`).
     pub stop_services: Option<AppServices>,
+    /// How long to wait for another run's lock on the backup directory.
+    pub lock: LockPolicy,
 }
 
 /// The outcome, as printed with `--json`.
@@ -49,13 +51,15 @@ pub struct BackupReport {
     pub notes: Vec<String>,
 }
 
-/// Writes a new backup set. With `opts.stop_services`, the app is stopped
-/// first and always started again, also when the dump fails.
+/// Writes a new backup set, holding the backup directory's lock. With
+/// `opts.stop_services`, the app is stopped once the lock is held and
+/// always started again, also when the dump fails.
 pub async fn run(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
 ) -> Result<BackupReport> {
+    let _lock = DirLock::acquire(&opts.backup_dir, "backup", &opts.lock).await?;
     let Some(app) = &opts.stop_services else {
         return write_set(server, opts, output).await;
     };
@@ -69,12 +73,12 @@ pub async fn run(
     outcome
 }
 
+/// Dumps the set and records the run; the caller holds the lock.
 async fn write_set(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
 ) -> Result<BackupReport> {
-    let _lock = DirLock::acquire(&opts.backup_dir)?;
     // Recorded once the lock is ours: a run that could not start is no run.
     let run = RunRecord::start("backup");
     runs::save(&opts.backup_dir, &run)?;

@@ -10,12 +10,14 @@
 
 mod compression;
 pub mod facts;
+pub mod lock;
 pub mod manifest;
 pub mod properties;
 pub mod runs;
 pub mod stream;
 
 pub use compression::Compression;
+pub use lock::{DirLock, LockPolicy};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use manifest::{
 use stream::hash_file;
 
 const PARTIAL_SUFFIX: &str = ".partial";
+/// The backup directory's lock ([`lock`]).
 const LOCK_FILE: &str = ".tusk.lock";
 
 /// A complete backup set.
@@ -233,35 +236,6 @@ impl Drop for PartialSet {
     }
 }
 
-/// Holds `<backup-dir>/.tusk.lock` for the life of the value.
-pub struct DirLock {
-    _file: File,
-}
-
-impl DirLock {
-    pub fn acquire(backup_dir: &Path) -> Result<Self> {
-        create_private_dir(backup_dir)?;
-        let path = backup_dir.join(LOCK_FILE);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("could not open lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock { _file: file }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(TuskError::Locked(format!(
-                "another tusk run holds {}; try again when it has finished",
-                path.display()
-            ))
-            .into()),
-            Err(std::fs::TryLockError::Error(err)) => {
-                Err(err).with_context(|| format!("could not lock {}", path.display()))
-            }
-        }
-    }
-}
-
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -320,16 +294,5 @@ mod tests {
         drop(partial);
         assert!(!root.path().join("x-1.partial").exists());
         assert!(!root.path().join("x-1").exists());
-    }
-
-    #[test]
-    fn a_second_lock_is_refused_with_exit_4() {
-        let root = tempfile::tempdir().unwrap();
-        let _held = DirLock::acquire(root.path()).unwrap();
-        let err = DirLock::acquire(root.path()).err().unwrap();
-        assert_eq!(
-            crate::error::exit_code_for(&err),
-            std::process::ExitCode::from(crate::error::EXIT_LOCKED)
-        );
     }
 }
