@@ -137,7 +137,7 @@ _tusk() {
 
     case "${cmd}" in
         tusk)
-            opts="-y -v -q -h -V --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help --version init backup backups restore verify media prune tune completions man help"
+            opts="-y -v -q -h -V --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help --version init backup backups restore verify media prune tune completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -255,6 +255,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -263,7 +279,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backup)
-            opts="-y -v -q -h --stop-services --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --stop-services --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -378,6 +394,22 @@ _tusk() {
                     return 0
                     ;;
                 --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -389,7 +421,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help list help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help list help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -504,6 +536,22 @@ _tusk() {
                     return 0
                     ;;
                 --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -557,7 +605,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups__subcmd__list)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -675,6 +723,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -683,7 +747,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__completions)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -798,6 +862,22 @@ _tusk() {
                     return 0
                     ;;
                 --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1033,7 +1113,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__init)
-            opts="-o -y -v -q -h --non-interactive --output --force --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-o -y -v -q -h --non-interactive --output --force --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1159,6 +1239,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1167,7 +1263,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__man)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1282,6 +1378,22 @@ _tusk() {
                     return 0
                     ;;
                 --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1293,7 +1405,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help push verify usage help"
+            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help push verify usage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1408,6 +1520,22 @@ _tusk() {
                     return 0
                     ;;
                 --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1489,7 +1617,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__push)
-            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1612,6 +1740,22 @@ _tusk() {
                     return 0
                     ;;
                 --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1623,7 +1767,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__usage)
-            opts="-y -v -q -h --bucket --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --bucket --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1741,6 +1885,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1749,7 +1909,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__verify)
-            opts="-c -y -v -q -h --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1875,6 +2035,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -1883,7 +2059,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__prune)
-            opts="-c -y -v -q -h --media-cache-days --profiles-days --preview-cards-days --unattached-media --user-archives-days --orphans --only --media-cache-semantics --avatars --headers --include-follows --orphans-min-age --start-after --dry-run --concurrency --batch-size --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --media-cache-days --profiles-days --preview-cards-days --unattached-media --user-archives-days --orphans --only --media-cache-semantics --avatars --headers --include-follows --orphans-min-age --start-after --dry-run --concurrency --batch-size --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2045,6 +2221,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -2053,7 +2245,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__restore)
-            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-acl --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-acl --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2195,6 +2387,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -2203,7 +2411,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__tune)
-            opts="-y -v -q -h --memory --cpus --storage --connections --compose-file --apply --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --memory --cpus --storage --connections --compose-file --apply --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2341,6 +2549,22 @@ _tusk() {
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 *)
                     COMPREPLY=()
                     ;;
@@ -2349,7 +2573,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__verify)
-            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2480,6 +2704,22 @@ _tusk() {
                     return 0
                     ;;
                 --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= pg-sslmode= pg-sslrootcert= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= pg-sslmode= pg-sslrootcert= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= notify-url= ping-url= metrics-file= wait= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -64,6 +64,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_needs_command" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_needs_command" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -122,6 +126,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l non-interactive -d 'Ask nothing: take the flags, and what is found for the rest (for scripts)'
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l force -d 'Replace the file if it exists'
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l json -d 'Print one JSON document on stdout instead of text'
@@ -169,6 +177,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l stop-services -d 'Stop Mastodon\'s app containers (never PostgreSQL) during the dump and start them again afterwards, also on failure or Ctrl-C (Docker mode)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -215,6 +227,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -262,6 +278,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -314,6 +334,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l force -d 'Replace a target database that already holds tables'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-owner -d 'Do not set object owners from the dump (Mastodon\'s cross-server form)'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-acl -d 'Leave out the grants: the objects\' and the database\'s own'
@@ -366,6 +390,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l checksums-only -d 'Only re-hash the artefacts; no test restore'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -412,6 +440,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -462,6 +494,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l dry-run -d 'Show what would be uploaded; change nothing'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l delete-local -d 'After the upload, delete local files that a verification proves stored and identical'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l json -d 'Print one JSON document on stdout instead of text'
@@ -510,6 +546,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -555,6 +595,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l bucket -d 'Measure the bucket instead of the local folder'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -621,6 +665,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l unattached-media -d 'Delete attachments never posted, older than a day (rows and files)'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l orphans -d 'Delete stored files that no database row points at'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l avatars -d 'With --profiles-days: prune avatars [default: avatars and headers]'
@@ -680,6 +728,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l apply -d 'Write the settings with ALTER SYSTEM and reload (asks first; --yes for scripts)'
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -726,6 +778,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -771,6 +827,10 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
