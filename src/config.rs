@@ -838,6 +838,48 @@ mod tests {
     }
 
     #[test]
+    fn notify_metrics_and_lock_follow_the_precedence() {
+        let setup = Setup::new(
+            "notify:\n  url: http://file/hook\n  on_success: true\n  ping_url: http://file/ping\n\
+             metrics_file: /file/tusk.prom\nlock:\n  wait_seconds: 60\n  stale_after_hours: 2\n",
+            "",
+        );
+        let from_file = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(from_file.notify.url.as_deref(), Some("http://file/hook"));
+        assert!(from_file.notify.on_success);
+        assert_eq!(from_file.notify.timeout, NotifySettings::DEFAULT_TIMEOUT);
+        assert_eq!(
+            from_file.metrics_file,
+            Some(PathBuf::from("/file/tusk.prom"))
+        );
+        assert_eq!(from_file.lock.wait, Duration::from_secs(60));
+        assert_eq!(from_file.lock.stale_after, Duration::from_secs(2 * 3600));
+
+        let flags = Overrides {
+            notify_url: Some("http://flag/hook".into()),
+            ping_url: Some("http://flag/ping".into()),
+            metrics_file: Some("/flag/tusk.prom".into()),
+            lock_wait_seconds: Some(5),
+            ..setup.overrides()
+        };
+        let from_flags = Settings::resolve(&flags).unwrap();
+        assert_eq!(from_flags.notify.url.as_deref(), Some("http://flag/hook"));
+        assert_eq!(
+            from_flags.notify.ping_url.as_deref(),
+            Some("http://flag/ping")
+        );
+        assert_eq!(
+            from_flags.metrics_file,
+            Some(PathBuf::from("/flag/tusk.prom"))
+        );
+        assert_eq!(from_flags.lock.wait, Duration::from_secs(5));
+
+        let none = Settings::resolve(&Setup::new("", "").overrides()).unwrap();
+        assert_eq!(none.notify.url, None);
+        assert_eq!(none.lock, LockPolicy::default());
+    }
+
+    #[test]
     fn a_missing_config_file_is_a_usage_error() {
         let overrides = Overrides {
             config: Some("/nonexistent/tusk.yaml".into()),
