@@ -101,13 +101,14 @@ impl Notifier {
 
     /// Marks the start of `command`: pings `<ping_url>/start`.
     pub async fn start(&self, command: &str) -> StartedRun {
+        let run = StartedRun {
+            command: command.to_string(),
+            started_at: Utc::now(),
+        };
         if let (Some(client), Some(ping)) = (&self.client, &self.settings.ping_url) {
             deliver(client, &ping_url(ping, "/start"), "text/plain", Vec::new()).await;
         }
-        StartedRun {
-            command: command.to_string(),
-            started_at: Utc::now(),
-        }
+        run
     }
 
     /// Reports how `run` ended: the ping, and the POST on failure (or on
