@@ -165,13 +165,15 @@ impl DirLock {
             let now = tokio::time::Instant::now();
             if now >= deadline {
                 let path = backup_dir.join(super::LOCK_FILE);
-                let waited = match policy.wait.is_zero() {
-                    true => String::new(),
-                    false => format!(" after waiting {}s", policy.wait.as_secs()),
+                let advice = match policy.wait.is_zero() {
+                    true => "; try again when it has finished, or pass --wait SECONDS".to_string(),
+                    false => format!(
+                        " after waiting {}s; try again when it has finished",
+                        policy.wait.as_secs()
+                    ),
                 };
                 return Err(TuskError::Locked(format!(
-                    "{} is held by {held_by}{waited}; try again when it has finished, \
-                     or pass --wait SECONDS",
+                    "{} is held by {held_by}{advice}",
                     path.display()
                 ))
                 .into());
