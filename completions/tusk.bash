@@ -55,11 +55,17 @@ _tusk() {
             tusk__subcmd__backups,list)
                 cmd="tusk__subcmd__backups__subcmd__list"
                 ;;
+            tusk__subcmd__backups,prune)
+                cmd="tusk__subcmd__backups__subcmd__prune"
+                ;;
             tusk__subcmd__backups__subcmd__help,help)
                 cmd="tusk__subcmd__backups__subcmd__help__subcmd__help"
                 ;;
             tusk__subcmd__backups__subcmd__help,list)
                 cmd="tusk__subcmd__backups__subcmd__help__subcmd__list"
+                ;;
+            tusk__subcmd__backups__subcmd__help,prune)
+                cmd="tusk__subcmd__backups__subcmd__help__subcmd__prune"
                 ;;
             tusk__subcmd__help,backup)
                 cmd="tusk__subcmd__help__subcmd__backup"
@@ -96,6 +102,9 @@ _tusk() {
                 ;;
             tusk__subcmd__help__subcmd__backups,list)
                 cmd="tusk__subcmd__help__subcmd__backups__subcmd__list"
+                ;;
+            tusk__subcmd__help__subcmd__backups,prune)
+                cmd="tusk__subcmd__help__subcmd__backups__subcmd__prune"
                 ;;
             tusk__subcmd__help__subcmd__media,push)
                 cmd="tusk__subcmd__help__subcmd__media__subcmd__push"
@@ -137,7 +146,7 @@ _tusk() {
 
     case "${cmd}" in
         tusk)
-            opts="-y -v -q -h -V --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help --version init backup backups restore verify media prune tune completions man help"
+            opts="-y -v -q -h -V --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help --version init backup backups restore verify media prune tune completions man help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -148,6 +157,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -279,7 +292,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backup)
-            opts="-y -v -q -h --stop-services --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --stop-services --prune --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -290,6 +303,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -421,7 +438,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help list help"
+            opts="-y -v -q -h --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help list prune help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -432,6 +449,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -563,7 +584,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__backups__subcmd__help)
-            opts="list help"
+            opts="list prune help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -604,8 +625,22 @@ _tusk() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        tusk__subcmd__backups__subcmd__help__subcmd__prune)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         tusk__subcmd__backups__subcmd__list)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -616,6 +651,160 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --backup-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --instance)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compression)
+                    COMPREPLY=($(compgen -W "zstd gzip none" -- "${cur}"))
+                    return 0
+                    ;;
+                --compression-level)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-bin-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslmode)
+                    COMPREPLY=($(compgen -W "disable allow prefer require verify-ca verify-full" -- "${cur}"))
+                    return 0
+                    ;;
+                --pg-sslrootcert)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --temp-dir)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --postgres-mode)
+                    COMPREPLY=($(compgen -W "direct docker" -- "${cur}"))
+                    return 0
+                    ;;
+                --docker-host)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --docker-transport)
+                    COMPREPLY=($(compgen -W "auto pipe exec" -- "${cur}"))
+                    return 0
+                    ;;
+                --container)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compose-service)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --compose-project)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --services)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-root)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --media-store)
+                    COMPREPLY=($(compgen -W "local s3" -- "${cur}"))
+                    return 0
+                    ;;
+                --s3-bucket)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-endpoint)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-region)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-key-prefix)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-permission)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --s3-path-style)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --s3-sdk-checksums)
+                    COMPREPLY=($(compgen -W "true false" -- "${cur}"))
+                    return 0
+                    ;;
+                --mastodon-env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --env-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --notify-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --ping-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --metrics-file)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --wait)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tusk__subcmd__backups__subcmd__prune)
+            opts="-y -v -q -h --destination --dry-run --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --destination)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -747,7 +936,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__completions)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
+            opts="-y -v -q -h --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help bash elvish fish powershell zsh"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -758,6 +947,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -917,7 +1110,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__help__subcmd__backups)
-            opts="list"
+            opts="list prune"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -931,6 +1124,20 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__help__subcmd__backups__subcmd__list)
+            opts=""
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        tusk__subcmd__help__subcmd__backups__subcmd__prune)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 4 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -1113,7 +1320,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__init)
-            opts="-o -y -v -q -h --non-interactive --output --force --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-o -y -v -q -h --non-interactive --output --force --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1132,6 +1339,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1263,7 +1474,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__man)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1274,6 +1485,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1405,7 +1620,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media)
-            opts="-y -v -q -h --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help push verify usage help"
+            opts="-y -v -q -h --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help push verify usage help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1416,6 +1631,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1617,7 +1836,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__push)
-            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --dry-run --delete-local --concurrency --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1636,6 +1855,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1767,7 +1990,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__usage)
-            opts="-y -v -q -h --bucket --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --bucket --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1778,6 +2001,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -1909,7 +2136,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__media__subcmd__verify)
-            opts="-c -y -v -q -h --concurrency --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --concurrency --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -1928,6 +2155,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2059,7 +2290,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__prune)
-            opts="-c -y -v -q -h --media-cache-days --profiles-days --preview-cards-days --unattached-media --user-archives-days --orphans --only --media-cache-semantics --avatars --headers --include-follows --orphans-min-age --start-after --dry-run --concurrency --batch-size --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-c -y -v -q -h --media-cache-days --profiles-days --preview-cards-days --unattached-media --user-archives-days --orphans --only --media-cache-semantics --avatars --headers --include-follows --orphans-min-age --start-after --dry-run --concurrency --batch-size --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2114,6 +2345,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2245,7 +2480,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__restore)
-            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-acl --no-globals --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --target-url --target-container --database --force --jobs --no-owner --role --no-acl --no-globals --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2280,6 +2515,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2411,7 +2650,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__tune)
-            opts="-y -v -q -h --memory --cpus --storage --connections --compose-file --apply --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-y -v -q -h --memory --cpus --storage --connections --compose-file --apply --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2442,6 +2681,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -2573,7 +2816,7 @@ _tusk() {
             return 0
             ;;
         tusk__subcmd__verify)
-            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
+            opts="-j -y -v -q -h --checksums-only --verify-url --verify-container --jobs --config --database-url --time-zone --backup-dir --instance --compression --compression-level --pg-bin-dir --pg-sslmode --pg-sslrootcert --temp-dir --postgres-mode --docker-host --docker-transport --container --compose-service --compose-project --services --media-root --media-store --s3-bucket --s3-endpoint --s3-region --s3-key-prefix --s3-permission --s3-path-style --s3-sdk-checksums --env-file --mastodon-env-file --notify-url --ping-url --metrics-file --wait --json --yes --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -2600,6 +2843,10 @@ _tusk() {
                     return 0
                     ;;
                 --database-url)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --time-zone)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

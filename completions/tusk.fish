@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= backup-dir= instance= compression= compression-level= pg-bin-dir= pg-sslmode= pg-sslrootcert= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= notify-url= ping-url= metrics-file= wait= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= time-zone= backup-dir= instance= compression= compression-level= pg-bin-dir= pg-sslmode= pg-sslrootcert= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= notify-url= ping-url= metrics-file= wait= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -26,6 +26,7 @@ end
 
 complete -c tusk -n "__fish_tusk_needs_command" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_needs_command" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_needs_command" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -88,6 +89,7 @@ complete -c tusk -n "__fish_tusk_needs_command" -f -a "help" -d 'Print this mess
 complete -c tusk -n "__fish_tusk_using_subcommand init" -s o -l output -d 'The file to write' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -139,6 +141,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand init" -s q -l quiet -d 'Only w
 complete -c tusk -n "__fish_tusk_using_subcommand init" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -182,64 +185,68 @@ complete -c tusk -n "__fish_tusk_using_subcommand backup" -l ping-url -d 'health
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l stop-services -d 'Stop Mastodon\'s app containers (never PostgreSQL) during the dump and start them again afterwards, also on failure or Ctrl-C (Docker mode)'
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l prune -d 'Once the new set is complete, remove the sets the backup directory\'s retention policy no longer keeps (as `tusk backups prune`, without asking)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
 gzip\t''
 none\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
 allow\t'plain first; TLS only when the server refuses a plain connection'
 prefer\t'TLS when the server offers it, else plain (the default)'
 require\t'TLS or fail; the certificate is checked only when a root certificate is available'
 verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
 verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
 docker\t'Inside the database\'s container, through the Docker Engine'"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
 pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
 exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l container -d 'PostgreSQL container by name (Docker mode)' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
 s3\t'The bucket (`s3:`)'"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -l json -d 'Print one JSON document on stdout instead of text'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s q -l quiet -d 'Only warnings and errors'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -f -a "list" -d 'List backup sets, oldest first'
-complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -f -a "list" -d 'List backup sets, oldest first'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -f -a "prune" -d 'Remove the sets each destination\'s retention policy no longer keeps (restic\'s `forget` rules); asks first on a terminal, `--yes` for cron'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -287,7 +294,60 @@ complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subco
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l destination -d 'Prune only this destination [default: every destination]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l notify-url -d 'POST a JSON report here when a backup or verify fails (and on success with notify.on_success)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l ping-url -d 'healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail with the last log lines' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l metrics-file -d 'Write Prometheus textfile metrics here after backup and verify' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l wait -d 'Wait up to SECONDS for another run\'s lock on the backup directory instead of exiting 4 at once [default: 0]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l dry-run -d 'List every set with keep or remove and the rules that keep it; remove nothing'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from help" -f -a "list" -d 'List backup sets, oldest first'
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from help" -f -a "prune" -d 'Remove the sets each destination\'s retention policy no longer keeps (restic\'s `forget` rules); asks first on a terminal, `--yes` for cron'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l target-url -d 'Server and database to restore into, with local tools (the database name defaults to the source\'s)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l target-container -d 'Restore into this PostgreSQL container, with its own tools [default in Docker mode: the configured container]' -r
@@ -296,6 +356,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand restore" -s j -l jobs -d 'Para
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l role -d 'Role that owns the restored objects (with --no-owner)' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -352,6 +413,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -l verify-container -d
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s j -l jobs -d 'Parallel pg_restore jobs for the scratch restore' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -402,6 +464,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand verify" -s q -l quiet -d 'Only
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -456,6 +519,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_sub
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -s c -l concurrency -d 'Uploads in flight' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -508,6 +572,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s c -l concurrency -d 'Checks in flight' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -557,6 +622,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcomm
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -627,6 +693,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand prune" -s c -l concurrency -d 
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l batch-size -d 'Rows per batch [default: 1000]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -690,6 +757,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand tune" -l connections -d 'Conne
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l compose-file -d 'Mastodon\'s compose file, for the processes\' pools [default: from the database container\'s labels, else beside .env.production]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -740,6 +808,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand tune" -s q -l quiet -d 'Only w
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -789,6 +858,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand completions" -s q -l quiet -d 
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
@@ -848,6 +918,7 @@ complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subc
 complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "man" -d 'Write man pages into a directory'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "list" -d 'List backup sets, oldest first'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "prune" -d 'Remove the sets each destination\'s retention policy no longer keeps (restic\'s `forget` rules); asks first on a terminal, `--yes` for cron'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "usage" -d 'Media sizes as the database records them beside what storage holds'

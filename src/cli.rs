@@ -70,6 +70,11 @@ pub struct GlobalArgs {
     )]
     pub database_url: Option<String>,
 
+    /// IANA time zone of retention's calendar days, weeks, months and years
+    /// [default: UTC]
+    #[arg(long, global = true, env = "TUSK_TIME_ZONE", value_name = "ZONE")]
+    pub time_zone: Option<String>,
+
     /// Directory holding backup sets [default: /var/backups/tusk]
     #[arg(long, global = true, env = "TUSK_BACKUP_DIR", value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
@@ -306,6 +311,7 @@ impl GlobalArgs {
             ping_url: self.ping_url.clone(),
             metrics_file: self.metrics_file.clone(),
             lock_wait_seconds: self.wait,
+            time_zone: self.time_zone.clone(),
         }
     }
 }
@@ -360,12 +366,33 @@ pub struct BackupArgs {
     /// start them again afterwards, also on failure or Ctrl-C (Docker mode)
     #[arg(long)]
     pub stop_services: bool,
+
+    /// Once the new set is complete, remove the sets the backup directory's
+    /// retention policy no longer keeps (as `tusk backups prune`, without
+    /// asking)
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BackupsCommand {
     /// List backup sets, oldest first
     List,
+    /// Remove the sets each destination's retention policy no longer keeps
+    /// (restic's `forget` rules); asks first on a terminal, `--yes` for cron
+    Prune(BackupsPruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsPruneArgs {
+    /// Prune only this destination [default: every destination]
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+
+    /// List every set with keep or remove and the rules that keep it;
+    /// remove nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -18,6 +18,8 @@ use crate::mastodon::env_file::EnvFile;
 use crate::notify::NotifySettings;
 use crate::postgres::docker::DumpTransport;
 use crate::postgres::{DbTarget, RootCert, SslMode, TlsOptions};
+use crate::prune_sets::DirDestination;
+use crate::set::retention::{RetentionPolicy, parse_time_zone};
 use crate::set::{Compression, LockPolicy};
 use crate::storage::s3::S3Settings;
 
@@ -46,6 +48,13 @@ pub struct FileSettings {
     pub s3: S3Section,
     #[serde(default)]
     pub prune: crate::prune::PruneSettings,
+    /// Where backup sets are kept; without it, `backup_dir` is the one
+    /// destination, named `local`.
+    pub destinations: Option<Vec<DestinationSection>>,
+    /// The retention of `backup_dir` when no `destinations:` are listed.
+    pub retention: Option<RetentionPolicy>,
+    /// The IANA zone of retention's calendar buckets [default: UTC].
+    pub time_zone: Option<String>,
     #[serde(default)]
     pub notify: NotifySection,
     /// node_exporter textfile metrics, rewritten after backup and verify.
@@ -73,6 +82,34 @@ pub struct LockSection {
     /// A lock record from another host older than this is taken over.
     pub stale_after_hours: Option<u64>,
 }
+
+/// One entry of `destinations:`: a directory (`dir:`) or a bucket (`s3:`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationSection {
+    pub name: String,
+    pub dir: Option<PathBuf>,
+    pub s3: Option<S3DestinationSection>,
+    pub retention: Option<RetentionPolicy>,
+}
+
+/// A bucket destination, as the file writes it. Parsed so the file's shape
+/// is checked, but not usable yet (see [`resolve_destinations`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3DestinationSection {
+    pub bucket: Option<String>,
+    pub prefix: Option<String>,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: Option<bool>,
+    pub max_parts: Option<u32>,
+    pub storage_class: Option<String>,
+}
+
+/// The name of the destination `backup_dir` makes when no `destinations:`
+/// are listed.
+pub const DEFAULT_DESTINATION: &str = "local";
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,6 +256,7 @@ pub struct Overrides {
     pub metrics_file: Option<PathBuf>,
     /// `--wait SECONDS` for the backup directory's lock.
     pub lock_wait_seconds: Option<u64>,
+    pub time_zone: Option<String>,
 }
 
 /// Every setting, resolved.
@@ -259,6 +297,10 @@ pub struct Settings {
     pub metrics_file: Option<PathBuf>,
     /// Waiting for and taking over the backup directory's lock.
     pub lock: LockPolicy,
+    /// Where backup sets are kept, each with its retention; never empty.
+    pub destinations: Vec<DirDestination>,
+    /// The zone of retention's calendar buckets.
+    pub time_zone: chrono_tz::Tz,
     /// Where the settings came from, for `-v` and error messages.
     pub config_file: Option<PathBuf>,
     /// Mastodon's `.env.production`, when one was found: its pool and
@@ -418,6 +460,21 @@ impl Settings {
                     Duration::from_secs(hours * 3600)
                 }),
         };
+        let time_zone = match args.time_zone.as_deref().or(file.time_zone.as_deref()) {
+            Some(name) => parse_time_zone(name).map_err(TuskError::usage)?,
+            None => chrono_tz::Tz::UTC,
+        };
+        let explicit_backup_dir = args.backup_dir.clone().or(file.backup_dir);
+        let destinations = resolve_destinations(
+            file.destinations,
+            file.retention,
+            explicit_backup_dir.as_deref(),
+        )?;
+        // With destinations listed, backups go to the first directory
+        // unless a backup directory is named.
+        let backup_dir = explicit_backup_dir
+            .or_else(|| destinations.first().map(|d| d.dir.clone()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR));
 
         Ok(Settings {
             media_store,
@@ -425,6 +482,8 @@ impl Settings {
             notify,
             metrics_file: args.metrics_file.clone().or(file.metrics_file),
             lock,
+            destinations,
+            time_zone,
             media_root,
             s3,
             s3_key_prefix,
@@ -438,11 +497,7 @@ impl Settings {
             container,
             services,
             instance,
-            backup_dir: args
-                .backup_dir
-                .clone()
-                .or(file.backup_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR)),
+            backup_dir,
             database,
             tls,
             compression,
@@ -502,6 +557,77 @@ fn resolve_tls(
         .map(RootCert::parse)
         .or_else(|| env_file.and_then(EnvFile::ssl_root_cert));
     Ok(TlsOptions { mode, root_cert })
+}
+
+/// The destinations of backup sets: the `destinations:` list, or else the
+/// backup directory (flag > `TUSK_BACKUP_DIR` > `backup_dir`) as `local`
+/// with the top-level `retention:`.
+fn resolve_destinations(
+    listed: Option<Vec<DestinationSection>>,
+    retention: Option<RetentionPolicy>,
+    backup_dir: Option<&Path>,
+) -> Result<Vec<DirDestination>> {
+    let Some(listed) = listed else {
+        return Ok(vec![DirDestination {
+            name: DEFAULT_DESTINATION.into(),
+            dir: backup_dir
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR)),
+            retention: retention.unwrap_or_default(),
+        }]);
+    };
+    if retention.is_some() {
+        return Err(TuskError::usage(
+            "tusk.yaml has both destinations: and a top-level retention:; the top-level one \
+             only applies to backup_dir when no destinations are listed: move it into a \
+             destination",
+        ));
+    }
+    if listed.is_empty() {
+        return Err(TuskError::usage(
+            "destinations: is empty in tusk.yaml: list at least one, or remove the key to \
+             keep sets in backup_dir",
+        ));
+    }
+    let mut destinations: Vec<DirDestination> = Vec::new();
+    for entry in listed {
+        let name = entry.name.trim().to_string();
+        if name.is_empty() {
+            return Err(TuskError::usage(
+                "a destination in tusk.yaml has an empty name: give each one a name",
+            ));
+        }
+        if destinations.iter().any(|d| d.name == name) {
+            return Err(TuskError::usage(format!(
+                "two destinations in tusk.yaml are named {name:?}: names must differ"
+            )));
+        }
+        let dir = match (entry.dir, entry.s3) {
+            (Some(_), Some(_)) => {
+                return Err(TuskError::usage(format!(
+                    "destination {name:?} has both dir: and s3:; give each destination one"
+                )));
+            }
+            (None, Some(_)) => {
+                return Err(TuskError::usage(format!(
+                    "destination {name:?}: S3 destinations are not supported yet; \
+                     keep sets in a directory (dir:) for now"
+                )));
+            }
+            (None, None) => {
+                return Err(TuskError::usage(format!(
+                    "destination {name:?} says neither dir: nor s3:; add dir: /path/to/backups"
+                )));
+            }
+            (Some(dir), None) => dir,
+        };
+        destinations.push(DirDestination {
+            name,
+            dir,
+            retention: entry.retention.unwrap_or_default(),
+        });
+    }
+    Ok(destinations)
 }
 
 /// The bucket settings: flag > environment > YAML > `.env.production`.
@@ -661,6 +787,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(example.prune.media_cache_days, Some(7));
+        let destinations = example.destinations.unwrap();
+        assert_eq!(destinations[0].name, "local");
+        assert_eq!(
+            destinations[0].retention.as_ref().unwrap().keep_weekly,
+            Some(4)
+        );
     }
 
     #[test]
@@ -877,6 +1009,75 @@ mod tests {
         let none = Settings::resolve(&Setup::new("", "").overrides()).unwrap();
         assert_eq!(none.notify.url, None);
         assert_eq!(none.lock, LockPolicy::default());
+    }
+
+    #[test]
+    fn backup_dir_is_the_local_destination_unless_destinations_are_listed() {
+        let setup = Setup::new(
+            "retention: {keep_last: 2}\ntime_zone: Europe/Berlin\n",
+            ENV_PRODUCTION,
+        );
+        let settings = Settings::resolve(&Overrides {
+            backup_dir: Some("/srv/flag".into()),
+            ..setup.overrides()
+        })
+        .unwrap();
+        assert_eq!(settings.destinations.len(), 1);
+        let local = &settings.destinations[0];
+        assert_eq!(
+            (local.name.as_str(), local.dir.as_path()),
+            ("local", Path::new("/srv/flag"))
+        );
+        assert_eq!(local.retention.keep_last, Some(2));
+        assert_eq!(settings.time_zone, chrono_tz::Europe::Berlin);
+
+        let setup = Setup::new(
+            "destinations:\n  - name: local\n    dir: /var/backups/tusk\n    \
+             retention: {keep_last: 3, keep_daily: 7, keep_weekly: 4, keep_monthly: 6}\n  \
+             - name: spare\n    dir: /mnt/spare\n",
+            ENV_PRODUCTION,
+        );
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        let names: Vec<&str> = settings
+            .destinations
+            .iter()
+            .map(|d| d.name.as_str())
+            .collect();
+        assert_eq!(names, ["local", "spare"]);
+        assert_eq!(settings.destinations[0].retention.keep_monthly, Some(6));
+        assert!(settings.destinations[1].retention.is_empty());
+        assert_eq!(settings.backup_dir, PathBuf::from("/var/backups/tusk"));
+        assert_eq!(settings.time_zone, chrono_tz::Tz::UTC);
+    }
+
+    #[test]
+    fn unusable_destinations_are_usage_errors() {
+        for (yaml, expected) in [
+            (
+                "destinations:\n  - name: b2\n    s3: {bucket: my-backups, prefix: mastodon/, \
+                 max_parts: 1000}\n    retention: {keep_daily: 14}\n",
+                "S3 destinations are not supported yet",
+            ),
+            (
+                "destinations:\n  - {name: a, dir: /a}\n  - {name: a, dir: /b}\n",
+                "named \"a\"",
+            ),
+            (
+                "retention: {keep_last: 1}\ndestinations:\n  - {name: a, dir: /a}\n",
+                "move it into a destination",
+            ),
+            ("time_zone: Mars/Olympus\n", "unknown time zone"),
+            ("retention: {keep_within: 5w}\n", "2y5m7d3h"),
+        ] {
+            let setup = Setup::new(yaml, "");
+            let err = Settings::resolve(&setup.overrides()).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{yaml}: {err:#}");
+            assert_eq!(
+                crate::error::exit_code_for(&err),
+                std::process::ExitCode::from(crate::error::EXIT_USAGE),
+                "{yaml}"
+            );
+        }
     }
 
     #[test]

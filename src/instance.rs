@@ -18,6 +18,7 @@ use crate::media::MediaLayout;
 use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer, direct::DirectServer};
 use crate::prune::MediaStore;
+use crate::prune_sets::DirDestination;
 use crate::storage::Storage;
 use crate::storage::local::LocalStorage;
 use crate::storage::retry::Retrying;
@@ -124,6 +125,42 @@ impl Instance {
 
     pub fn backup_dir(&self) -> PathBuf {
         self.settings.backup_dir.clone()
+    }
+
+    /// The destination `tusk backup` writes to: the one whose directory is
+    /// the backup directory.
+    pub fn backup_destination(&self) -> Result<DirDestination> {
+        let dir = &self.settings.backup_dir;
+        self.settings
+            .destinations
+            .iter()
+            .find(|d| &d.dir == dir)
+            .cloned()
+            .ok_or_else(|| {
+                TuskError::usage(format!(
+                    "no destination in tusk.yaml has dir: {}, so --prune has no retention \
+                     policy to apply: add it under destinations: with its retention:",
+                    dir.display()
+                ))
+            })
+    }
+
+    /// The destinations `tusk backups prune` works on: all, or the one named.
+    pub fn destinations(&self, name: Option<&str>) -> Result<Vec<DirDestination>> {
+        let all = &self.settings.destinations;
+        let Some(name) = name else {
+            return Ok(all.clone());
+        };
+        match all.iter().find(|d| d.name == name) {
+            Some(found) => Ok(vec![found.clone()]),
+            None => Err(TuskError::usage(format!(
+                "no destination named {name:?}; configured: {}",
+                all.iter()
+                    .map(|d| d.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     /// The local media folder and how its files map to keys.

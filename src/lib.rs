@@ -11,7 +11,8 @@
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
 //! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
-//!   [`tune`], and the reports around them, [`notify`] and [`metrics`];
+//!   [`prune_sets`], [`tune`], and the reports around them, [`notify`] and
+//!   [`metrics`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
 //! - infrastructure: [`postgres`], [`docker`], [`storage`], [`http`];
@@ -40,6 +41,7 @@ pub mod media;
 pub mod metrics;
 pub mod notify;
 pub mod prune;
+pub mod prune_sets;
 pub mod restore;
 pub mod tune;
 pub mod verify;

@@ -20,6 +20,9 @@ use crate::set::manifest::{
 use crate::set::runs::{self, RunRecord};
 use crate::set::{DirLock, LockPolicy, PartialSet, new_id, stream};
 
+use crate::prune_sets::{self, DestinationReport, DirDestination};
+use chrono_tz::Tz;
+
 /// What `tusk backup` needs to know, free of any CLI type.
 #[derive(Debug)]
 pub struct BackupOptions {
@@ -35,6 +38,16 @@ pub struct BackupOptions {
     pub stop_services: Option<AppServices>,
     /// How long to wait for another run's lock on the backup directory.
     pub lock: LockPolicy,
+    /// Prune this destination (the backup directory's) once the new set is
+    /// complete, under the same lock (`--prune`).
+    pub prune: Option<PruneAfter>,
+}
+
+/// What `tusk backup --prune` prunes afterwards.
+#[derive(Debug, Clone)]
+pub struct PruneAfter {
+    pub destination: DirDestination,
+    pub time_zone: Tz,
 }
 
 /// The outcome, as printed with `--json`.
@@ -49,6 +62,9 @@ pub struct BackupReport {
     pub artefacts: Vec<Artefact>,
     pub durations: BTreeMap<String, f64>,
     pub notes: Vec<String>,
+    /// What `--prune` decided and removed afterwards.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<DestinationReport>,
 }
 
 /// Writes a new backup set, holding the backup directory's lock. With
@@ -59,21 +75,40 @@ pub async fn run(
     opts: &BackupOptions,
     output: &Output,
 ) -> Result<BackupReport> {
+    // The lock comes first: a run that waits for it, or gives up, has
+    // stopped nothing.
     let _lock = DirLock::acquire(&opts.backup_dir, "backup", &opts.lock).await?;
-    let Some(app) = &opts.stop_services else {
-        return write_set(server, opts, output).await;
+    let mut report = match &opts.stop_services {
+        None => write_set(server, opts, output).await?,
+        Some(app) => {
+            let stopped = app.stop().await?;
+            let outcome = write_set(server, opts, output).await;
+            let names = stopped.names().join(", ");
+            stopped.start().await?;
+            if !names.is_empty() {
+                tracing::info!("started {names} again");
+            }
+            outcome?
+        }
     };
-    let stopped = app.stop().await?;
-    let outcome = write_set(server, opts, output).await;
-    let names = stopped.names().join(", ");
-    stopped.start().await?;
-    if !names.is_empty() {
-        tracing::info!("started {names} again");
+    // The set is complete and recorded as the last good backup; the lock is
+    // still ours, so no other run comes between the backup and its pruning.
+    if let Some(prune) = &opts.prune {
+        let pruned =
+            prune_sets::prune_locked(&prune.destination, prune.time_zone, false, false, output)
+                .with_context(|| {
+                    format!(
+                        "backup {} is complete, but pruning {} failed",
+                        report.id, prune.destination.name
+                    )
+                })?;
+        report.pruned = Some(pruned);
     }
-    outcome
+    Ok(report)
 }
 
-/// Dumps the set and records the run; the caller holds the lock.
+/// Dumps the set and records the run; the caller holds the lock (and
+/// keeps it for `--prune`).
 async fn write_set(
     server: &dyn PgServer,
     opts: &BackupOptions,
@@ -225,6 +260,7 @@ async fn dump_set(
         artefacts: manifest.artefacts,
         durations,
         notes,
+        pruned: None,
     })
 }
 

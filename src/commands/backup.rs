@@ -1,6 +1,6 @@
 use anyhow::Result;
 
-use tusk::backup::{self, BackupOptions, BackupReport};
+use tusk::backup::{self, BackupOptions, BackupReport, PruneAfter};
 use tusk::notify::RunDetails;
 use tusk::output::human_bytes;
 
@@ -26,12 +26,28 @@ pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
             report.rows,
             report.path.display()
         );
+        if let Some(pruned) = &report.pruned {
+            super::backups::print_pruned(pruned);
+        }
     }
     Ok(())
 }
 
 async fn write_set(ctx: &Context, args: BackupArgs) -> Result<BackupReport> {
     let instance = &ctx.instance;
+    // Checked before the dump: a backup that cannot prune as asked is a
+    // configuration mistake, found now rather than after an hour of pg_dump.
+    let prune = match args.prune {
+        true => {
+            let destination = instance.backup_destination()?;
+            destination.require_retention()?;
+            Some(PruneAfter {
+                destination,
+                time_zone: instance.settings.time_zone,
+            })
+        }
+        false => None,
+    };
     let stop_services = match args.stop_services {
         true => Some(instance.app_services().await?),
         false => None,
@@ -46,6 +62,7 @@ async fn write_set(ctx: &Context, args: BackupArgs) -> Result<BackupReport> {
         mode: instance.settings.mode.name().into(),
         stop_services,
         lock: instance.settings.lock,
+        prune,
     };
     backup::run(server.as_ref(), &opts, &ctx.output).await
 }

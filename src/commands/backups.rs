@@ -2,8 +2,9 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Context;
-use crate::cli::BackupsCommand;
+use crate::cli::{BackupsCommand, BackupsPruneArgs};
 use tusk::output::{human_bytes, table};
+use tusk::prune_sets::{self, DestinationReport, PruneSetsOptions};
 use tusk::set::BackupSet;
 use tusk::set::manifest::Verification;
 
@@ -21,6 +22,70 @@ struct Listed {
 pub async fn exec(ctx: &Context, command: BackupsCommand) -> Result<()> {
     match command {
         BackupsCommand::List => list(ctx),
+        BackupsCommand::Prune(args) => prune(ctx, args).await,
+    }
+}
+
+async fn prune(ctx: &Context, args: BackupsPruneArgs) -> Result<()> {
+    let destinations = ctx.instance.destinations(args.destination.as_deref())?;
+    for destination in &destinations {
+        destination.require_retention()?;
+    }
+    let opts = PruneSetsOptions {
+        destinations,
+        time_zone: ctx.instance.settings.time_zone,
+        dry_run: args.dry_run,
+        confirm: true,
+        lock: ctx.instance.settings.lock,
+    };
+    let report = prune_sets::run(&opts, &ctx.output).await?;
+    if ctx.output.json {
+        return ctx.output.print_json(&report);
+    }
+    for destination in &report.destinations {
+        print_pruned(destination);
+    }
+    Ok(())
+}
+
+/// A destination's sets with their fate, and the reasons they are kept.
+pub fn print_pruned(report: &DestinationReport) {
+    let (keep, remove) = match (report.dry_run, report.held.is_some()) {
+        (true, _) => ("keep", "remove"),
+        (false, _) => ("kept", "removed"),
+    };
+    println!("{} ({}):", report.name, report.dir.display());
+    if let Some(why) = &report.held {
+        println!("nothing removed: {why}");
+    }
+    if report.sets.is_empty() {
+        println!("no backup sets");
+        return;
+    }
+    let rows: Vec<Vec<String>> = report
+        .sets
+        .iter()
+        .map(|entry| {
+            let reasons: Vec<&str> = entry.reasons.iter().map(|r| r.name()).collect();
+            vec![
+                format!(
+                    "{}{}",
+                    entry.id,
+                    if entry.incomplete {
+                        " (incomplete)"
+                    } else {
+                        ""
+                    }
+                ),
+                entry.started_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+                if entry.keep { keep } else { remove }.to_string(),
+                reasons.join(", "),
+            ]
+        })
+        .collect();
+    print!("{}", table(&["ID", "TIME", "ACTION", "KEPT BY"], &rows));
+    if !report.dry_run {
+        println!("{} removed", report.removed);
     }
 }
 

@@ -13,6 +13,7 @@ pub mod facts;
 pub mod lock;
 pub mod manifest;
 pub mod properties;
+pub mod retention;
 pub mod runs;
 pub mod stream;
 
@@ -31,7 +32,8 @@ use manifest::{
 };
 use stream::hash_file;
 
-const PARTIAL_SUFFIX: &str = ".partial";
+/// The name of a set under construction is its id with this suffix.
+pub const PARTIAL_SUFFIX: &str = ".partial";
 /// The backup directory's lock ([`lock`]).
 const LOCK_FILE: &str = ".tusk.lock";
 
@@ -179,6 +181,17 @@ pub fn new_id(instance: &str, at: DateTime<Utc>) -> String {
     format!("{instance}-{}", at.format("%Y%m%dT%H%M%SZ"))
 }
 
+/// The instance and start time in a set id, or `None` when `name` is not
+/// shaped like one (`<instance>-<yyyymmddThhmmssZ>`).
+pub fn parse_id(name: &str) -> Option<(&str, DateTime<Utc>)> {
+    let (instance, stamp) = name.rsplit_once('-')?;
+    if instance.is_empty() || stamp.len() != "yyyymmddThhmmssZ".len() {
+        return None;
+    }
+    let at = chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ").ok()?;
+    Some((instance, at.and_utc()))
+}
+
 /// A set under construction. Dropped without [`PartialSet::commit`], it
 /// removes itself, so a failed or interrupted run leaves nothing that looks
 /// like a set.
@@ -283,6 +296,21 @@ mod tests {
             new_id("social.example", at),
             "social.example-20261127T030405Z"
         );
+    }
+
+    #[test]
+    fn ids_parse_back_into_instance_and_time() {
+        let at = Utc.with_ymd_and_hms(2026, 11, 27, 3, 4, 5).unwrap();
+        let id = new_id("social.my-example", at);
+        assert_eq!(parse_id(&id), Some(("social.my-example", at)));
+        for not_an_id in [
+            "notes",
+            "x-20261127",
+            "-20261127T030405Z",
+            "x-20261327T030405Z",
+        ] {
+            assert_eq!(parse_id(not_an_id), None, "{not_an_id}");
+        }
     }
 
     #[test]
