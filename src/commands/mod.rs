@@ -59,8 +59,16 @@ impl Context {
         let Some(path) = &self.metrics_file else {
             return;
         };
-        let written = DestinationMetrics::read_local("local", &self.instance.backup_dir())
-            .and_then(|local| metrics::write(path, &[local]));
+        // One series per configured destination (the backup directory is
+        // `local` when none are listed).
+        let written = self
+            .instance
+            .settings
+            .destinations
+            .iter()
+            .map(|destination| DestinationMetrics::read_local(&destination.name, &destination.dir))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|destinations| metrics::write(path, &destinations));
         if let Err(err) = written {
             tracing::warn!("could not write the metrics file: {err:#}");
         }
