@@ -228,6 +228,37 @@ pub struct GlobalArgs {
     )]
     pub mastodon_env_file: Option<PathBuf>,
 
+    /// POST a JSON report here when a backup or verify fails (and on success
+    /// with notify.on_success)
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_NOTIFY_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub notify_url: Option<String>,
+
+    /// healthchecks.io-style check: <URL>/start, <URL> on success, <URL>/fail
+    /// with the last log lines
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_PING_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub ping_url: Option<String>,
+
+    /// Write Prometheus textfile metrics here after backup and verify
+    #[arg(long, global = true, env = "TUSK_METRICS_FILE", value_name = "FILE")]
+    pub metrics_file: Option<PathBuf>,
+
+    /// Wait up to SECONDS for another run's lock on the backup directory
+    /// instead of exiting 4 at once [default: 0]
+    #[arg(long, global = true, env = "TUSK_WAIT", value_name = "SECONDS")]
+    pub wait: Option<u64>,
+
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true, env = "TUSK_JSON")]
     pub json: bool,
@@ -276,6 +307,10 @@ impl GlobalArgs {
             s3_path_style: self.s3_path_style,
             s3_sdk_checksums: self.s3_sdk_checksums,
             mastodon_env_file: self.mastodon_env_file.clone(),
+            notify_url: self.notify_url.clone(),
+            ping_url: self.ping_url.clone(),
+            metrics_file: self.metrics_file.clone(),
+            lock_wait_seconds: self.wait,
             time_zone: self.time_zone.clone(),
         }
     }

@@ -7,6 +7,7 @@
 //! below (database logins, buckets, containers), and no operation reads it.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -14,11 +15,12 @@ use serde::Deserialize;
 use crate::docker::ContainerSelector;
 use crate::error::TuskError;
 use crate::mastodon::env_file::EnvFile;
+use crate::notify::NotifySettings;
 use crate::postgres::docker::DumpTransport;
 use crate::postgres::{DbTarget, RootCert, SslMode, TlsOptions};
 use crate::prune_sets::DirDestination;
-use crate::set::Compression;
 use crate::set::retention::{RetentionPolicy, parse_time_zone};
+use crate::set::{Compression, LockPolicy};
 use crate::storage::s3::S3Settings;
 
 /// Where the config file is looked for when `--config`/`TUSK_CONFIG` is not given.
@@ -53,6 +55,32 @@ pub struct FileSettings {
     pub retention: Option<RetentionPolicy>,
     /// The IANA zone of retention's calendar buckets [default: UTC].
     pub time_zone: Option<String>,
+    #[serde(default)]
+    pub notify: NotifySection,
+    /// node_exporter textfile metrics, rewritten after backup and verify.
+    pub metrics_file: Option<PathBuf>,
+    #[serde(default)]
+    pub lock: LockSection,
+}
+
+/// Alerts: a JSON POST and healthchecks.io-style pings ([`crate::notify`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifySection {
+    pub url: Option<String>,
+    pub on_success: Option<bool>,
+    pub ping_url: Option<String>,
+    pub timeout_seconds: Option<u64>,
+}
+
+/// The backup directory's lock ([`crate::set::lock`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSection {
+    /// Wait this long for another run's lock before exit 4.
+    pub wait_seconds: Option<u64>,
+    /// A lock record from another host older than this is taken over.
+    pub stale_after_hours: Option<u64>,
 }
 
 /// One entry of `destinations:`: a directory (`dir:`) or a bucket (`s3:`).
@@ -223,6 +251,11 @@ pub struct Overrides {
     pub s3_path_style: Option<bool>,
     pub s3_sdk_checksums: Option<bool>,
     pub mastodon_env_file: Option<PathBuf>,
+    pub notify_url: Option<String>,
+    pub ping_url: Option<String>,
+    pub metrics_file: Option<PathBuf>,
+    /// `--wait SECONDS` for the backup directory's lock.
+    pub lock_wait_seconds: Option<u64>,
     pub time_zone: Option<String>,
 }
 
@@ -260,6 +293,10 @@ pub struct Settings {
     pub media_store: MediaStoreKind,
     /// The `prune:` section as written.
     pub prune: crate::prune::PruneSettings,
+    pub notify: NotifySettings,
+    pub metrics_file: Option<PathBuf>,
+    /// Waiting for and taking over the backup directory's lock.
+    pub lock: LockPolicy,
     /// Where backup sets are kept, each with its retention; never empty.
     pub destinations: Vec<DirDestination>,
     /// The zone of retention's calendar buckets.
@@ -401,6 +438,28 @@ impl Settings {
                 }
             });
 
+        let notify = NotifySettings {
+            url: args.notify_url.clone().or(file.notify.url),
+            on_success: file.notify.on_success.unwrap_or(false),
+            ping_url: args.ping_url.clone().or(file.notify.ping_url),
+            timeout: file
+                .notify
+                .timeout_seconds
+                .map_or(NotifySettings::DEFAULT_TIMEOUT, Duration::from_secs),
+        };
+        let lock = LockPolicy {
+            wait: Duration::from_secs(
+                args.lock_wait_seconds
+                    .or(file.lock.wait_seconds)
+                    .unwrap_or(0),
+            ),
+            stale_after: file
+                .lock
+                .stale_after_hours
+                .map_or(LockPolicy::DEFAULT_STALE_AFTER, |hours| {
+                    Duration::from_secs(hours * 3600)
+                }),
+        };
         let time_zone = match args.time_zone.as_deref().or(file.time_zone.as_deref()) {
             Some(name) => parse_time_zone(name).map_err(TuskError::usage)?,
             None => chrono_tz::Tz::UTC,
@@ -420,6 +479,9 @@ impl Settings {
         Ok(Settings {
             media_store,
             prune: file.prune,
+            notify,
+            metrics_file: args.metrics_file.clone().or(file.metrics_file),
+            lock,
             destinations,
             time_zone,
             media_root,
@@ -905,6 +967,48 @@ mod tests {
             crate::error::exit_code_for(&err),
             std::process::ExitCode::from(crate::error::EXIT_USAGE)
         );
+    }
+
+    #[test]
+    fn notify_metrics_and_lock_follow_the_precedence() {
+        let setup = Setup::new(
+            "notify:\n  url: http://file/hook\n  on_success: true\n  ping_url: http://file/ping\n\
+             metrics_file: /file/tusk.prom\nlock:\n  wait_seconds: 60\n  stale_after_hours: 2\n",
+            "",
+        );
+        let from_file = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(from_file.notify.url.as_deref(), Some("http://file/hook"));
+        assert!(from_file.notify.on_success);
+        assert_eq!(from_file.notify.timeout, NotifySettings::DEFAULT_TIMEOUT);
+        assert_eq!(
+            from_file.metrics_file,
+            Some(PathBuf::from("/file/tusk.prom"))
+        );
+        assert_eq!(from_file.lock.wait, Duration::from_secs(60));
+        assert_eq!(from_file.lock.stale_after, Duration::from_secs(2 * 3600));
+
+        let flags = Overrides {
+            notify_url: Some("http://flag/hook".into()),
+            ping_url: Some("http://flag/ping".into()),
+            metrics_file: Some("/flag/tusk.prom".into()),
+            lock_wait_seconds: Some(5),
+            ..setup.overrides()
+        };
+        let from_flags = Settings::resolve(&flags).unwrap();
+        assert_eq!(from_flags.notify.url.as_deref(), Some("http://flag/hook"));
+        assert_eq!(
+            from_flags.notify.ping_url.as_deref(),
+            Some("http://flag/ping")
+        );
+        assert_eq!(
+            from_flags.metrics_file,
+            Some(PathBuf::from("/flag/tusk.prom"))
+        );
+        assert_eq!(from_flags.lock.wait, Duration::from_secs(5));
+
+        let none = Settings::resolve(&Setup::new("", "").overrides()).unwrap();
+        assert_eq!(none.notify.url, None);
+        assert_eq!(none.lock, LockPolicy::default());
     }
 
     #[test]

@@ -33,15 +33,18 @@ pub const EXIT_LOCKED: u8 = 4;
 
 /// The exit status for an error, by the first `TuskError` in its chain.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
-    let code = err
-        .chain()
+    ExitCode::from(exit_status_for(err))
+}
+
+/// The number behind [`exit_code_for`], for reports that carry it.
+pub fn exit_status_for(err: &anyhow::Error) -> u8 {
+    err.chain()
         .find_map(|cause| cause.downcast_ref::<TuskError>())
         .map_or(EXIT_FAILED, |tusk| match tusk {
             TuskError::Usage(_) => EXIT_USAGE,
             TuskError::VerificationFailed(_) => EXIT_VERIFY,
             TuskError::Locked(_) => EXIT_LOCKED,
-        });
-    ExitCode::from(code)
+        })
 }
 
 #[cfg(test)]

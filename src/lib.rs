@@ -11,11 +11,12 @@
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
 //! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
-//!   [`prune_sets`], [`tune`], and [`janitor`], which backup, restore and
-//!   verify call first to remove what a killed run left;
+//!   [`prune_sets`], [`tune`], [`janitor`] (which backup, restore and
+//!   verify call first to remove what a killed run left), and the reports
+//!   around them, [`notify`] and [`metrics`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
-//! - infrastructure: [`postgres`], [`docker`], [`storage`];
+//! - infrastructure: [`postgres`], [`docker`], [`storage`], [`http`];
 //! - base: [`error`], [`output`], [`cleanup`], [`names`], [`signals`],
 //!   [`creator`].
 
@@ -29,6 +30,7 @@ pub mod signals;
 
 // infrastructure
 pub mod docker;
+pub mod http;
 pub mod postgres;
 pub mod storage;
 
@@ -41,6 +43,8 @@ pub mod set;
 pub mod backup;
 pub mod janitor;
 pub mod media;
+pub mod metrics;
+pub mod notify;
 pub mod prune;
 pub mod prune_sets;
 pub mod restore;

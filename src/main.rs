@@ -9,8 +9,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
+use tusk::output::LogTail;
 use tusk::{cleanup, error, signals};
 
 fn main() -> ExitCode {
@@ -18,7 +21,8 @@ fn main() -> ExitCode {
     // nothing else runs.
     commands::completions::answer_completion_request();
     let cli = cli::Cli::parse();
-    init_logging(cli.global.verbose, cli.global.quiet);
+    let log_tail = LogTail::new(LogTail::DEFAULT_LINES);
+    init_logging(cli.global.verbose, cli.global.quiet, log_tail.clone());
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -37,7 +41,7 @@ fn main() -> ExitCode {
         // SIGINT, SIGTERM and SIGHUP all cancel the command: dropping its
         // future ends the child processes and removes a partial set.
         let outcome = tokio::select! {
-            result = commands::dispatch(cli) => Ok(result),
+            result = commands::dispatch(cli, log_tail) => Ok(result),
             signal = signals.recv() => Err(signal),
         };
         let cancelled_by = outcome.as_ref().err().copied();
@@ -63,7 +67,9 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr: short lines on a terminal, timestamped lines for cron.
-fn init_logging(verbose: u8, quiet: bool) {
+/// The last lines at info level and above also go to `tail`, whatever `-q`
+/// says, for a failure ping's body.
+fn init_logging(verbose: u8, quiet: bool, tail: LogTail) {
     let default = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
@@ -72,13 +78,19 @@ fn init_logging(verbose: u8, quiet: bool) {
     };
     let filter = EnvFilter::try_from_env("TUSK_LOG")
         .unwrap_or_else(|_| EnvFilter::new(format!("tusk={default},warn")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false);
-    if std::io::stderr().is_terminal() {
-        builder.without_time().init();
+    let stderr = fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let stderr = if std::io::stderr().is_terminal() {
+        stderr.without_time().boxed()
     } else {
-        builder.with_ansi(false).init();
-    }
+        stderr.with_ansi(false).boxed()
+    };
+    let tail = fmt::layer()
+        .with_writer(tail)
+        .with_ansi(false)
+        .with_target(false)
+        .with_filter(EnvFilter::new("tusk=info,warn"));
+    tracing_subscriber::registry()
+        .with(stderr.with_filter(filter))
+        .with(tail)
+        .init();
 }

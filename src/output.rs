@@ -1,7 +1,9 @@
 //! How tusk talks to its user: progress bars and prompts on a terminal,
 //! plain log lines under cron, one JSON document on stdout with `--json`.
 
+use std::collections::VecDeque;
 use std::io::IsTerminal;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
@@ -154,6 +156,80 @@ impl Prompter for TerminalPrompter {
     }
 }
 
+/// The last lines tusk logged, kept in memory: a failure ping carries them
+/// so the alert shows what went wrong without a trip to the cron mail. It
+/// is a `tracing_subscriber` writer: the binary adds a log layer writing
+/// into it beside the one writing to stderr.
+#[derive(Debug, Clone)]
+pub struct LogTail {
+    state: Arc<Mutex<TailState>>,
+}
+
+#[derive(Debug)]
+struct TailState {
+    lines: VecDeque<String>,
+    capacity: usize,
+    /// A line written in pieces, until its newline arrives.
+    unfinished: Vec<u8>,
+}
+
+impl LogTail {
+    /// About a screenful: enough for the error and what led to it.
+    pub const DEFAULT_LINES: usize = 50;
+
+    pub fn new(capacity: usize) -> Self {
+        LogTail {
+            state: Arc::new(Mutex::new(TailState {
+                lines: VecDeque::with_capacity(capacity),
+                capacity,
+                unfinished: Vec::new(),
+            })),
+        }
+    }
+
+    /// The kept lines, oldest first.
+    pub fn lines(&self) -> Vec<String> {
+        let state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.lines.iter().cloned().collect()
+    }
+}
+
+impl std::io::Write for LogTail {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state.unfinished.extend_from_slice(bytes);
+        while let Some(end) = state.unfinished.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = state.unfinished.drain(..=end).collect();
+            let line = String::from_utf8_lossy(&line[..end]).into_owned();
+            if state.lines.len() == state.capacity {
+                state.lines.pop_front();
+            }
+            if state.capacity > 0 {
+                state.lines.push_back(line);
+            }
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogTail {
+    type Writer = LogTail;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
 /// `1536` -> `1.5 KiB`.
 pub fn human_bytes(bytes: u64) -> String {
     indicatif::BinaryBytes(bytes).to_string()
@@ -186,6 +262,17 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_tail_keeps_the_last_whole_lines() {
+        use std::io::Write;
+        let tail = LogTail::new(2);
+        let mut writer = tail.clone();
+        writer.write_all(b"one\ntwo\nthr").unwrap();
+        assert_eq!(tail.lines(), ["one", "two"]);
+        writer.write_all(b"ee\nfour\n").unwrap();
+        assert_eq!(tail.lines(), ["three", "four"]);
+    }
 
     #[test]
     fn aligns_tables() {

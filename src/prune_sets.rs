@@ -27,7 +27,7 @@ use crate::output::Output;
 use crate::set::manifest::MANIFEST_FILE;
 use crate::set::retention::{self, Dated, Reason, RetentionPolicy};
 use crate::set::runs::{self, Outcome, RunRecord};
-use crate::set::{BackupSet, DirLock, PARTIAL_SUFFIX, parse_id};
+use crate::set::{BackupSet, DirLock, LockPolicy, PARTIAL_SUFFIX, parse_id};
 
 /// A removal in progress: the entry is renamed to `<name>.removing` before
 /// its files go, so a half-deleted set never looks complete.
@@ -74,6 +74,8 @@ pub struct PruneSetsOptions {
     pub dry_run: bool,
     /// Ask on the terminal before removing (see [`Output::confirm`]).
     pub confirm: bool,
+    /// Waiting for another run's lock on a backup directory (`--wait`).
+    pub lock: LockPolicy,
 }
 
 /// A complete set as the plan sees it.
@@ -349,13 +351,13 @@ pub struct PruneSetsReport {
 }
 
 /// Prunes every destination in `opts`, each under its directory's lock.
-pub fn run(opts: &PruneSetsOptions, output: &Output) -> Result<PruneSetsReport> {
+pub async fn run(opts: &PruneSetsOptions, output: &Output) -> Result<PruneSetsReport> {
     let mut destinations = Vec::new();
     for destination in &opts.destinations {
         let _lock = if opts.dry_run && !destination.dir.exists() {
             None
         } else {
-            Some(DirLock::acquire(&destination.dir)?)
+            Some(DirLock::acquire(&destination.dir, "prune", &opts.lock).await?)
         };
         destinations.push(prune_locked(
             destination,

@@ -158,7 +158,11 @@ fn another_run_holding_the_lock_exits_4() {
     holder.kill().unwrap();
     holder.wait().unwrap();
     let out = out.expect_code(4);
-    assert!(out.stderr.contains("another tusk run"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is held by another process"),
+        "{}",
+        out.stderr
+    );
     assert!(ws.set_ids().is_empty());
 }
 

@@ -19,7 +19,7 @@ use crate::set::manifest::{
     Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, SourceInfo, ToolInfo,
 };
 use crate::set::runs::{self, RunRecord};
-use crate::set::{DirLock, PartialSet, new_id, stream};
+use crate::set::{DirLock, LockPolicy, PartialSet, new_id, stream};
 
 use crate::prune_sets::{self, DestinationReport, DirDestination};
 use chrono_tz::Tz;
@@ -37,6 +37,8 @@ pub struct BackupOptions {
     /// Mastodon's app containers to stop for the dump and start again
     /// afterwards, whatever happens (Docker mode's `--stop-services`).
     pub stop_services: Option<AppServices>,
+    /// How long to wait for another run's lock on the backup directory.
+    pub lock: LockPolicy,
     /// Prune this destination (the backup directory's) once the new set is
     /// complete, under the same lock (`--prune`).
     pub prune: Option<PruneAfter>,
@@ -66,14 +68,21 @@ pub struct BackupReport {
     pub pruned: Option<DestinationReport>,
 }
 
-/// Writes a new backup set. With `opts.stop_services`, the app is stopped
-/// first and always started again, also when the dump fails.
+/// Writes a new backup set, holding the backup directory's lock. With
+/// `opts.stop_services`, the app is stopped once the lock is held and
+/// always started again, also when the dump fails.
 pub async fn run(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
 ) -> Result<BackupReport> {
-    let (mut report, _lock) = match &opts.stop_services {
+    // The lock comes first: a run that waits for it, or gives up, has
+    // stopped nothing.
+    let lock = DirLock::acquire(&opts.backup_dir, "backup", &opts.lock).await?;
+    // Under the lock, whatever a killed run left here is stale.
+    janitor::sweep_backup_dir(&lock);
+    janitor::sweep_tools(server).await;
+    let mut report = match &opts.stop_services {
         None => write_set(server, opts, output).await?,
         Some(app) => {
             let stopped = app.stop().await?;
@@ -102,16 +111,13 @@ pub async fn run(
     Ok(report)
 }
 
-/// Writes the set under the backup directory's lock, and hands the lock
-/// back with the report so `--prune` runs under it too.
+/// Dumps the set and records the run; the caller holds the lock (and
+/// keeps it for `--prune`).
 async fn write_set(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
-) -> Result<(BackupReport, DirLock)> {
-    let lock = DirLock::acquire(&opts.backup_dir)?;
-    janitor::sweep_backup_dir(&lock);
-    janitor::sweep_tools(server).await;
+) -> Result<BackupReport> {
     // Recorded once the lock is ours: a run that could not start is no run.
     let run = RunRecord::start("backup");
     runs::save(&opts.backup_dir, &run)?;
@@ -126,7 +132,7 @@ async fn write_set(
         // The set itself is complete (or the run failed for its own reason).
         tracing::warn!("{err:#}");
     }
-    outcome.map(|report| (report, lock))
+    outcome
 }
 
 async fn dump_set(

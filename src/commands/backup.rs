@@ -1,12 +1,39 @@
 use anyhow::Result;
 
-use tusk::backup::{self, BackupOptions, PruneAfter};
+use tusk::backup::{self, BackupOptions, BackupReport, PruneAfter};
+use tusk::notify::RunDetails;
 use tusk::output::human_bytes;
 
 use super::Context;
 use crate::cli::BackupArgs;
 
 pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
+    let report = ctx
+        .reported("backup", write_set(ctx, args), |report| RunDetails {
+            set_id: Some(report.id.clone()),
+            bytes: Some(report.bytes),
+            durations: report.durations.clone(),
+        })
+        .await?;
+    if ctx.output.json {
+        ctx.output.print_json(&report)?;
+    } else if !ctx.output.quiet {
+        println!(
+            "{}  {}  {} tables, {} rows  {}",
+            report.id,
+            human_bytes(report.bytes),
+            report.tables,
+            report.rows,
+            report.path.display()
+        );
+        if let Some(pruned) = &report.pruned {
+            super::backups::print_pruned(pruned);
+        }
+    }
+    Ok(())
+}
+
+async fn write_set(ctx: &Context, args: BackupArgs) -> Result<BackupReport> {
     let instance = &ctx.instance;
     // Checked before the dump: a backup that cannot prune as asked is a
     // configuration mistake, found now rather than after an hour of pg_dump.
@@ -34,23 +61,8 @@ pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
         compression_level: instance.settings.compression_level,
         mode: instance.settings.mode.name().into(),
         stop_services,
+        lock: instance.settings.lock,
         prune,
     };
-    let report = backup::run(server.as_ref(), &opts, &ctx.output).await?;
-    if ctx.output.json {
-        ctx.output.print_json(&report)?;
-    } else if !ctx.output.quiet {
-        println!(
-            "{}  {}  {} tables, {} rows  {}",
-            report.id,
-            human_bytes(report.bytes),
-            report.tables,
-            report.rows,
-            report.path.display()
-        );
-        if let Some(pruned) = &report.pruned {
-            super::backups::print_pruned(pruned);
-        }
-    }
-    Ok(())
+    backup::run(server.as_ref(), &opts, &ctx.output).await
 }

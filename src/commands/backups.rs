@@ -22,11 +22,11 @@ struct Listed {
 pub async fn exec(ctx: &Context, command: BackupsCommand) -> Result<()> {
     match command {
         BackupsCommand::List => list(ctx),
-        BackupsCommand::Prune(args) => prune(ctx, args),
+        BackupsCommand::Prune(args) => prune(ctx, args).await,
     }
 }
 
-fn prune(ctx: &Context, args: BackupsPruneArgs) -> Result<()> {
+async fn prune(ctx: &Context, args: BackupsPruneArgs) -> Result<()> {
     let destinations = ctx.instance.destinations(args.destination.as_deref())?;
     for destination in &destinations {
         destination.require_retention()?;
@@ -36,8 +36,9 @@ fn prune(ctx: &Context, args: BackupsPruneArgs) -> Result<()> {
         time_zone: ctx.instance.settings.time_zone,
         dry_run: args.dry_run,
         confirm: true,
+        lock: ctx.instance.settings.lock,
     };
-    let report = prune_sets::run(&opts, &ctx.output)?;
+    let report = prune_sets::run(&opts, &ctx.output).await?;
     if ctx.output.json {
         return ctx.output.print_json(&report);
     }

@@ -11,21 +11,71 @@ pub mod restore;
 pub mod tune;
 pub mod verify;
 
+use std::future::Future;
+use std::path::PathBuf;
+
 use anyhow::Result;
 
 use tusk::config::Settings;
 use tusk::instance::Instance;
-use tusk::output::Output;
+use tusk::metrics::{self, DestinationMetrics};
+use tusk::notify::{Notifier, RunDetails};
+use tusk::output::{LogTail, Output};
 
 use crate::cli::{Cli, Command};
 
-/// What every command gets: the configured instance and the output choices.
+/// What every command gets: the configured instance, the output choices,
+/// and where to report runs.
 pub struct Context {
     pub instance: Instance,
     pub output: Output,
+    pub notifier: Notifier,
+    pub metrics_file: Option<PathBuf>,
 }
 
-pub async fn dispatch(cli: Cli) -> Result<()> {
+impl Context {
+    /// Runs `work`, a command's operation, between the notifier's start and
+    /// finish, and rewrites the metrics file after it. Neither can change
+    /// the outcome: their failures are warnings. A command opts in by
+    /// wrapping its operation here; `details` reads what a successful run
+    /// produced.
+    pub async fn reported<T>(
+        &self,
+        command: &str,
+        work: impl Future<Output = Result<T>>,
+        details: impl FnOnce(&T) -> RunDetails,
+    ) -> Result<T> {
+        let run = self.notifier.start(command).await;
+        let outcome = work.await;
+        self.write_metrics();
+        let details = outcome.as_ref().map(details).unwrap_or_default();
+        self.notifier
+            .finish(run, details, outcome.as_ref().map(|_| ()))
+            .await;
+        outcome
+    }
+
+    fn write_metrics(&self) {
+        let Some(path) = &self.metrics_file else {
+            return;
+        };
+        // One series per configured destination (the backup directory is
+        // `local` when none are listed).
+        let written = self
+            .instance
+            .settings
+            .destinations
+            .iter()
+            .map(|destination| DestinationMetrics::read_local(&destination.name, &destination.dir))
+            .collect::<Result<Vec<_>>>()
+            .and_then(|destinations| metrics::write(path, &destinations));
+        if let Err(err) = written {
+            tracing::warn!("could not write the metrics file: {err:#}");
+        }
+    }
+}
+
+pub async fn dispatch(cli: Cli, log_tail: LogTail) -> Result<()> {
     // Commands that need no settings run even with a broken config.
     match &cli.command {
         Command::Completions(args) => return completions::exec(args),
@@ -37,9 +87,12 @@ pub async fn dispatch(cli: Cli) -> Result<()> {
     if let Some(path) = &settings.config_file {
         tracing::debug!("config file: {}", path.display());
     }
+    let notifier = Notifier::new(settings.notify.clone(), settings.instance.clone(), log_tail);
     let ctx = Context {
+        metrics_file: settings.metrics_file.clone(),
         instance: Instance::new(settings),
         output: Output::new(cli.global.json, cli.global.quiet, cli.global.yes),
+        notifier,
     };
     match cli.command {
         Command::Backup(args) => backup::exec(&ctx, args).await,

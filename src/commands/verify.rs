@@ -2,6 +2,7 @@ use anyhow::Result;
 
 use tusk::config::PgMode;
 use tusk::error::TuskError;
+use tusk::notify::RunDetails;
 use tusk::output::{human_bytes, table};
 use tusk::postgres::DbTarget;
 use tusk::set::BackupSet;
@@ -11,6 +12,22 @@ use super::Context;
 use crate::cli::VerifyArgs;
 
 pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
+    let details = |report: &VerifyReport| RunDetails {
+        set_id: Some(report.id.clone()),
+        bytes: None,
+        durations: report
+            .restore_seconds
+            .map(|seconds| ("restore".to_string(), seconds))
+            .into_iter()
+            .collect(),
+    };
+    ctx.reported("verify", verify_and_print(ctx, args), details)
+        .await
+        .map(drop)
+}
+
+/// Verifies and prints the report; a set with problems is an error (exit 3).
+async fn verify_and_print(ctx: &Context, args: VerifyArgs) -> Result<VerifyReport> {
     let instance = &ctx.instance;
     let set = BackupSet::resolve(&instance.backup_dir(), &args.set)?;
     let scratch = if args.checksums_only {
@@ -45,7 +62,7 @@ pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
         print_report(&report);
     }
     if report.ok {
-        Ok(())
+        Ok(report)
     } else {
         Err(TuskError::VerificationFailed(format!(
             "{} problem(s) in backup set {}",

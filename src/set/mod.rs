@@ -10,6 +10,7 @@
 
 mod compression;
 pub mod facts;
+pub mod lock;
 pub mod manifest;
 pub mod properties;
 pub mod retention;
@@ -17,6 +18,7 @@ pub mod runs;
 pub mod stream;
 
 pub use compression::Compression;
+pub use lock::{DirLock, LockPolicy};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -32,6 +34,7 @@ use stream::hash_file;
 
 /// The name of a set under construction is its id with this suffix.
 pub const PARTIAL_SUFFIX: &str = ".partial";
+/// The backup directory's lock ([`lock`]).
 const LOCK_FILE: &str = ".tusk.lock";
 
 /// A complete backup set.
@@ -246,61 +249,6 @@ impl Drop for PartialSet {
     }
 }
 
-/// Holds `<backup-dir>/.tusk.lock` for the life of the value.
-pub struct DirLock {
-    _file: File,
-    dir: PathBuf,
-}
-
-impl DirLock {
-    pub fn acquire(backup_dir: &Path) -> Result<Self> {
-        create_private_dir(backup_dir)?;
-        let path = backup_dir.join(LOCK_FILE);
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .with_context(|| format!("could not open lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(DirLock {
-                _file: file,
-                dir: backup_dir.to_path_buf(),
-            }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(TuskError::Locked(format!(
-                "another tusk run holds {}; try again when it has finished",
-                path.display()
-            ))
-            .into()),
-            Err(std::fs::TryLockError::Error(err)) => {
-                Err(err).with_context(|| format!("could not lock {}", path.display()))
-            }
-        }
-    }
-}
-
-impl DirLock {
-    /// The unfinished sets (`<id>.partial`) in the locked directory. Only a
-    /// backup writes them, and only under this lock, so while it is held
-    /// each one was left by a run that died (SIGKILL, a power cut).
-    pub fn stale_partial_sets(&self) -> Result<Vec<PathBuf>> {
-        let mut stale = Vec::new();
-        let entries = std::fs::read_dir(&self.dir)
-            .with_context(|| format!("could not read {}", self.dir.display()))?;
-        for entry in entries {
-            let entry = entry?;
-            let is_partial = entry.file_name().to_str().is_some_and(|name| {
-                name.len() > PARTIAL_SUFFIX.len() && name.ends_with(PARTIAL_SUFFIX)
-            });
-            if is_partial && entry.file_type()?.is_dir() {
-                stale.push(entry.path());
-            }
-        }
-        stale.sort();
-        Ok(stale)
-    }
-}
-
 fn create_private_dir(dir: &Path) -> Result<()> {
     use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
@@ -374,29 +322,5 @@ mod tests {
         drop(partial);
         assert!(!root.path().join("x-1.partial").exists());
         assert!(!root.path().join("x-1").exists());
-    }
-
-    #[test]
-    fn partial_sets_under_the_lock_are_stale() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("x-1.partial")).unwrap();
-        std::fs::create_dir(root.path().join("x-0")).unwrap();
-        std::fs::write(root.path().join("notes.partial"), b"a file").unwrap();
-        let lock = DirLock::acquire(root.path()).unwrap();
-        assert_eq!(
-            lock.stale_partial_sets().unwrap(),
-            vec![root.path().join("x-1.partial")]
-        );
-    }
-
-    #[test]
-    fn a_second_lock_is_refused_with_exit_4() {
-        let root = tempfile::tempdir().unwrap();
-        let _held = DirLock::acquire(root.path()).unwrap();
-        let err = DirLock::acquire(root.path()).err().unwrap();
-        assert_eq!(
-            crate::error::exit_code_for(&err),
-            std::process::ExitCode::from(crate::error::EXIT_LOCKED)
-        );
     }
 }

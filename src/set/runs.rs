@@ -86,23 +86,45 @@ fn record_path(dir: &Path, command: &str) -> PathBuf {
     dir.join(format!(".tusk-last-{command}.json"))
 }
 
-/// Replaces the record of `record.command` in `dir` (atomically).
+/// The last failed run, kept apart so a success after it does not erase
+/// when the command last failed (the metrics report both).
+fn failure_path(dir: &Path, command: &str) -> PathBuf {
+    dir.join(format!(".tusk-last-{command}-failure.json"))
+}
+
+/// Replaces the record of `record.command` in `dir` (atomically); a failed
+/// run also replaces the record of the last failure.
 pub fn save(dir: &Path, record: &RunRecord) -> Result<()> {
     let json = serde_json::to_vec_pretty(record)?;
-    super::write_file_atomically(&record_path(dir, &record.command), &json).with_context(|| {
-        format!(
-            "could not record the {} run in {}",
-            record.command,
-            dir.display()
-        )
-    })
+    let mut paths = vec![record_path(dir, &record.command)];
+    if record.outcome == Outcome::Failed {
+        paths.push(failure_path(dir, &record.command));
+    }
+    for path in paths {
+        super::write_file_atomically(&path, &json).with_context(|| {
+            format!(
+                "could not record the {} run in {}",
+                record.command,
+                dir.display()
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// The last recorded run of `command` in `dir`, if any. A damaged record
 /// reads as none, with a warning: it must not stop a backup.
 pub fn last(dir: &Path, command: &str) -> Option<RunRecord> {
-    let path = record_path(dir, command);
-    let text = std::fs::read_to_string(&path).ok()?;
+    read(&record_path(dir, command))
+}
+
+/// The last failed run of `command` in `dir`, if any ever failed.
+pub fn last_failure(dir: &Path, command: &str) -> Option<RunRecord> {
+    read(&failure_path(dir, command))
+}
+
+fn read(path: &Path) -> Option<RunRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
     match serde_json::from_str(&text) {
         Ok(record) => Some(record),
         Err(err) => {
@@ -140,6 +162,11 @@ mod tests {
         let read = last(dir.path(), "backup").unwrap();
         assert_eq!(read.outcome, Outcome::Ok);
         assert_eq!(read.set_id.as_deref(), Some("social-20261207T010000Z"));
+        assert_eq!(
+            last_failure(dir.path(), "backup").unwrap().error.as_deref(),
+            Some("could not write: disk full"),
+            "a success keeps the last failure"
+        );
         assert!(read.duration_seconds().unwrap() >= 0.0);
         assert_eq!(last(dir.path(), "verify"), None, "one record per command");
     }
