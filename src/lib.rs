@@ -10,7 +10,7 @@
 //! - settings: [`config`] (one precedence for every setting),
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
-//! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
+//! - operations: [`backup`], [`blocks`], [`restore`], [`verify`], [`media`], [`prune`],
 //!   [`prune_sets`], [`tune`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
@@ -35,6 +35,7 @@ pub mod set;
 
 // operations
 pub mod backup;
+pub mod blocks;
 pub mod media;
 pub mod prune;
 pub mod prune_sets;

@@ -18,6 +18,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("mastodon", 2),
     ("set", 2),
     ("backup", 3),
+    ("blocks", 3),
     ("media", 3),
     ("prune", 3),
     ("prune_sets", 3),
