@@ -229,7 +229,7 @@ fn respond(
                 .iter()
                 .filter(|b| max_id.is_none_or(|max| b.id < max))
                 .collect();
-            blocks.sort_by(|a, b| b.id.cmp(&a.id));
+            blocks.sort_by_key(|b| std::cmp::Reverse(b.id));
             blocks.truncate(limit);
             let mut links = Vec::new();
             if blocks.len() == limit {
