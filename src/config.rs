@@ -1079,6 +1079,45 @@ mod tests {
     }
 
     #[test]
+    fn the_mastodon_address_and_token_follow_the_precedence() {
+        let setup = Setup::new("", "LOCAL_DOMAIN=social.example\nWEB_DOMAIN=web.example\n");
+        let no_token = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(
+            no_token.mastodon_url.as_deref(),
+            Some("https://web.example")
+        );
+        let err = no_token.mastodon_api().unwrap_err();
+        assert!(err.to_string().contains("TUSK_MASTODON_TOKEN"), "{err}");
+
+        let token_file = setup.dir.path().join("token");
+        std::fs::write(&token_file, "from-file\n").unwrap();
+        let yaml = format!(
+            "mastodon:\n  url: https://yaml.example\nblocks:\n  token_file: {}\n",
+            token_file.display()
+        );
+        std::fs::write(setup.dir.path().join("tusk.yaml"), yaml).unwrap();
+        let from_file = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(
+            from_file.mastodon_api().unwrap(),
+            ("https://yaml.example".to_string(), "from-file".to_string())
+        );
+        let from_env = Settings::resolve(&Overrides {
+            mastodon_url: Some("https://flag.example".into()),
+            mastodon_token: Some("from-env".into()),
+            ..setup.overrides()
+        })
+        .unwrap();
+        assert_eq!(
+            from_env.mastodon_api().unwrap(),
+            ("https://flag.example".to_string(), "from-env".to_string())
+        );
+        assert!(
+            !format!("{from_env:?}").contains("from-env"),
+            "the token is never printed"
+        );
+    }
+
+    #[test]
     fn a_missing_config_file_is_a_usage_error() {
         let overrides = Overrides {
             config: Some("/nonexistent/tusk.yaml".into()),
