@@ -712,7 +712,7 @@ mod tests {
         }
         for (name, _) in StorageKind::CHOICES {
             parse(&["tune", "--storage", name]);
-}
+        }
         for (name, _) in ListFormat::CHOICES {
             parse(&["blocks", "export", "--format", name]);
         }
