@@ -1,6 +1,6 @@
 # Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
 function __fish_tusk_global_optspecs
-    string join \n config= database-url= time-zone= backup-dir= instance= compression= compression-level= pg-bin-dir= pg-sslmode= pg-sslrootcert= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= json y/yes v/verbose q/quiet h/help V/version
+    string join \n config= database-url= time-zone= backup-dir= instance= compression= compression-level= pg-bin-dir= pg-sslmode= pg-sslrootcert= temp-dir= postgres-mode= docker-host= docker-transport= container= compose-service= compose-project= services= media-root= media-store= s3-bucket= s3-endpoint= s3-region= s3-key-prefix= s3-permission= s3-path-style= s3-sdk-checksums= mastodon-env-file= mastodon-url= json y/yes v/verbose q/quiet h/help V/version
 end
 
 function __fish_tusk_needs_command
@@ -65,6 +65,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_needs_command" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_needs_command" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_needs_command" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_needs_command" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -79,6 +80,7 @@ complete -c tusk -n "__fish_tusk_needs_command" -f -a "verify" -d 'Prove a backu
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "tune" -d 'Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them'
+complete -c tusk -n "__fish_tusk_needs_command" -f -a "blocks" -d 'Export, import and watch the instance\'s domain blocks (admin API)'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "completions" -d 'Print shell completions'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "man" -d 'Write man pages into a directory'
 complete -c tusk -n "__fish_tusk_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
@@ -124,6 +126,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand init" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l non-interactive -d 'Ask nothing: take the flags, and what is found for the rest (for scripts)'
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l force -d 'Replace the file if it exists'
 complete -c tusk -n "__fish_tusk_using_subcommand init" -l json -d 'Print one JSON document on stdout instead of text'
@@ -172,6 +175,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backup" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l stop-services -d 'Stop Mastodon\'s app containers (never PostgreSQL) during the dump and start them again afterwards, also on failure or Ctrl-C (Docker mode)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l prune -d 'Once the new set is complete, remove the sets the backup directory\'s retention policy no longer keeps (as `tusk backups prune`, without asking)'
 complete -c tusk -n "__fish_tusk_using_subcommand backup" -l json -d 'Print one JSON document on stdout instead of text'
@@ -220,6 +224,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and not __fish_seen_subcommand_from list prune help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -269,6 +274,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from list" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -316,6 +322,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l dry-run -d 'List every set with keep or remove and the rules that keep it; remove nothing'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand backups; and __fish_seen_subcommand_from prune" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -371,6 +378,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand restore" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l force -d 'Replace a target database that already holds tables'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-owner -d 'Do not set object owners from the dump (Mastodon\'s cross-server form)'
 complete -c tusk -n "__fish_tusk_using_subcommand restore" -l no-acl -d 'Leave out the grants: the objects\' and the database\'s own'
@@ -424,6 +432,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand verify" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l checksums-only -d 'Only re-hash the artefacts; no test restore'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -471,6 +480,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and not __fish_seen_subcommand_from push verify usage help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -522,6 +532,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l dry-run -d 'Show what would be uploaded; change nothing'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l delete-local -d 'After the upload, delete local files that a verification proves stored and identical'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from push" -l json -d 'Print one JSON document on stdout instead of text'
@@ -571,6 +582,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from verify" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -617,6 +629,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l bucket -d 'Measure the bucket instead of the local folder'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand media; and __fish_seen_subcommand_from usage" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
@@ -684,6 +697,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand prune" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l unattached-media -d 'Delete attachments never posted, older than a day (rows and files)'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l orphans -d 'Delete stored files that no database row points at'
 complete -c tusk -n "__fish_tusk_using_subcommand prune" -l avatars -d 'With --profiles-days: prune avatars [default: avatars and headers]'
@@ -744,12 +758,219 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand tune" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l apply -d 'Write the settings with ALTER SYSTEM and reload (asks first; --yes for scripts)'
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand tune" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -f -a "export" -d 'Print the domain blocks as Mastodon\'s CSV or one domain per line'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -f -a "import" -d 'Compare a blocklist with the blocks in place, show the impact of new blocks, and apply them (--yes or --review)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -f -a "watch" -d 'List domains a hashtag\'s RSS feed names that are not blocked yet'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and not __fish_seen_subcommand_from export import watch help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l format -d 'List format' -r -f -a "mastodon-csv\t'Mastodon\'s CSV (#domain,#severity,...)'
+plain\t'One domain per line'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -s o -l output -d 'Write to this file instead of stdout' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from export" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l severity -d 'Severity where the list gives none (plain lists; CSV without #severity)' -r -f -a "noop\t'No limit; only the reject flags apply'
+silence\t'Limit: hidden from accounts not following them'
+suspend\t'Suspend: nothing from the domain is accepted'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l dry-run -d 'Show the difference and the impact; change nothing'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l review -d 'Ask about each new block on the terminal: block, limit, skip or quit'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l allow-loosen -d 'Also apply listed blocks that are looser than the block in place'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from import" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l state-file -d 'Where the domains already shown are remembered [default: blocks-watch.json in blocks.state_dir]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l backup-dir -d 'Directory holding backup sets [default: /var/backups/tusk]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l instance -d 'Instance name used in backup ids [default: LOCAL_DOMAIN, else the host name]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l compression -d 'Compression of backup artefacts [default: zstd]' -r -f -a "zstd\t''
+gzip\t''
+none\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l compression-level -d 'Compression level (zstd 1-19, default 1; gzip 1-9, default 6)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l pg-bin-dir -d 'Directory of pg_dump, pg_restore and psql [default: newest /usr/lib/postgresql/*/bin, else PATH]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l pg-sslmode -d 'TLS to the database, as libpq\'s sslmode; an sslmode in the URL wins [default: DB_SSLMODE from .env.production, else prefer]' -r -f -a "disable\t'never TLS'
+allow\t'plain first; TLS only when the server refuses a plain connection'
+prefer\t'TLS when the server offers it, else plain (the default)'
+require\t'TLS or fail; the certificate is checked only when a root certificate is available'
+verify-ca\t'TLS, the certificate must chain to a CA in sslrootcert'
+verify-full\t'TLS, the certificate must chain to a CA in sslrootcert and name the host'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l pg-sslrootcert -d 'CA certificate(s) (PEM) the database\'s certificate must chain to, or `system`; an sslrootcert in the URL wins [default: ~/.postgresql/root.crt if it exists]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l temp-dir -d 'Directory for temporary files, such as a seekable copy for parallel restore' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l postgres-mode -d 'Where pg_dump and friends run: on this machine, or inside the database container' -r -f -a "direct\t'On this machine, against the server\'s network address'
+docker\t'Inside the database\'s container, through the Docker Engine'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l docker-host -d 'Docker Engine address (unix:///var/run/docker.sock, tcp://host:2375) [default: DOCKER_HOST]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l docker-transport -d 'How pg_dump\'s output leaves the container (Docker mode) [default: auto]' -r -f -a "auto\t'`pipe` when the Engine runs on this machine, else `exec`; falls back to `exec` when the helper container cannot deliver'
+pipe\t'pg_dump runs in a helper container from the same image and writes into a named pipe on this machine'
+exec\t'pg_dump\'s output streams through the Engine\'s exec API'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l container -d 'PostgreSQL container by name (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l compose-service -d 'PostgreSQL container by compose service label (Docker mode) [default: db]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l compose-project -d 'Compose project of the containers (Docker mode)' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l services -d 'Mastodon\'s app services, stopped by --stop-services [default: web,streaming,sidekiq]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l media-root -d 'Mastodon\'s local media folder [default: public/system beside .env.production]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l media-store -d 'Where Mastodon keeps its media now, for prune [default: s3 if S3_ENABLED=true, else local]' -r -f -a "local\t'The media folder (`mastodon.media_root`)'
+s3\t'The bucket (`s3:`)'"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l s3-bucket -d 'Media bucket [default: S3_BUCKET from .env.production]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l s3-endpoint -d 'S3 endpoint, e.g. https://s3.us-west-004.backblazeb2.com [default: S3_ENDPOINT, else AWS]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l s3-region -d 'S3 region [default: S3_REGION, else us-east-1]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l s3-key-prefix -d 'Prefix of every media key [default: S3_KEY_PREFIX]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l s3-permission -d 'Canned ACL for public media; empty for stores without ACLs (B2, R2) [default: S3_PERMISSION, else public-read]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l s3-path-style -d 'Path-style URLs (endpoint/bucket/key) [default: true with an endpoint, as Mastodon]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
+false\t''"
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -l json -d 'Print one JSON document on stdout instead of text'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -s q -l quiet -d 'Only warnings and errors'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from watch" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from help" -f -a "export" -d 'Print the domain blocks as Mastodon\'s CSV or one domain per line'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from help" -f -a "import" -d 'Compare a blocklist with the blocks in place, show the impact of new blocks, and apply them (--yes or --review)'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from help" -f -a "watch" -d 'List domains a hashtag\'s RSS feed names that are not blocked yet'
+complete -c tusk -n "__fish_tusk_using_subcommand blocks; and __fish_seen_subcommand_from help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l config -d 'YAML configuration file [default: ./tusk.yaml, else /etc/tusk/tusk.yaml]' -r -F
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l database-url -d 'The Mastodon database as a libpq URL (postgresql://user:pass@host:port/db) [default: from .env.production]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l time-zone -d 'IANA time zone of retention\'s calendar days, weeks, months and years [default: UTC]' -r
@@ -791,6 +1012,7 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand completions" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand completions" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
@@ -837,24 +1059,29 @@ false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l s3-sdk-checksums -d 'Also send the SDK\'s CRC32 checksum headers (some stores such as B2 reject them) [default: only for AWS itself]' -r -f -a "true\t''
 false\t''"
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-env-file -l env-file -d 'Mastodon\'s .env.production [default: ./.env.production if present]' -r -F
+complete -c tusk -n "__fish_tusk_using_subcommand man" -l mastodon-url -d 'Mastodon\'s address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]' -r
 complete -c tusk -n "__fish_tusk_using_subcommand man" -l json -d 'Print one JSON document on stdout instead of text'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s y -l yes -d 'Answer yes to confirmations (does not imply --force)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s v -l verbose -d 'More detail in logs (-v debug, -vv trace)'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s q -l quiet -d 'Only warnings and errors'
 complete -c tusk -n "__fish_tusk_using_subcommand man" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "init" -d 'Write a first tusk.yaml: find Mastodon, ask what is left, check the connections'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "backups" -d 'Inspect backup sets'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "tune" -d 'Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "completions" -d 'Print shell completions'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "man" -d 'Write man pages into a directory'
-complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "init" -d 'Write a first tusk.yaml: find Mastodon, ask what is left, check the connections'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "backup" -d 'Dump the roles and the database into a new backup set'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "backups" -d 'Inspect backup sets'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "restore" -d 'Restore a backup set onto a server'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "verify" -d 'Prove a backup set: checksums, then a test restore compared with the manifest'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "media" -d 'Move the local media folder to S3-compatible storage, and check it'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "prune" -d 'Remove cached media, avatars, headers, preview card images, user archives and orphaned files on retention rules'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "tune" -d 'Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "blocks" -d 'Export, import and watch the instance\'s domain blocks (admin API)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "completions" -d 'Print shell completions'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "man" -d 'Write man pages into a directory'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and not __fish_seen_subcommand_from init backup backups restore verify media prune tune blocks completions man help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "list" -d 'List backup sets, oldest first'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from backups" -f -a "prune" -d 'Remove the sets each destination\'s retention policy no longer keeps (restic\'s `forget` rules); asks first on a terminal, `--yes` for cron'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "push" -d 'Upload public/system to the bucket with Mastodon\'s keys, headers and ACLs'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "verify" -d 'Compare the local media folder with the bucket (exit 3 on differences)'
 complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from media" -f -a "usage" -d 'Media sizes as the database records them beside what storage holds'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from blocks" -f -a "export" -d 'Print the domain blocks as Mastodon\'s CSV or one domain per line'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from blocks" -f -a "import" -d 'Compare a blocklist with the blocks in place, show the impact of new blocks, and apply them (--yes or --review)'
+complete -c tusk -n "__fish_tusk_using_subcommand help; and __fish_seen_subcommand_from blocks" -f -a "watch" -d 'List domains a hashtag\'s RSS feed names that are not blocked yet'
