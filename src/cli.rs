@@ -8,6 +8,7 @@ use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Args, Parser, Subcommand};
 
 use tusk::config::{MediaStoreKind, Overrides, PgMode};
+use tusk::mastodon::blocklist::{ListFormat, Severity};
 use tusk::postgres::SslMode;
 use tusk::postgres::docker::DumpTransport;
 use tusk::prune::{CacheSemantics, PruneRule};
@@ -259,6 +260,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TUSK_WAIT", value_name = "SECONDS")]
     pub wait: Option<u64>,
 
+    /// Mastodon's address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN]
+    #[arg(long, global = true, env = "TUSK_MASTODON_URL", value_name = "URL")]
+    pub mastodon_url: Option<String>,
+
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true, env = "TUSK_JSON")]
     pub json: bool,
@@ -312,6 +317,9 @@ impl GlobalArgs {
             metrics_file: self.metrics_file.clone(),
             lock_wait_seconds: self.wait,
             time_zone: self.time_zone.clone(),
+            mastodon_url: self.mastodon_url.clone(),
+            // A secret: only from the environment, never a flag.
+            mastodon_token: std::env::var("TUSK_MASTODON_TOKEN").ok(),
         }
     }
 }
@@ -336,6 +344,9 @@ pub enum Command {
     Prune(PruneArgs),
     /// Recommend PostgreSQL settings for the instance (as PgTune computes them) and apply them
     Tune(TuneArgs),
+    /// Export, import and watch the instance's domain blocks (admin API)
+    #[command(subcommand)]
+    Blocks(BlocksCommand),
     /// Print the script that makes a shell complete tusk's commands, flags and set ids
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -624,6 +635,73 @@ pub struct TuneArgs {
     pub apply: bool,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum BlocksCommand {
+    /// Print the domain blocks as Mastodon's CSV or one domain per line
+    Export(BlocksExportArgs),
+    /// Compare a blocklist with the blocks in place, show the impact of new
+    /// blocks, and apply them (--yes or --review)
+    Import(BlocksImportArgs),
+    /// List domains a hashtag's RSS feed names that are not blocked yet
+    Watch(BlocksWatchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BlocksExportArgs {
+    /// List format
+    #[arg(
+        long,
+        default_value = "mastodon-csv",
+        value_name = "FORMAT",
+        value_parser = choice::<ListFormat>(&ListFormat::CHOICES)
+    )]
+    pub format: ListFormat,
+
+    /// Write to this file instead of stdout
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BlocksImportArgs {
+    /// Mastodon's CSV export or a plain list (one domain per line): a file or an https:// URL
+    #[arg(value_name = "FILE|URL")]
+    pub source: String,
+
+    /// Show the difference and the impact; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Ask about each new block on the terminal: block, limit, skip or quit
+    #[arg(long)]
+    pub review: bool,
+
+    /// Also apply listed blocks that are looser than the block in place
+    #[arg(long)]
+    pub allow_loosen: bool,
+
+    /// Severity where the list gives none (plain lists; CSV without #severity)
+    #[arg(
+        long,
+        default_value = "suspend",
+        value_name = "SEVERITY",
+        value_parser = choice::<Severity>(&Severity::CHOICES)
+    )]
+    pub severity: Severity,
+}
+
+#[derive(Debug, Args)]
+pub struct BlocksWatchArgs {
+    /// RSS feed of a hashtag (https://SERVER/tags/NAME.rss) or a saved copy
+    #[arg(value_name = "FEED")]
+    pub feed: String,
+
+    /// Where the domains already shown are remembered
+    /// [default: blocks-watch.json in blocks.state_dir]
+    #[arg(long, value_name = "FILE")]
+    pub state_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct CompletionsArgs {
     /// The shell whose registration script to print (load it from the shell's
@@ -678,6 +756,12 @@ mod tests {
         }
         for (name, _) in StorageKind::CHOICES {
             parse(&["tune", "--storage", name]);
+        }
+        for (name, _) in ListFormat::CHOICES {
+            parse(&["blocks", "export", "--format", name]);
+        }
+        for (name, _) in Severity::CHOICES {
+            parse(&["blocks", "import", "--severity", name, "list.csv"]);
         }
     }
 

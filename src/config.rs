@@ -61,6 +61,8 @@ pub struct FileSettings {
     pub metrics_file: Option<PathBuf>,
     #[serde(default)]
     pub lock: LockSection,
+    #[serde(default)]
+    pub blocks: BlocksSection,
 }
 
 /// Alerts: a JSON POST and healthchecks.io-style pings ([`crate::notify`]).
@@ -81,6 +83,18 @@ pub struct LockSection {
     pub wait_seconds: Option<u64>,
     /// A lock record from another host older than this is taken over.
     pub stale_after_hours: Option<u64>,
+}
+
+/// `tusk blocks`: the admin API token and where runs keep their state.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlocksSection {
+    /// A file holding the access token (mode 0600), with the
+    /// `admin:read:domain_blocks` and `admin:write:domain_blocks` scopes.
+    pub token_file: Option<PathBuf>,
+    /// Where `blocks watch` remembers what it showed and a stopped import
+    /// leaves its report [default: $XDG_STATE_HOME/tusk, else ~/.local/state/tusk].
+    pub state_dir: Option<PathBuf>,
 }
 
 /// One entry of `destinations:`: a directory (`dir:`) or a bucket (`s3:`).
@@ -137,6 +151,8 @@ pub struct MastodonSection {
     pub services: Option<Vec<String>>,
     pub media_root: Option<PathBuf>,
     pub media_store: Option<MediaStoreKind>,
+    /// The server's address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN].
+    pub url: Option<String>,
 }
 
 /// Where Mastodon keeps its media: `S3_ENABLED` in Mastodon's terms.
@@ -257,6 +273,9 @@ pub struct Overrides {
     /// `--wait SECONDS` for the backup directory's lock.
     pub lock_wait_seconds: Option<u64>,
     pub time_zone: Option<String>,
+    pub mastodon_url: Option<String>,
+    /// `TUSK_MASTODON_TOKEN`: the admin API token itself.
+    pub mastodon_token: Option<String>,
 }
 
 /// Every setting, resolved.
@@ -306,6 +325,30 @@ pub struct Settings {
     /// Mastodon's `.env.production`, when one was found: its pool and
     /// process settings size the database (`tusk tune`).
     pub mastodon_env: Option<EnvFile>,
+    /// The server's address for its API, when anything names it.
+    pub mastodon_url: Option<String>,
+    /// Where the admin API token comes from.
+    mastodon_token: TokenSource,
+    /// Where `tusk blocks` keeps its state and reports.
+    pub blocks_state_dir: PathBuf,
+}
+
+/// The admin API token, never printed.
+#[derive(Clone)]
+enum TokenSource {
+    None,
+    Value(String),
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSource::None => f.write_str("None"),
+            TokenSource::Value(_) => f.write_str("Value(<redacted>)"),
+            TokenSource::File(path) => write!(f, "File({})", path.display()),
+        }
+    }
 }
 
 impl Settings {
@@ -475,8 +518,21 @@ impl Settings {
         let backup_dir = explicit_backup_dir
             .or_else(|| destinations.first().map(|d| d.dir.clone()))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR));
+        let mastodon_url = args.mastodon_url.clone().or(file.mastodon.url).or_else(|| {
+            let domain = env_value("WEB_DOMAIN").or_else(|| env_value("LOCAL_DOMAIN"))?;
+            Some(format!("https://{domain}"))
+        });
+        let mastodon_token = match (args.mastodon_token.clone(), file.blocks.token_file) {
+            (Some(token), _) if !token.trim().is_empty() => TokenSource::Value(token),
+            (_, Some(path)) => TokenSource::File(path),
+            _ => TokenSource::None,
+        };
+        let blocks_state_dir = file.blocks.state_dir.unwrap_or_else(default_state_dir);
 
         Ok(Settings {
+            mastodon_url,
+            mastodon_token,
+            blocks_state_dir,
             media_store,
             prune: file.prune,
             notify,
@@ -526,6 +582,40 @@ impl Settings {
 }
 
 impl Settings {
+    /// The Mastodon server's address and an admin API token, or an error
+    /// saying how to give them.
+    pub fn mastodon_api(&self) -> Result<(String, String)> {
+        let url = self.mastodon_url.clone().ok_or_else(|| {
+            TuskError::usage(
+                "no Mastodon address configured: set mastodon.url in tusk.yaml, \
+                 TUSK_MASTODON_URL or --mastodon-url, or point mastodon.env_file at \
+                 .env.production (LOCAL_DOMAIN)",
+            )
+        })?;
+        let token = match &self.mastodon_token {
+            TokenSource::Value(token) => token.clone(),
+            TokenSource::File(path) => std::fs::read_to_string(path)
+                .map_err(|err| {
+                    TuskError::usage(format!(
+                        "could not read blocks.token_file {}: {err}",
+                        path.display()
+                    ))
+                })?
+                .trim()
+                .to_string(),
+            TokenSource::None => String::new(),
+        };
+        if token.is_empty() {
+            return Err(TuskError::usage(
+                "no admin API token: create an application in Mastodon (Preferences > \
+                 Development) with the admin:read:domain_blocks and admin:write:domain_blocks \
+                 scopes and put its access token in a file named by blocks.token_file, or in \
+                 TUSK_MASTODON_TOKEN",
+            ));
+        }
+        Ok((url, token))
+    }
+
     /// The media bucket, or an error saying how to name one.
     pub fn s3(&self) -> Result<&S3Settings> {
         self.s3.as_ref().ok_or_else(|| {
@@ -716,6 +806,18 @@ fn find_config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
         .iter()
         .map(PathBuf::from)
         .find(|path| path.is_file()))
+}
+
+/// `$XDG_STATE_HOME/tusk`, else `~/.local/state/tusk`, else `/var/lib/tusk`.
+fn default_state_dir() -> PathBuf {
+    let non_empty = |key: &str| std::env::var_os(key).filter(|v| !v.is_empty());
+    if let Some(state) = non_empty("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("tusk");
+    }
+    match non_empty("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/state/tusk"),
+        None => PathBuf::from("/var/lib/tusk"),
+    }
 }
 
 fn system_hostname() -> Option<String> {
@@ -1078,6 +1180,45 @@ mod tests {
                 "{yaml}"
             );
         }
+    }
+
+    #[test]
+    fn the_mastodon_address_and_token_follow_the_precedence() {
+        let setup = Setup::new("", "LOCAL_DOMAIN=social.example\nWEB_DOMAIN=web.example\n");
+        let no_token = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(
+            no_token.mastodon_url.as_deref(),
+            Some("https://web.example")
+        );
+        let err = no_token.mastodon_api().unwrap_err();
+        assert!(err.to_string().contains("TUSK_MASTODON_TOKEN"), "{err}");
+
+        let token_file = setup.dir.path().join("token");
+        std::fs::write(&token_file, "from-file\n").unwrap();
+        let yaml = format!(
+            "mastodon:\n  url: https://yaml.example\nblocks:\n  token_file: {}\n",
+            token_file.display()
+        );
+        std::fs::write(setup.dir.path().join("tusk.yaml"), yaml).unwrap();
+        let from_file = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(
+            from_file.mastodon_api().unwrap(),
+            ("https://yaml.example".to_string(), "from-file".to_string())
+        );
+        let from_env = Settings::resolve(&Overrides {
+            mastodon_url: Some("https://flag.example".into()),
+            mastodon_token: Some("from-env".into()),
+            ..setup.overrides()
+        })
+        .unwrap();
+        assert_eq!(
+            from_env.mastodon_api().unwrap(),
+            ("https://flag.example".to_string(), "from-env".to_string())
+        );
+        assert!(
+            !format!("{from_env:?}").contains("from-env"),
+            "the token is never printed"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use crate::config::{MediaStoreKind, PgMode, Settings};
 use crate::docker::services::AppServices;
 use crate::docker::{Container, ContainerSelector};
 use crate::error::TuskError;
+use crate::mastodon::api::AdminApi;
 use crate::media::MediaLayout;
 use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer, direct::DirectServer};
@@ -121,6 +122,12 @@ impl Instance {
             .database()
             .context("the database URL names no database")?
             .to_string())
+    }
+
+    /// The server's admin API with the configured token.
+    pub fn mastodon_admin_api(&self) -> Result<AdminApi> {
+        let (url, token) = self.settings.mastodon_api()?;
+        AdminApi::new(&url, &token)
     }
 
     pub fn backup_dir(&self) -> PathBuf {

@@ -10,9 +10,9 @@
 //! - settings: [`config`] (one precedence for every setting),
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
-//! - operations: [`backup`], [`restore`], [`verify`], [`media`], [`prune`],
-//!   [`prune_sets`], [`tune`], [`janitor`] (which backup, restore and
-//!   verify call first to remove what a killed run left), and the reports
+//! - operations: [`backup`], [`blocks`], [`restore`], [`verify`], [`media`],
+//!   [`prune`], [`prune_sets`], [`tune`], [`janitor`] (which backup, restore
+//!   and verify call first to remove what a killed run left), and the reports
 //!   around them, [`notify`] and [`metrics`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
@@ -41,6 +41,7 @@ pub mod set;
 
 // operations
 pub mod backup;
+pub mod blocks;
 pub mod janitor;
 pub mod media;
 pub mod metrics;

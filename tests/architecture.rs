@@ -22,6 +22,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("set", 2),
     ("backup", 3),
     ("janitor", 3),
+    ("blocks", 3),
     ("media", 3),
     ("metrics", 3),
     ("notify", 3),

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod backups;
+pub mod blocks;
 pub mod completions;
 pub mod init;
 pub mod media;
@@ -102,6 +103,7 @@ pub async fn dispatch(cli: Cli, log_tail: LogTail) -> Result<()> {
         Command::Media(args) => media::exec(&ctx, args).await,
         Command::Prune(args) => prune::exec(&ctx, args).await,
         Command::Tune(args) => tune::exec(&ctx, args).await,
+        Command::Blocks(args) => blocks::exec(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) | Command::Init(_) => {
             unreachable!("handled above")
         }
