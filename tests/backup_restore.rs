@@ -110,8 +110,10 @@ fn restore_where_the_roles_exist_in_parallel_and_with_no_owner() {
     assert_eq!(parallel.fingerprint(), before);
     // The staged copy got the data offsets pg_dump could not write to a pipe.
     assert!(
-        out.stderr
-            .contains("recorded the data offsets of 10 archive entries"),
+        out.stderr.contains(&format!(
+            "recorded the data offsets of {} archive entries",
+            before.len()
+        )),
         "{}",
         out.stderr
     );
