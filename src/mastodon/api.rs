@@ -4,10 +4,8 @@
 //! parent of it) is already blocked, 403 when the token lacks the scope, 429
 //! with `X-RateLimit-Reset` when the rate limit is spent.
 //!
-//! The HTTP client is reqwest over the rustls and aws-lc-rs provider the
-//! rest of tusk already builds, with the system's root certificates.
+//! Requests go through tusk's one HTTP client ([`crate::http::client`]).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -106,12 +104,7 @@ impl AdminApi {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
-        let http = reqwest::Client::builder()
-            .use_preconfigured_tls(tls_config()?)
-            .user_agent(concat!("tusk/", env!("CARGO_PKG_VERSION")))
-            .timeout(REQUEST_TIMEOUT)
-            .build()
-            .context("could not set up the HTTP client")?;
+        let http = crate::http::client(REQUEST_TIMEOUT)?;
         Ok(AdminApi {
             http,
             base,
@@ -218,7 +211,7 @@ impl AdminApi {
                 anyhow!(
                     "could not reach {}: {}",
                     self.base,
-                    error_chain(&err as &dyn std::error::Error)
+                    crate::http::error_chain(&err)
                 )
             })?;
             let status = response.status();
@@ -271,18 +264,12 @@ impl AdminApi {
 /// The text at `url` (a shared blocklist, a hashtag's feed), without the
 /// token: it goes to the admin's own server only.
 pub async fn fetch_text(url: &str) -> Result<String> {
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(tls_config()?)
-        .user_agent(concat!("tusk/", env!("CARGO_PKG_VERSION")))
-        .timeout(REQUEST_TIMEOUT)
-        .build()
-        .context("could not set up the HTTP client")?;
-    let response = http.get(url).send().await.map_err(|err| {
-        anyhow!(
-            "could not fetch {url}: {}",
-            error_chain(&err as &dyn std::error::Error)
-        )
-    })?;
+    let http = crate::http::client(REQUEST_TIMEOUT)?;
+    let response = http
+        .get(url)
+        .send()
+        .await
+        .map_err(|err| anyhow!("could not fetch {url}: {}", crate::http::error_chain(&err)))?;
     expect_success(response)
         .await?
         .text()
@@ -306,17 +293,6 @@ async fn error_message(response: Response) -> String {
         .ok()
         .and_then(|body| body.error)
         .unwrap_or_else(|| text.chars().take(200).collect())
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The `rel="next"` target of a `Link` header, resolved against `current`.
@@ -352,20 +328,6 @@ fn remaining_is_zero(headers: &HeaderMap) -> bool {
         .get("x-ratelimit-remaining")
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.trim() == "0")
-}
-
-/// TLS with aws-lc-rs (the provider tusk's PostgreSQL sessions and the AWS
-/// SDK use) and the system's trusted roots.
-fn tls_config() -> Result<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    let found = rustls_native_certs::load_native_certs();
-    roots.add_parsable_certificates(found.certs);
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("could not set up TLS")?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 #[cfg(test)]
