@@ -407,7 +407,7 @@ impl Settings {
             .clone()
             .or(file.instance)
             .or_else(|| env_file.as_ref()?.get("LOCAL_DOMAIN").map(str::to_string))
-            .or_else(system_hostname)
+            .or_else(crate::creator::host_name)
             .unwrap_or_else(|| "mastodon".into());
         let instance = sanitize_instance(&instance)?;
 
@@ -818,12 +818,6 @@ fn default_state_dir() -> PathBuf {
         Some(home) => PathBuf::from(home).join(".local/state/tusk"),
         None => PathBuf::from("/var/lib/tusk"),
     }
-}
-
-fn system_hostname() -> Option<String> {
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
-    let name = name.trim();
-    (!name.is_empty()).then(|| name.to_string())
 }
 
 /// Instance names become part of backup ids and directory names.

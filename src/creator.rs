@@ -33,7 +33,7 @@ impl Creator {
         CURRENT.get_or_init(|| {
             let pid = std::process::id();
             Creator {
-                host: host_name(),
+                host: host_name().unwrap_or_else(|| "unknown".into()),
                 pid,
                 started: start_ticks(pid).unwrap_or(0),
             }
@@ -124,15 +124,17 @@ fn parse_start_ticks(stat: &str) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
-fn host_name() -> String {
+/// This machine's name, when it has one.
+pub fn host_name() -> Option<String> {
     let mut buffer = [0u8; 256];
     // SAFETY: the buffer is writable for its whole length.
     let result = unsafe { libc::gethostname(buffer.as_mut_ptr().cast(), buffer.len()) };
     if result != 0 {
-        return "unknown".into();
+        return None;
     }
     let end = buffer.iter().position(|b| *b == 0).unwrap_or(buffer.len());
-    String::from_utf8_lossy(&buffer[..end]).into_owned()
+    let name = String::from_utf8_lossy(&buffer[..end]).trim().to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 #[cfg(test)]
