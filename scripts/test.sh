@@ -47,12 +47,15 @@
 #   TUSK_TEST_MOTO_ENDPOINT               http://127.0.0.1:<port>, moto_server (accepts any keys)
 #   TUSK_TEST_MOTO_{ACCESS_KEY,SECRET_KEY,REGION,PORT,PID,LOG,DIR,START_CMD}   as for S3
 #   TUSK_SKIP_S3_TESTS                    passed through as given
+#   TUSK_TEST_REDIS_URL                   redis://:<pw>@127.0.0.1:<port>, a throwaway redis-server (lib/redis.sh)
+#   TUSK_TEST_REDIS_{PORT,PASSWORD,DIR,BIN,CLI}   its port, password, data dir, redis-server and redis-cli
+#   TUSK_TEST_AGE_BIN                     the `age` command-line tool (Debian's package)
 #
 # Environment knobs:
 #   TUSK_SKIP_DOCKER_TESTS=1        don't need a Docker Engine; no image is built (each skipped test
 #                                   prints SKIPPED on stderr; refused under CI=true)
 #   TUSK_SKIP_S3_TESTS=1            don't install or start the S3 servers (no TUSK_TEST_S3_*/MOTO_*)
-#   TUSK_TEST_DOCKER_EXTRA_MAJORS   e.g. "13 17": also build tusk-test/postgres:13 and :17 (bullseye,
+#   TUSK_TEST_DOCKER_EXTRA_MAJORS   default "13 17": also build tusk-test/postgres:13 and :17 (bullseye,
 #                                   trixie; ~40 s each when cold) for cross-major tests
 #   TUSK_TEST_ONLY_SERVICES=1       start the services, print their exports (and write them to
 #                                   target/tusk-test-services.env), then wait until Ctrl-C and clean
@@ -76,6 +79,8 @@ source scripts/lib/pg-image.sh
 source scripts/lib/s3.sh
 # shellcheck source=scripts/lib/package.sh
 source scripts/lib/package.sh
+# shellcheck source=scripts/lib/redis.sh
+source scripts/lib/redis.sh
 
 T_START=$SECONDS
 STEP_NAMES=() STEP_RESULTS=()
@@ -132,16 +137,18 @@ if [[ -z $ONLY_SERVICES || $ONLY_SERVICES == 0 ]] && ! command -v cargo >/dev/nu
     exit 1
 fi
 command -v cargo >/dev/null 2>&1 && tusk_log "$(cargo --version)"
+tusk_redis_install # redis-server, redis-tools, age (apt, ~10 s once)
 if [[ $SKIP_S3 != 1 ]]; then
     tusk_s3_install # s3s-fs (cargo install, ~5 min once) + moto (pip, ~40 s once); no-ops when warm
 fi
 
 # --- 2 ---------------------------------------------------------------------------------------------
-step "start PostgreSQL clusters"
+step "start PostgreSQL clusters and Redis"
 tusk_pg_start TUSK_TEST_PG
 tusk_pg_start TUSK_TEST_PG2
 tusk_pg_start TUSK_TEST_PG_TLS tls
 export TUSK_TEST_PG_BIN TUSK_TEST_PG_URL TUSK_TEST_PG2_URL TUSK_TEST_PG_TLS_URL
+tusk_redis_start TUSK_TEST_REDIS
 
 # --- 3 ---------------------------------------------------------------------------------------------
 if [[ $SKIP_S3 == 1 ]]; then
@@ -171,7 +178,8 @@ else
         exit 1
     fi
     export TUSK_TEST_DOCKER_IMAGE=$image
-    for major in ${TUSK_TEST_DOCKER_EXTRA_MAJORS:-}; do
+    # Migrations across majors (tests/migrate.rs) need 13 and 17 beside the default 15.
+    for major in ${TUSK_TEST_DOCKER_EXTRA_MAJORS-13 17}; do
         tusk_pg_image_build "" "$major" "tusk-test/postgres:$major"
         export "TUSK_TEST_DOCKER_IMAGE_$major=tusk-test/postgres:$major"
     done
