@@ -264,6 +264,17 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "TUSK_MASTODON_URL", value_name = "URL")]
     pub mastodon_url: Option<String>,
 
+    /// Sidekiq's Redis as redis://[:password@]host[:port][/db], rediss:// or unix://
+    /// [default: from .env.production, else redis://localhost:6379/0]
+    #[arg(
+        long,
+        global = true,
+        env = "TUSK_REDIS_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub redis_url: Option<String>,
+
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true, env = "TUSK_JSON")]
     pub json: bool,
@@ -320,6 +331,7 @@ impl GlobalArgs {
             mastodon_url: self.mastodon_url.clone(),
             // A secret: only from the environment, never a flag.
             mastodon_token: std::env::var("TUSK_MASTODON_TOKEN").ok(),
+            redis_url: self.redis_url.clone(),
         }
     }
 }

@@ -14,11 +14,12 @@ use serde::Deserialize;
 
 use crate::docker::ContainerSelector;
 use crate::error::TuskError;
-use crate::mastodon::env_file::EnvFile;
+use crate::mastodon::env_file::{EnvFile, RedisRole};
 use crate::notify::NotifySettings;
 use crate::postgres::docker::DumpTransport;
 use crate::postgres::{DbTarget, RootCert, SslMode, TlsOptions};
 use crate::prune_sets::DirDestination;
+use crate::redis::RedisTarget;
 use crate::set::retention::{RetentionPolicy, parse_time_zone};
 use crate::set::{Compression, LockPolicy};
 use crate::storage::s3::S3Settings;
@@ -63,6 +64,24 @@ pub struct FileSettings {
     pub lock: LockSection,
     #[serde(default)]
     pub blocks: BlocksSection,
+    #[serde(default)]
+    pub redis: RedisSection,
+}
+
+/// Mastodon's Redis servers; unset keys come from `.env.production`
+/// (`SIDEKIQ_REDIS_*`, `CACHE_REDIS_*`, `REDIS_*`, `REDIS_NAMESPACE`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// Sidekiq's Redis: `redis://[:password@]host[:port][/db]`,
+    /// `rediss://` for TLS, `unix:///path?db=n`.
+    pub url: Option<String>,
+    /// redis-namespace's key prefix (Mastodon before 4.4); `""` for none.
+    pub namespace: Option<String>,
+    /// The cache's Redis [default: as Mastodon reads it, else `url`'s server].
+    pub cache_url: Option<String>,
+    /// How long to wait for Redis to connect or answer [default: 5].
+    pub timeout_seconds: Option<u64>,
 }
 
 /// Alerts: a JSON POST and healthchecks.io-style pings ([`crate::notify`]).
@@ -276,6 +295,8 @@ pub struct Overrides {
     pub mastodon_url: Option<String>,
     /// `TUSK_MASTODON_TOKEN`: the admin API token itself.
     pub mastodon_token: Option<String>,
+    /// `--redis-url`/`TUSK_REDIS_URL`: Sidekiq's Redis.
+    pub redis_url: Option<String>,
 }
 
 /// Every setting, resolved.
@@ -331,6 +352,13 @@ pub struct Settings {
     mastodon_token: TokenSource,
     /// Where `tusk blocks` keeps its state and reports.
     pub blocks_state_dir: PathBuf,
+    /// Sidekiq's Redis, or why the settings do not say (an error only for
+    /// the commands that use it).
+    sidekiq_redis: std::result::Result<RedisTarget, String>,
+    /// The cache's Redis, likewise.
+    cache_redis: std::result::Result<RedisTarget, String>,
+    /// How long a Redis connection or command may take.
+    pub redis_timeout: Duration,
 }
 
 /// The admin API token, never printed.
@@ -528,8 +556,24 @@ impl Settings {
             _ => TokenSource::None,
         };
         let blocks_state_dir = file.blocks.state_dir.unwrap_or_else(default_state_dir);
+        let redis_timeout = Duration::from_secs(
+            file.redis
+                .timeout_seconds
+                .unwrap_or(DEFAULT_REDIS_TIMEOUT_SECONDS)
+                .max(1),
+        );
+        let sidekiq_redis = resolve_redis(
+            RedisRole::Sidekiq,
+            args.redis_url.as_deref(),
+            &file.redis,
+            env_file.as_ref(),
+        );
+        let cache_redis = resolve_redis(RedisRole::Cache, None, &file.redis, env_file.as_ref());
 
         Ok(Settings {
+            sidekiq_redis,
+            cache_redis,
+            redis_timeout,
             mastodon_url,
             mastodon_token,
             blocks_state_dir,
@@ -625,6 +669,59 @@ impl Settings {
             )
         })
     }
+}
+
+impl Settings {
+    /// Sidekiq's Redis (its queues, retries, processes), or an error saying
+    /// what in the settings is wrong.
+    pub fn sidekiq_redis(&self) -> Result<&RedisTarget> {
+        self.sidekiq_redis
+            .as_ref()
+            .map_err(|why| TuskError::usage(why.clone()))
+    }
+
+    /// The Rails cache's Redis, or an error saying what is wrong.
+    pub fn cache_redis(&self) -> Result<&RedisTarget> {
+        self.cache_redis
+            .as_ref()
+            .map_err(|why| TuskError::usage(why.clone()))
+    }
+}
+
+pub const DEFAULT_REDIS_TIMEOUT_SECONDS: u64 = 5;
+
+/// One of Mastodon's Redis servers: flag > `TUSK_REDIS_URL` > tusk.yaml's
+/// `redis:` > `.env.production` as Mastodon reads it > localhost:6379/0.
+/// The namespace is `redis.namespace` when the file says one (for the
+/// cache `<ns>_cache`, else `cache`), else Mastodon's.
+fn resolve_redis(
+    role: RedisRole,
+    url_override: Option<&str>,
+    file: &RedisSection,
+    env_file: Option<&EnvFile>,
+) -> std::result::Result<RedisTarget, String> {
+    let (file_url, key) = match role {
+        RedisRole::Sidekiq => (file.url.as_deref(), "redis.url"),
+        RedisRole::Cache => (file.cache_url.as_deref(), "redis.cache_url"),
+    };
+    let mastodon = || match env_file {
+        Some(env) => env.redis(role),
+        None => EnvFile::default().redis(role),
+    };
+    let target = match (url_override, file_url) {
+        (Some(url), _) => RedisTarget::parse_url(url).context("--redis-url / TUSK_REDIS_URL"),
+        (None, Some(url)) => RedisTarget::parse_url(url).with_context(|| format!("{key} in tusk.yaml")),
+        (None, None) => mastodon(),
+    }
+    .map_err(|err| format!("{err:#}"))?;
+    let namespace = match (&file.namespace, role) {
+        (Some(ns), RedisRole::Sidekiq) => Some(ns.clone()),
+        (Some(ns), RedisRole::Cache) if ns.is_empty() => Some("cache".to_string()),
+        (Some(ns), RedisRole::Cache) => Some(format!("{ns}_cache")),
+        // Mastodon's own namespace applies whichever server is used.
+        (None, _) => mastodon().ok().and_then(|target| target.namespace),
+    };
+    Ok(target.with_namespace(namespace))
 }
 
 /// `sslmode` and `sslrootcert`: flag > environment > YAML > `.env.production`
@@ -1213,6 +1310,67 @@ mod tests {
             !format!("{from_env:?}").contains("from-env"),
             "the token is never printed"
         );
+    }
+
+    #[test]
+    fn redis_follows_the_precedence() {
+        let env_production = "REDIS_HOST=env-redis\nREDIS_NAMESPACE=mastodon\n\
+            SIDEKIQ_REDIS_URL=redis://:q@env-sidekiq:6390/2\n";
+        // .env.production alone: Mastodon's reading, namespaces included.
+        let setup = Setup::new("", env_production);
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        let sidekiq = settings.sidekiq_redis().unwrap();
+        assert_eq!(sidekiq.redacted(), "redis://:***@env-sidekiq:6390/2");
+        assert_eq!(sidekiq.namespace.as_deref(), Some("mastodon"));
+        let cache = settings.cache_redis().unwrap();
+        assert_eq!(cache.redacted(), "redis://env-redis:6379/0");
+        assert_eq!(cache.namespace.as_deref(), Some("mastodon_cache"));
+        assert_eq!(settings.redis_timeout, Duration::from_secs(5));
+
+        // The file over it; an empty namespace turns Mastodon's off.
+        let setup = Setup::new(
+            "redis:\n  url: redis://file-redis/5\n  cache_url: unix:///run/redis.sock\n  \
+             namespace: \"\"\n  timeout_seconds: 2\n",
+            env_production,
+        );
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        let sidekiq = settings.sidekiq_redis().unwrap();
+        assert_eq!(sidekiq.redacted(), "redis://file-redis:6379/5");
+        assert_eq!(sidekiq.namespace, None);
+        let cache = settings.cache_redis().unwrap();
+        assert_eq!(cache.redacted(), "unix:///run/redis.sock?db=0");
+        assert_eq!(cache.namespace.as_deref(), Some("cache"));
+        assert_eq!(settings.redis_timeout, Duration::from_secs(2));
+
+        // The flag (TUSK_REDIS_URL) over both.
+        let settings = Settings::resolve(&Overrides {
+            redis_url: Some("rediss://flag:6000/1".into()),
+            ..setup.overrides()
+        })
+        .unwrap();
+        assert_eq!(
+            settings.sidekiq_redis().unwrap().redacted(),
+            "rediss://flag:6000/1"
+        );
+
+        // Nothing anywhere: Mastodon's default.
+        let setup = Setup::new("", "");
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(
+            settings.sidekiq_redis().unwrap().redacted(),
+            "redis://localhost:6379/0"
+        );
+    }
+
+    #[test]
+    fn a_bad_redis_setting_fails_only_what_uses_redis() {
+        let setup = Setup::new("redis:\n  url: http://nope\n", "REDIS_PORT=x\n");
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        let err = settings.sidekiq_redis().unwrap_err();
+        assert!(err.to_string().contains("redis.url in tusk.yaml"), "{err}");
+        assert_eq!(crate::error::exit_status_for(&err), crate::error::EXIT_USAGE);
+        let err = settings.cache_redis().unwrap_err();
+        assert!(err.to_string().contains("REDIS_PORT"), "{err}");
     }
 
     #[test]

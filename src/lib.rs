@@ -16,7 +16,8 @@
 //!   around them, [`notify`] and [`metrics`];
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
-//! - infrastructure: [`postgres`], [`docker`], [`storage`], [`http`];
+//! - infrastructure: [`postgres`], [`docker`], [`storage`], [`http`],
+//!   [`redis`];
 //! - base: [`error`], [`output`], [`cleanup`], [`names`], [`signals`],
 //!   [`creator`].
 
@@ -32,6 +33,7 @@ pub mod signals;
 pub mod docker;
 pub mod http;
 pub mod postgres;
+pub mod redis;
 pub mod storage;
 
 // domain

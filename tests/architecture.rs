@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("docker", 1),
     ("http", 1),
     ("postgres", 1),
+    ("redis", 1),
     ("storage", 1),
     ("archive", 2),
     ("mastodon", 2),

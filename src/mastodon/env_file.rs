@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 
 use crate::error::TuskError;
 use crate::postgres::{DbTarget, RootCert, SslMode};
+use crate::redis::RedisTarget;
 
 /// The variables of one `.env.production` file.
 #[derive(Debug, Clone, Default)]
@@ -107,6 +108,100 @@ impl EnvFile {
     }
 }
 
+/// Mastodon's two uses of Redis, each of which may have its own server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisRole {
+    /// Sidekiq's queues (`SIDEKIQ_REDIS_*`, else `REDIS_*`).
+    Sidekiq,
+    /// The Rails cache (`CACHE_REDIS_*`, else `REDIS_*`).
+    Cache,
+}
+
+impl RedisRole {
+    fn prefix(self) -> &'static str {
+        match self {
+            RedisRole::Sidekiq => "SIDEKIQ_",
+            RedisRole::Cache => "CACHE_",
+        }
+    }
+}
+
+impl EnvFile {
+    /// The Redis Mastodon uses for `role`, read as
+    /// lib/mastodon/redis_configuration.rb (4.3+) reads its environment:
+    /// `<P>REDIS_URL` wins; else `<P>REDIS_HOST` with `<P>REDIS_PORT`,
+    /// `<P>REDIS_DB`, `<P>REDIS_USER`, `<P>REDIS_PASSWORD`; without
+    /// `<P>REDIS_HOST` the role uses the base settings (`REDIS_URL`, else
+    /// `REDIS_HOST` [localhost], `REDIS_PORT` [6379], `REDIS_DB` [0], ...).
+    /// The namespace is `REDIS_NAMESPACE` for Sidekiq (redis-namespace,
+    /// before 4.4) and `<REDIS_NAMESPACE>_cache` or `cache` for the cache.
+    /// Sentinel setups are refused with a way out: name the master in
+    /// tusk.yaml.
+    pub fn redis(&self, role: RedisRole) -> Result<RedisTarget> {
+        let target = match self.redis_with_prefix(role.prefix())? {
+            Some(target) => target,
+            None => self
+                .redis_with_prefix("")?
+                .expect("the base settings have a default host"),
+        };
+        let namespace = self.get("REDIS_NAMESPACE").map(str::to_string);
+        let namespace = match role {
+            RedisRole::Sidekiq => namespace,
+            RedisRole::Cache => Some(namespace.map_or("cache".into(), |ns| format!("{ns}_cache"))),
+        };
+        Ok(target.with_namespace(namespace))
+    }
+
+    /// The settings under one prefix (`""` is the base, with defaults);
+    /// `None` when a prefixed role names no host of its own.
+    fn redis_with_prefix(&self, prefix: &str) -> Result<Option<RedisTarget>> {
+        let var = |name: &str| format!("{prefix}REDIS_{name}");
+        let get = |name: &str| self.get(&var(name));
+        if let Some(url) = get("URL") {
+            return RedisTarget::parse_url(url)
+                .map(Some)
+                .with_context(|| format!("{} in {}", var("URL"), self.path.display()));
+        }
+        if get("SENTINEL_MASTER").is_some() && get("SENTINELS").is_some() {
+            return Err(TuskError::usage(format!(
+                "{} sets Redis Sentinel ({}), which tusk does not follow: give the master's                  address as redis.url (Sidekiq) or redis.cache_url in tusk.yaml",
+                self.path.display(),
+                var("SENTINEL_MASTER")
+            )));
+        }
+        let host = match (get("HOST"), prefix.is_empty()) {
+            (Some(host), _) => host,
+            (None, true) => "localhost",
+            (None, false) => return Ok(None),
+        };
+        let port = match get("PORT") {
+            Some(text) => text.parse().map_err(|_| {
+                TuskError::usage(format!(
+                    "{}={text:?} in {} is not a port number",
+                    var("PORT"),
+                    self.path.display()
+                ))
+            })?,
+            None => crate::redis::DEFAULT_PORT,
+        };
+        let db = match get("DB") {
+            Some(text) => text.parse().ok().filter(|db: &i64| *db >= 0).ok_or_else(|| {
+                TuskError::usage(format!(
+                    "{}={text:?} in {} is not a database number",
+                    var("DB"),
+                    self.path.display()
+                ))
+            })?,
+            None => 0,
+        };
+        let mut target = RedisTarget::tcp(host, port);
+        target.db = db;
+        target.username = get("USER").map(str::to_string);
+        target.password = get("PASSWORD").map(str::to_string);
+        Ok(Some(target))
+    }
+}
+
 fn parse_port(value: &str, path: &Path) -> Result<u16> {
     value.parse().map_err(|_| {
         TuskError::usage(format!(
@@ -187,6 +282,81 @@ mod tests {
             err.contains("DB_SSLMODE") && err.contains("/srv/.env.production"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn redis_follows_mastodons_configuration() {
+        let env = |text: &str| EnvFile::parse(Path::new(".env.production"), text).unwrap();
+        // Nothing set: localhost, both roles; the cache has its namespace.
+        let none = env("");
+        let sidekiq = none.redis(RedisRole::Sidekiq).unwrap();
+        assert_eq!(sidekiq.redacted(), "redis://localhost:6379/0");
+        assert_eq!(sidekiq.namespace, None);
+        let cache = none.redis(RedisRole::Cache).unwrap();
+        assert_eq!(cache.namespace.as_deref(), Some("cache"));
+
+        // The base settings, with a namespace (Mastodon before 4.4).
+        let base = env(
+            "REDIS_HOST=redis\nREDIS_PORT=6380\nREDIS_DB=3\nREDIS_PASSWORD=pw\n\
+             REDIS_NAMESPACE=mastodon\n",
+        );
+        let sidekiq = base.redis(RedisRole::Sidekiq).unwrap();
+        assert_eq!(sidekiq.redacted(), "redis://:***@redis:6380/3");
+        assert_eq!(sidekiq.password.as_deref(), Some("pw"));
+        assert_eq!(sidekiq.key("queues"), "mastodon:queues");
+        let cache = base.redis(RedisRole::Cache).unwrap();
+        assert_eq!(cache.namespace.as_deref(), Some("mastodon_cache"));
+
+        // REDIS_URL wins over REDIS_HOST; SIDEKIQ_REDIS_URL over both.
+        let urls = env(
+            "REDIS_HOST=ignored\nREDIS_URL=redis://base:1/1\n\
+             SIDEKIQ_REDIS_URL=redis://:s@sidekiq:2/2\n",
+        );
+        assert_eq!(
+            urls.redis(RedisRole::Sidekiq).unwrap().redacted(),
+            "redis://:***@sidekiq:2/2"
+        );
+        assert_eq!(
+            urls.redis(RedisRole::Cache).unwrap().redacted(),
+            "redis://base:1/1"
+        );
+
+        // A prefixed role needs its own host; its port and db default.
+        let prefixed = env(
+            "REDIS_HOST=base\nSIDEKIQ_REDIS_HOST=queues\nSIDEKIQ_REDIS_PASSWORD=q\n\
+             CACHE_REDIS_PORT=7000\n",
+        );
+        assert_eq!(
+            prefixed.redis(RedisRole::Sidekiq).unwrap().redacted(),
+            "redis://:***@queues:6379/0"
+        );
+        assert_eq!(
+            prefixed.redis(RedisRole::Cache).unwrap().redacted(),
+            "redis://base:6379/0",
+            "CACHE_REDIS_PORT alone is ignored, as in Mastodon"
+        );
+    }
+
+    #[test]
+    fn redis_settings_tusk_cannot_follow_are_usage_errors() {
+        for (text, expected) in [
+            ("REDIS_PORT=sixty\n", "REDIS_PORT"),
+            ("SIDEKIQ_REDIS_HOST=q\nSIDEKIQ_REDIS_DB=-1\n", "SIDEKIQ_REDIS_DB"),
+            ("REDIS_URL=http://x\n", "REDIS_URL"),
+            (
+                "REDIS_SENTINEL_MASTER=mymaster\nREDIS_SENTINELS=a:26379,b\n",
+                "Sentinel",
+            ),
+        ] {
+            let env = EnvFile::parse(Path::new(".env.production"), text).unwrap();
+            let err = env.redis(RedisRole::Sidekiq).unwrap_err();
+            assert!(format!("{err:#}").contains(expected), "{text}: {err:#}");
+            assert_eq!(
+                crate::error::exit_status_for(&err),
+                crate::error::EXIT_USAGE,
+                "{text}"
+            );
+        }
     }
 
     #[test]
