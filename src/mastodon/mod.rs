@@ -5,3 +5,4 @@ pub mod blocklist;
 pub mod env_file;
 pub mod paperclip;
 pub mod pools;
+pub mod sidekiq;
