@@ -359,6 +359,10 @@ pub enum Command {
     /// Export, import and watch the instance's domain blocks (admin API)
     #[command(subcommand)]
     Blocks(BlocksCommand),
+    /// Move the database to another server: preflight, stop writes, backup, restore, verify, cut-over report
+    Migrate(MigrateArgs),
+    /// Rehearse a migration: restore the latest set into a throwaway target, verify it, run a command against it
+    Rehearse(RehearseArgs),
     /// Print the script that makes a shell complete tusk's commands, flags and set ids
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -498,6 +502,103 @@ pub struct VerifyArgs {
     pub verify_container: Option<String>,
 
     /// Parallel pg_restore jobs for the scratch restore
+    #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
+    pub jobs: u32,
+}
+
+/// Stages: preflight (changes nothing), stop writes (the app, never
+/// PostgreSQL), backup (a normal set, the rollback point), restore into the
+/// target with its roles, content verification against the set's manifest,
+/// cut-over report. A re-run after a failure resumes at the first stage that
+/// did not complete, reusing the set.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The target server and database, reached with the local tools; with
+    /// --to-container, the login (user, password, database) for the container
+    #[arg(long, env = "TUSK_TO_URL", value_name = "URL", hide_env_values = true)]
+    pub to_url: Option<String>,
+
+    /// The target PostgreSQL container, with its own tools
+    #[arg(long, env = "TUSK_TO_CONTAINER", value_name = "NAME")]
+    pub to_container: Option<String>,
+
+    /// The Docker Engine of --to-container: unix:///path or tcp://host:2375
+    /// [default: the configured Engine]
+    #[arg(
+        long,
+        env = "TUSK_TO_DOCKER_HOST",
+        value_name = "URL",
+        requires = "to_container"
+    )]
+    pub to_docker_host: Option<String>,
+
+    /// Database name on the target [default: from --to-url, else the source's]
+    #[arg(long, value_name = "NAME")]
+    pub to_database: Option<String>,
+
+    /// Only the preflight: exit 0 when the migration may go ahead, 2 when not
+    #[arg(long)]
+    pub check: bool,
+
+    /// Replace a target database that already holds tables
+    #[arg(long)]
+    pub force: bool,
+
+    /// Start the old app again at the end (it stays stopped otherwise)
+    #[arg(long)]
+    pub restart_source: bool,
+
+    /// Forget a saved migration and start over
+    #[arg(long)]
+    pub restart: bool,
+
+    /// Parallel pg_restore jobs
+    #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
+    pub jobs: u32,
+}
+
+/// Exit codes: 0 rehearsal passed, 1 it could not run, 2 usage, 3 the set
+/// did not restore to the data it recorded (or is damaged), 5 the --run
+/// command failed.
+#[derive(Debug, Args)]
+pub struct RehearseArgs {
+    /// Backup id, path of a backup set, or `latest` [default: the newest set
+    /// whose last verification, if any, passed]
+    #[arg(long, add = crate::commands::completions::backup_set_completer(), conflicts_with = "fresh")]
+    pub set: Option<String>,
+
+    /// Dump the database now (read-only) instead of taking a set
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Restore into a new, throwaway database on this server
+    #[arg(
+        long,
+        env = "TUSK_REHEARSE_TARGET_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub target_url: Option<String>,
+
+    /// Restore into a throwaway container from this image (e.g. the next
+    /// PostgreSQL major) [default in Docker mode: the database container's image]
+    #[arg(long, value_name = "IMAGE", conflicts_with = "target_url")]
+    pub image: Option<String>,
+
+    /// A shell command run against the restored copy, with DATABASE_URL,
+    /// DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASS (and PG*) set
+    #[arg(long, value_name = "CMD")]
+    pub run: Option<String>,
+
+    /// Write a JUnit XML report here
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<PathBuf>,
+
+    /// Write the JSON report here (--json prints it on stdout)
+    #[arg(long, value_name = "FILE")]
+    pub report: Option<PathBuf>,
+
+    /// Parallel pg_restore jobs
     #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
     pub jobs: u32,
 }

@@ -172,7 +172,15 @@ pub struct MastodonSection {
     pub media_store: Option<MediaStoreKind>,
     /// The server's address for its API [default: https:// + WEB_DOMAIN or LOCAL_DOMAIN].
     pub url: Option<String>,
+    /// A shell command that stops Mastodon's app processes of a non-Docker
+    /// install (`tusk migrate`) [default: systemctl stop of the three units].
+    pub stop_command: Option<String>,
+    /// The shell command that starts them again.
+    pub start_command: Option<String>,
 }
+
+/// The systemd units of a non-Docker install, as Mastodon's guide names them.
+pub const DEFAULT_APP_UNITS: &str = "mastodon-web mastodon-sidekiq mastodon-streaming";
 
 /// Where Mastodon keeps its media: `S3_ENABLED` in Mastodon's terms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -359,6 +367,10 @@ pub struct Settings {
     cache_redis: std::result::Result<RedisTarget, String>,
     /// How long a Redis connection or command may take.
     pub redis_timeout: Duration,
+    /// Stops Mastodon's app processes of a non-Docker install (`mastodon.stop_command`).
+    pub app_stop_command: String,
+    /// Starts them again (`mastodon.start_command`).
+    pub app_start_command: String,
 }
 
 /// The admin API token, never printed.
@@ -570,10 +582,21 @@ impl Settings {
         );
         let cache_redis = resolve_redis(RedisRole::Cache, None, &file.redis, env_file.as_ref());
 
+        let app_stop_command = file
+            .mastodon
+            .stop_command
+            .unwrap_or_else(|| format!("systemctl stop {DEFAULT_APP_UNITS}"));
+        let app_start_command = file
+            .mastodon
+            .start_command
+            .unwrap_or_else(|| format!("systemctl start {DEFAULT_APP_UNITS}"));
+
         Ok(Settings {
             sidekiq_redis,
             cache_redis,
             redis_timeout,
+            app_stop_command,
+            app_start_command,
             mastodon_url,
             mastodon_token,
             blocks_state_dir,

@@ -18,6 +18,9 @@ pub enum TuskError {
     /// Another tusk run holds the lock on the backup directory.
     #[error("{0}")]
     Locked(String),
+    /// The admin's own command failed (`tusk rehearse --run`).
+    #[error("{0}")]
+    CommandFailed(String),
 }
 
 impl TuskError {
@@ -30,6 +33,7 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_VERIFY: u8 = 3;
 pub const EXIT_LOCKED: u8 = 4;
+pub const EXIT_COMMAND: u8 = 5;
 
 /// The exit status for an error, by the first `TuskError` in its chain.
 pub fn exit_code_for(err: &anyhow::Error) -> ExitCode {
@@ -44,6 +48,7 @@ pub fn exit_status_for(err: &anyhow::Error) -> u8 {
             TuskError::Usage(_) => EXIT_USAGE,
             TuskError::VerificationFailed(_) => EXIT_VERIFY,
             TuskError::Locked(_) => EXIT_LOCKED,
+            TuskError::CommandFailed(_) => EXIT_COMMAND,
         })
 }
 
@@ -61,6 +66,10 @@ mod tests {
                 EXIT_VERIFY,
             ),
             (TuskError::Locked("held".into()).into(), EXIT_LOCKED),
+            (
+                TuskError::CommandFailed("db:migrate".into()).into(),
+                EXIT_COMMAND,
+            ),
             (anyhow::anyhow!("pg_dump exited with status 1"), EXIT_FAILED),
         ];
         for (err, code) in cases {

@@ -13,7 +13,8 @@
 //! - operations: [`backup`], [`blocks`], [`restore`], [`verify`], [`media`],
 //!   [`prune`], [`prune_sets`], [`tune`], [`janitor`] (which backup, restore
 //!   and verify call first to remove what a killed run left), and the reports
-//!   around them, [`notify`] and [`metrics`];
+//!   around them, [`notify`] and [`metrics`]; [`migrate`] and [`rehearse`],
+//!   which compose backup, restore and verify;
 //! - domain: [`set`] (backup sets, manifests, facts), [`archive`]
 //!   (pg_dump's custom format), [`mastodon`] (Mastodon's files and rules);
 //! - infrastructure: [`postgres`], [`docker`], [`storage`], [`http`],
@@ -47,9 +48,11 @@ pub mod blocks;
 pub mod janitor;
 pub mod media;
 pub mod metrics;
+pub mod migrate;
 pub mod notify;
 pub mod prune;
 pub mod prune_sets;
+pub mod rehearse;
 pub mod restore;
 pub mod tune;
 pub mod verify;

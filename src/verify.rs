@@ -35,6 +35,24 @@ pub enum ScratchServer {
     /// A throwaway container from `like`'s image (the same PostgreSQL build),
     /// logging in as `login`, removed afterwards: production is never touched.
     ContainerLike(Box<ContainerLike>),
+    /// A throwaway container from a named image (e.g. the next PostgreSQL
+    /// major), removed afterwards.
+    Image(Box<FromImage>),
+}
+
+/// A throwaway container to make from `image`.
+pub struct FromImage {
+    pub docker: Docker,
+    pub image: String,
+    pub login: DbTarget,
+}
+
+/// Work done against the restored copy after the comparison and before the
+/// copy is removed (`tusk rehearse --run`). It records its own outcome; an
+/// error means it could not be done at all.
+#[async_trait::async_trait]
+pub trait WhileRestored: Send {
+    async fn run(&mut self, restored: &DbTarget) -> Result<()>;
 }
 
 /// A throwaway container to make, from `like`'s image.
@@ -49,6 +67,8 @@ pub struct VerifyOptions {
     pub scratch: Option<ScratchServer>,
     /// Parallel pg_restore jobs for the test restore.
     pub jobs: u32,
+    /// Run against the restored copy once it loaded.
+    pub while_restored: Option<Box<dyn WhileRestored>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,7 +87,11 @@ pub struct VerifyReport {
 
 /// Verifies `set`: its checksums, then (unless `opts.scratch` is `None`) a
 /// test restore compared with the manifest. Records the outcome in the set.
-pub async fn run(set: &BackupSet, opts: VerifyOptions, output: &Output) -> Result<VerifyReport> {
+pub async fn run(
+    set: &BackupSet,
+    mut opts: VerifyOptions,
+    output: &Output,
+) -> Result<VerifyReport> {
     let mut problems = set.check_artefacts().await?;
     let mut report = VerifyReport {
         id: set.manifest.id.clone(),
@@ -82,7 +106,7 @@ pub async fn run(set: &BackupSet, opts: VerifyOptions, output: &Output) -> Resul
     };
     if problems.is_empty() {
         tracing::info!("checksums of {} match its manifest", set.manifest.id);
-        match opts.scratch {
+        match opts.scratch.take() {
             None => {}
             Some(ScratchServer::Database(server)) => {
                 report.server = Some(server.target().redacted());
@@ -90,6 +114,7 @@ pub async fn run(set: &BackupSet, opts: VerifyOptions, output: &Output) -> Resul
                     set,
                     server.as_ref(),
                     opts.jobs,
+                    &mut opts.while_restored,
                     output,
                     &mut report,
                     &mut problems,
@@ -102,15 +127,37 @@ pub async fn run(set: &BackupSet, opts: VerifyOptions, output: &Output) -> Resul
                     like,
                     login,
                 } = *spec;
-                let (container, removal) = throwaway::start_like(&docker, &like, &login).await?;
-                let tested = async {
-                    let server = DockerServer::new(docker.clone(), container, &login)?;
-                    report.server = Some(server.target().redacted());
-                    test_restore(set, &server, opts.jobs, output, &mut report, &mut problems).await
-                }
-                .await;
-                let removed = removal.run().await;
-                tested.and(removed)?;
+                let started = throwaway::start_like(&docker, &like, &login).await;
+                in_container(
+                    set,
+                    started,
+                    &docker,
+                    &login,
+                    &mut opts,
+                    output,
+                    &mut report,
+                    &mut problems,
+                )
+                .await?;
+            }
+            Some(ScratchServer::Image(spec)) => {
+                let FromImage {
+                    docker,
+                    image,
+                    login,
+                } = *spec;
+                let started = throwaway::start_from_image(&docker, &image, &image, &login).await;
+                in_container(
+                    set,
+                    started,
+                    &docker,
+                    &login,
+                    &mut opts,
+                    output,
+                    &mut report,
+                    &mut problems,
+                )
+                .await?;
             }
         }
     }
@@ -128,10 +175,44 @@ pub async fn run(set: &BackupSet, opts: VerifyOptions, output: &Output) -> Resul
     Ok(report)
 }
 
+/// The test restore in a throwaway container, which is removed whatever
+/// happens (the guard also runs on a signal).
+#[allow(clippy::too_many_arguments)]
+async fn in_container(
+    set: &BackupSet,
+    started: Result<(Container, crate::cleanup::Deferred)>,
+    docker: &Docker,
+    login: &DbTarget,
+    opts: &mut VerifyOptions,
+    output: &Output,
+    report: &mut VerifyReport,
+    problems: &mut Vec<Problem>,
+) -> Result<()> {
+    let (container, removal) = started?;
+    let tested = async {
+        let server = DockerServer::new(docker.clone(), container, login)?;
+        report.server = Some(server.target().redacted());
+        test_restore(
+            set,
+            &server,
+            opts.jobs,
+            &mut opts.while_restored,
+            output,
+            report,
+            problems,
+        )
+        .await
+    }
+    .await;
+    let removed = removal.run().await;
+    tested.and(removed)
+}
+
 async fn test_restore(
     set: &BackupSet,
     server: &dyn PgServer,
     jobs: u32,
+    while_restored: &mut Option<Box<dyn WhileRestored>>,
     output: &Output,
     report: &mut VerifyReport,
     problems: &mut Vec<Problem>,
@@ -167,10 +248,16 @@ async fn test_restore(
     report.peak_database_bytes = peak;
 
     let outcome = match loaded {
-        Ok(()) => match compare(set, server, &scratch, report, problems).await {
-            Ok(()) => compare_properties(set, &mut admin, &scratch, report, problems).await,
-            Err(err) => Err(err),
-        },
+        Ok(()) => {
+            let compared = match compare(set, server, &scratch, report, problems).await {
+                Ok(()) => compare_properties(set, &mut admin, &scratch, report, problems).await,
+                Err(err) => Err(err),
+            };
+            match (compared, while_restored.as_mut()) {
+                (Ok(()), Some(work)) => work.run(&server.target().with_database(&scratch)).await,
+                (compared, _) => compared,
+            }
+        }
         Err(err) => {
             problems.push(Problem {
                 kind: "restore".into(),
@@ -289,6 +376,51 @@ async fn compare_properties(
     }
     problems.extend(expected.differences(&got));
     Ok(())
+}
+
+/// What comparing a restored database with its set's manifest found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ContentCheck {
+    pub tables_compared: usize,
+    pub problems: Vec<Problem>,
+    /// What was not compared, and why.
+    pub notes: Vec<String>,
+}
+
+/// Compares `database` on `server`, restored from `set` by a full restore
+/// (roles and the database's own properties applied), with what the set
+/// recorded: each table's row count, the applied migrations, the objects
+/// Mastodon needs, and the database's properties for the roles that exist
+/// there. The same queries as a test restore's, for `tusk migrate`.
+pub async fn compare_restored(
+    set: &BackupSet,
+    server: &dyn PgServer,
+    database: &str,
+) -> Result<ContentCheck> {
+    let session = server.connect(database).await?;
+    let restored = facts::read(&session)
+        .await
+        .with_context(|| format!("could not read the restored database {database}"))?;
+    let mut problems = facts::compare(&set.manifest.database, &restored);
+    let mut notes = Vec::new();
+    match &set.manifest.database.properties {
+        Some(recorded) => {
+            let admin = server.connect_maintenance().await?;
+            let roles = existing_roles(&admin).await?;
+            let got = properties::read(&admin, database).await?.for_roles(&roles);
+            problems.extend(recorded.for_roles(&roles).differences(&got));
+        }
+        None => notes.push(
+            "this set was written before tusk recorded the database's own properties; \
+             they were not compared"
+                .into(),
+        ),
+    }
+    Ok(ContentCheck {
+        tables_compared: set.manifest.database.tables.len(),
+        problems,
+        notes,
+    })
 }
 
 async fn compare(

@@ -32,6 +32,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("restore", 3),
     ("tune", 3),
     ("verify", 3),
+    ("migrate", 3),
+    ("rehearse", 3),
     ("config", 4),
     ("init", 4),
     ("instance", 4),

@@ -7,7 +7,9 @@ pub mod blocks;
 pub mod completions;
 pub mod init;
 pub mod media;
+pub mod migrate;
 pub mod prune;
+pub mod rehearse;
 pub mod restore;
 pub mod tune;
 pub mod verify;
@@ -104,6 +106,8 @@ pub async fn dispatch(cli: Cli, log_tail: LogTail) -> Result<()> {
         Command::Prune(args) => prune::exec(&ctx, args).await,
         Command::Tune(args) => tune::exec(&ctx, args).await,
         Command::Blocks(args) => blocks::exec(&ctx, args).await,
+        Command::Migrate(args) => migrate::exec(&ctx, args).await,
+        Command::Rehearse(args) => rehearse::exec(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) | Command::Init(_) => {
             unreachable!("handled above")
         }

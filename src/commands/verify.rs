@@ -54,6 +54,7 @@ async fn verify_and_print(ctx: &Context, args: VerifyArgs) -> Result<VerifyRepor
     let opts = VerifyOptions {
         scratch,
         jobs: args.jobs.max(1),
+        while_restored: None,
     };
     let report = verify::run(&set, opts, &ctx.output).await?;
     if ctx.output.json {

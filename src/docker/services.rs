@@ -50,6 +50,19 @@ impl StoppedServices {
     pub async fn start(self) -> Result<()> {
         self.restart.run().await
     }
+
+    /// Leaves the containers stopped, also after a failure or a signal
+    /// (`tusk migrate`: the old app must not accept writes after the copy);
+    /// returns their names.
+    pub fn keep_stopped(self) -> Vec<String> {
+        self.restart.dismiss();
+        self.names
+    }
+}
+
+/// Starts containers that tusk left stopped on purpose, by name.
+pub async fn start_named(docker: &Docker, names: &[String]) -> Result<()> {
+    start_all(docker, names).await
 }
 
 /// Finds the running containers of `services` in the database's compose

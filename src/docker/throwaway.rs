@@ -21,10 +21,22 @@ pub async fn start_like(
     like: &Container,
     login: &DbTarget,
 ) -> Result<(Container, cleanup::Deferred)> {
+    let described = format!("{}'s image", like.name);
+    start_from_image(docker, &like.image, &described, login).await
+}
+
+/// A started PostgreSQL container from `image` (described as `described`
+/// in errors), removed by the returned guard, also after a failed start.
+pub async fn start_from_image(
+    docker: &Docker,
+    image: &str,
+    described: &str,
+    login: &DbTarget,
+) -> Result<(Container, cleanup::Deferred)> {
     let name = format!("tusk-verify-{}", crate::names::random_hex());
     let user = login.user().unwrap_or("postgres");
     let config = ContainerCreateBody {
-        image: Some(like.image.clone()),
+        image: Some(image.to_string()),
         env: Some(vec![
             format!("POSTGRES_USER={user}"),
             // Trust is safe here: the container is private to this run.
@@ -43,12 +55,7 @@ pub async fn start_like(
             config,
         )
         .await
-        .with_context(|| {
-            format!(
-                "could not create a verify container from {}'s image",
-                like.name
-            )
-        })?;
+        .with_context(|| format!("could not create a verify container from {described}"))?;
     let remove_docker = docker.clone();
     let remove_name = name.clone();
     let guard = cleanup::defer(format!("remove container {name}"), move || async move {
@@ -56,14 +63,28 @@ pub async fn start_like(
         tracing::info!("removed container {remove_name}");
         Ok(())
     });
-    docker
-        .start_container(&name, None::<StartContainerOptions>)
-        .await
-        .with_context(|| format!("could not start container {name}"))?;
-    let container = inspect(docker, &name).await?;
-    wait_ready(&container, login).await?;
-    tracing::info!("verify container {name} is ready");
-    Ok((container, guard))
+    let started = async {
+        docker
+            .start_container(&name, None::<StartContainerOptions>)
+            .await
+            .with_context(|| format!("could not start container {name}"))?;
+        let container = inspect(docker, &name).await?;
+        wait_ready(&container, login).await?;
+        Ok::<_, anyhow::Error>(container)
+    }
+    .await;
+    match started {
+        Ok(container) => {
+            tracing::info!("verify container {name} ({image}) is ready");
+            Ok((container, guard))
+        }
+        Err(err) => {
+            if let Err(removal) = guard.run().await {
+                tracing::warn!("{removal:#}");
+            }
+            Err(err)
+        }
+    }
 }
 
 /// Waits until PostgreSQL in `container` accepts SQL sessions from here.

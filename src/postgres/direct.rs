@@ -76,6 +76,27 @@ impl PgServer for DirectServer {
         self.temp_dir.clone().unwrap_or_else(std::env::temp_dir)
     }
 
+    /// Only a server on this machine shares its file systems with tusk.
+    async fn free_bytes(&self, path: &str) -> Result<Option<u64>> {
+        let local = self.target.host_names().iter().all(|host| {
+            host.starts_with('/') || matches!(host.as_str(), "localhost" | "127.0.0.1" | "::1")
+        });
+        if !local || !std::path::Path::new(path).is_dir() {
+            return Ok(None);
+        }
+        let Ok(c_path) = std::ffi::CString::new(path) else {
+            return Ok(None);
+        };
+        // SAFETY: statvfs writes only into the zeroed struct we own.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(c_path.as_ptr(), &mut stats) } != 0 {
+            return Ok(None);
+        }
+        #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+        let free = stats.f_bavail as u64 * stats.f_frsize as u64;
+        Ok(Some(free))
+    }
+
     async fn spawn(&self, command: ToolCommand) -> Result<ToolProcess> {
         let program = self.program_path(command.tool);
         let mut child_command = Command::new(&program);

@@ -383,6 +383,22 @@ impl PgServer for DockerServer {
         &self.target
     }
 
+    /// `df` inside the container: its view of the volume under `path`.
+    async fn free_bytes(&self, path: &str) -> Result<Option<u64>> {
+        let mut process = self
+            .exec(
+                vec!["df".into(), "-P".into(), "-k".into(), path.to_string()],
+                Vec::new(),
+                false,
+                None,
+            )
+            .await?;
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut process.take_stdout(), &mut text).await?;
+        process.wait().await?;
+        Ok(super::parse_df_available(&text))
+    }
+
     fn describe_tools(&self) -> String {
         format!("tools inside container {}", self.container.name)
     }

@@ -361,6 +361,21 @@ pub trait PgServer: Send + Sync {
     async fn remove_staged_archive(&self, path: &str) -> Result<()> {
         bail!("no staged archive {path} here")
     }
+
+    /// Free bytes on the file system holding `path` (a directory of the
+    /// server, such as its `data_directory`), when tusk can see that file
+    /// system: `None` when it cannot.
+    async fn free_bytes(&self, path: &str) -> Result<Option<u64>> {
+        let _ = path;
+        Ok(None)
+    }
+}
+
+/// The available bytes in `df -P -k` output (its second line, fourth column).
+pub fn parse_df_available(output: &str) -> Option<u64> {
+    let line = output.lines().nth(1)?;
+    let kilobytes: u64 = line.split_whitespace().nth(3)?.parse().ok()?;
+    Some(kilobytes * 1024)
 }
 
 /// A seekable copy of an archive, as the tools see it.
@@ -389,6 +404,14 @@ pub async fn server_version(client: &Client) -> Result<(u32, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reads_available_bytes_from_df() {
+        let df = "Filesystem     1024-blocks      Used Available Capacity Mounted on\n\
+                  overlay          102687672  51228124  46200836      53% /\n";
+        assert_eq!(parse_df_available(df), Some(46_200_836 * 1024));
+        assert_eq!(parse_df_available("df: /nowhere: No such file\n"), None);
+    }
 
     #[test]
     fn parses_tool_versions() {

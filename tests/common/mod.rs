@@ -513,6 +513,22 @@ impl Compose {
         compose
     }
 
+    /// Only a database container (service `db`) from `image`: a migration's
+    /// target.
+    pub fn up_database_only(prefix: &str, image: &str) -> Self {
+        let project = unique_name(prefix);
+        let network = format!("{project}_default");
+        docker(&["network", "create", &network]);
+        let compose = Compose {
+            project,
+            network,
+            image: image.to_string(),
+        };
+        compose.run_container("postgres", "db", &[]);
+        compose.wait_ready();
+        compose
+    }
+
     fn run_container(&self, name: &str, service: &str, extra: &[&str]) {
         let full = self.container(name);
         let project_label = format!("com.docker.compose.project={}", self.project);
