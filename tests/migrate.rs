@@ -103,7 +103,11 @@ fn direct_to_direct_moves_the_database_and_proves_it() {
     };
 
     assert_eq!(stages(&report), all_done(), "{}", out.stderr);
-    assert_eq!(dropped.fingerprint(), before, "the target holds exactly the source's rows");
+    assert_eq!(
+        dropped.fingerprint(),
+        before,
+        "the target holds exactly the source's rows"
+    );
     assert_eq!(source.fingerprint(), before, "the source is unchanged");
     let verification = &report["verification"];
     assert_eq!(verification["problems"].as_array().unwrap().len(), 0);
@@ -123,8 +127,14 @@ fn direct_to_direct_moves_the_database_and_proves_it() {
     assert!(todo.contains("feeds build"), "{todo}");
     // Each stage was logged as it started and ended.
     for stage in ["preflight", "stop writes", "backup", "restore", "verify"] {
-        assert!(out.stderr.contains(&format!("stage {stage}: started")), "{stage}");
-        assert!(out.stderr.contains(&format!("stage {stage}: done")), "{stage}");
+        assert!(
+            out.stderr.contains(&format!("stage {stage}: started")),
+            "{stage}"
+        );
+        assert!(
+            out.stderr.contains(&format!("stage {stage}: done")),
+            "{stage}"
+        );
     }
     assert!(!out.stderr.contains(&Cluster::second().password()));
 }
@@ -193,7 +203,10 @@ fn a_target_with_tables_is_refused_and_left_unchanged() {
         .find(|c| c["name"] == "free space on the target")
         .unwrap()
         .clone();
-    assert!(free["status"] == "pass" || free["status"] == "unknown", "{free}");
+    assert!(
+        free["status"] == "pass" || free["status"] == "unknown",
+        "{free}"
+    );
     assert!(!log.exists());
     assert!(ws.set_ids().is_empty());
     assert_eq!(
@@ -234,7 +247,10 @@ fn docker_13_to_docker_17_keeps_the_app_stopped_until_asked() {
         .as_str()
         .unwrap()
         .to_string();
-    assert!(versions.starts_with("PostgreSQL 13.") && versions.contains("-> 17."), "{versions}");
+    assert!(
+        versions.starts_with("PostgreSQL 13.") && versions.contains("-> 17."),
+        "{versions}"
+    );
     let migrated = TestDb {
         cluster: target.cluster(),
         name: "mastodon".into(),
@@ -264,9 +280,18 @@ fn docker_13_to_docker_17_keeps_the_app_stopped_until_asked() {
     let report = run(cmd).expect_code(0).json();
     assert_eq!(report["resumed"], true);
     assert_eq!(report["source_app"], "running");
-    let outcomes: Vec<String> = stages(&report).into_iter().map(|(s, o)| format!("{s}:{o}")).collect();
-    assert!(outcomes.contains(&"backup:skipped".to_string()), "{outcomes:?}");
-    assert!(outcomes.contains(&"restore:skipped".to_string()), "{outcomes:?}");
+    let outcomes: Vec<String> = stages(&report)
+        .into_iter()
+        .map(|(s, o)| format!("{s}:{o}"))
+        .collect();
+    assert!(
+        outcomes.contains(&"backup:skipped".to_string()),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&"restore:skipped".to_string()),
+        "{outcomes:?}"
+    );
     for service in APP_SERVICES {
         assert!(source.is_running(service), "{service} runs again");
     }
@@ -288,9 +313,9 @@ fn kill_when_restoring(target: &Compose) {
         if staging {
             let killed = Command::new("docker")
                 .args(["kill", &target.container("postgres")])
-                .status()
+                .output()
                 .unwrap();
-            assert!(killed.success());
+            assert!(killed.status.success());
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -346,13 +371,16 @@ fn docker_15_to_17_survives_a_killed_target_and_a_mismatch_and_resumes() {
     assert!(stages(&report).contains(&("restore".into(), "failed".into())));
     assert_eq!(source_db.fingerprint(), before, "the source is untouched");
     for service in APP_SERVICES {
-        assert!(!source.is_running(service), "{service} stays stopped after a failure");
+        assert!(
+            !source.is_running(service),
+            "{service} stays stopped after a failure"
+        );
     }
     let started = Command::new("docker")
         .args(["start", &target.container("postgres")])
-        .status()
+        .output()
         .unwrap();
-    assert!(started.success());
+    assert!(started.status.success());
     wait_accepting(&target.cluster());
 
     // 2. The set now claims one more account than it holds: the re-run
@@ -375,8 +403,14 @@ fn docker_15_to_17_survives_a_killed_target_and_a_mismatch_and_resumes() {
     edit_manifest(&manifest, "accounts", -1);
     let report = run(migrate()).expect_code(0).json();
     let outcomes: Vec<(String, String)> = stages(&report);
-    assert!(outcomes.contains(&("restore".into(), "skipped".into())), "{outcomes:?}");
-    assert!(outcomes.contains(&("verify".into(), "done".into())), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&("restore".into(), "skipped".into())),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&("verify".into(), "done".into())),
+        "{outcomes:?}"
+    );
     assert_eq!(ws.set_ids(), [set_id]);
     let migrated = TestDb {
         cluster: target.cluster(),
@@ -384,12 +418,7 @@ fn docker_15_to_17_survives_a_killed_target_and_a_mismatch_and_resumes() {
     };
     assert_eq!(migrated.fingerprint(), before);
     // No staging database of the killed restore is left.
-    assert!(
-        migrated
-            .cluster
-            .databases_like("mastodon_tusk_")
-            .is_empty()
-    );
+    assert!(migrated.cluster.databases_like("mastodon_tusk_").is_empty());
 }
 
 fn wait_accepting(cluster: &Cluster) {
@@ -443,5 +472,8 @@ fn docker_to_direct_restores_with_the_local_tools() {
         .find(|c| c["name"] == "client tools")
         .unwrap()["detail"]
         .to_string();
-    assert!(tools.contains("inside container") && tools.contains("local tools"), "{tools}");
+    assert!(
+        tools.contains("inside container") && tools.contains("local tools"),
+        "{tools}"
+    );
 }

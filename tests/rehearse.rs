@@ -22,11 +22,17 @@ fn writes(cluster: &Cluster, database: &str) -> String {
     )
 }
 
+/// The values of attribute `name` of every `element` (a plain text scan;
+/// the leading space keeps `name` from matching `classname`).
 fn attribute<'a>(xml: &'a str, element: &str, name: &str) -> Vec<&'a str> {
     xml.split(&format!("<{element} "))
         .skip(1)
         .filter_map(|rest| {
-            let start = rest.find(&format!("{name}=\""))? + name.len() + 2;
+            let start = if rest.starts_with(&format!("{name}=\"")) {
+                name.len() + 2
+            } else {
+                rest.find(&format!(" {name}=\""))? + name.len() + 3
+            };
             let end = rest[start..].find('"')? + start;
             Some(&rest[start..end])
         })
@@ -103,7 +109,10 @@ fn a_rehearsal_writes_its_reports_and_runs_the_command_against_the_copy() {
     assert_eq!(attribute(&xml, "testsuites", "tests"), ["5"], "{xml}");
     assert_eq!(attribute(&xml, "testsuite", "failures"), ["0"], "{xml}");
     let cases = attribute(&xml, "testcase", "name");
-    assert!(cases.contains(&"restore") && cases.contains(&"content"), "{cases:?}");
+    assert!(
+        cases.contains(&"restore") && cases.contains(&"content"),
+        "{cases:?}"
+    );
     assert_eq!(attribute(&xml, "testcase", "time").len(), 5);
     assert!(!xml.contains("<failure"));
 
@@ -122,7 +131,12 @@ fn a_corrupt_set_fails_the_rehearsal_with_exit_3() {
     let dump = std::fs::read_dir(ws.backup_dir().join(id))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("database.dump"))
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("database.dump")
+        })
         .unwrap();
     let mut bytes = std::fs::read(&dump).unwrap();
     let middle = bytes.len() / 2;
@@ -150,7 +164,10 @@ fn a_corrupt_set_fails_the_rehearsal_with_exit_3() {
     assert_eq!(report["ok"], false);
     assert_eq!(report["exit_code"], 3);
     assert_eq!(report["problems"][0]["kind"], "checksum");
-    assert!(report["run"].is_null(), "nothing was restored to run against");
+    assert!(
+        report["run"].is_null(),
+        "nothing was restored to run against"
+    );
     let xml = std::fs::read_to_string(&junit).unwrap();
     assert_eq!(attribute(&xml, "testsuite", "failures"), ["1"], "{xml}");
     assert!(xml.contains("<testcase classname=") && xml.contains("name=\"checksums\""));
@@ -167,7 +184,11 @@ fn a_corrupt_set_fails_the_rehearsal_with_exit_3() {
         &Cluster::second().url,
     ]);
     let out = run(cmd).expect_code(2);
-    assert!(out.stderr.contains("passed its last verification"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("passed its last verification"),
+        "{}",
+        out.stderr
+    );
 }
 
 fn verify_containers(stderr: &str) -> Vec<String> {
@@ -226,7 +247,11 @@ fn a_failing_command_in_a_throwaway_container_exits_5_and_leaves_nothing() {
     let report = out.json();
     assert_eq!(report["fresh"], true);
     assert_eq!(report["image"], image17.as_str());
-    assert_eq!(report["problems"].as_array().unwrap().len(), 0, "the content matched");
+    assert_eq!(
+        report["problems"].as_array().unwrap().len(),
+        0,
+        "the content matched"
+    );
     // Exit 7 proves the command reached a PostgreSQL 17 copy.
     assert_eq!(report["run"]["exit_code"], 7);
     let xml = std::fs::read_to_string(&junit).unwrap();

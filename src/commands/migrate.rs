@@ -68,7 +68,7 @@ pub async fn exec(ctx: &Context, args: MigrateArgs) -> Result<()> {
         };
 
     let app = match settings.mode {
-        PgMode::Docker => AppControl::Containers(instance.app_services().await?),
+        PgMode::Docker => AppControl::Containers(Box::new(instance.app_services().await?)),
         PgMode::Direct => AppControl::Commands {
             stop: settings.app_stop_command.clone(),
             start: settings.app_start_command.clone(),
@@ -154,7 +154,11 @@ fn print_report(report: &MigrateReport) {
         }
     }
     if let Some(cutover) = &report.cutover {
-        println!("\nmigrated: backup set {} restored into {} and verified", report.set_id.as_deref().unwrap_or(""), report.target);
+        println!(
+            "\nmigrated: backup set {} restored into {} and verified",
+            report.set_id.as_deref().unwrap_or(""),
+            report.target
+        );
         for warning in &cutover.warnings {
             println!("warning: {warning}");
         }

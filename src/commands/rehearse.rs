@@ -128,7 +128,9 @@ fn print_report(report: &RehearseReport) {
             "  `{}`: {} after {:.1}s",
             run.command,
             run.exit_code
-                .map_or("ended by a signal".to_string(), |code| format!("exit {code}")),
+                .map_or("ended by a signal".to_string(), |code| format!(
+                    "exit {code}"
+                )),
             run.seconds
         );
     }

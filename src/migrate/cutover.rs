@@ -210,7 +210,9 @@ mod tests {
 
     fn inputs(env: &str, schema: &str) -> CutoverInputs {
         CutoverInputs {
-            env: Some(EnvFile::parse(Path::new("/home/mastodon/live/.env.production"), env).unwrap()),
+            env: Some(
+                EnvFile::parse(Path::new("/home/mastodon/live/.env.production"), env).unwrap(),
+            ),
             media_in_bucket: false,
             media_root: PathBuf::from("/nonexistent/public/system"),
             schema_version: Some(schema.into()),
@@ -224,12 +226,18 @@ mod tests {
 
     #[test]
     fn names_missing_secrets_and_4_3_keys() {
-        let report = report(&inputs("SECRET_KEY_BASE=x\nOTP_SECRET=y\n", "20241007071624"));
+        let report = report(&inputs(
+            "SECRET_KEY_BASE=x\nOTP_SECRET=y\n",
+            "20241007071624",
+        ));
         assert_eq!(report.warnings.len(), 2, "{:?}", report.warnings);
         assert!(report.warnings[0].contains("VAPID_PRIVATE_KEY, VAPID_PUBLIC_KEY"));
         assert!(report.warnings[1].contains("ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY"));
         // A 4.2 schema does not need the encryption keys.
-        let older = report_for("SECRET_KEY_BASE=x\nOTP_SECRET=y\nVAPID_PRIVATE_KEY=a\nVAPID_PUBLIC_KEY=b\n", "20230907150100");
+        let older = report_for(
+            "SECRET_KEY_BASE=x\nOTP_SECRET=y\nVAPID_PRIVATE_KEY=a\nVAPID_PUBLIC_KEY=b\n",
+            "20230907150100",
+        );
         assert!(older.warnings.is_empty(), "{:?}", older.warnings);
     }
 
@@ -241,7 +249,12 @@ mod tests {
     fn search_and_db_host_follow_the_env_file() {
         let with_search = report_for("ES_ENABLED=true\n", "1");
         assert!(with_search.todo.iter().any(|t| t.contains("search deploy")));
-        assert!(with_search.todo.iter().any(|t| t.contains("DB_HOST=10.0.0.5")));
+        assert!(
+            with_search
+                .todo
+                .iter()
+                .any(|t| t.contains("DB_HOST=10.0.0.5"))
+        );
         let without = report_for("DATABASE_URL=postgresql://a@b/c\n", "1");
         assert!(!without.todo.iter().any(|t| t.contains("search deploy")));
         assert!(without.todo.iter().any(|t| t.contains("DATABASE_URL")));

@@ -42,7 +42,7 @@ use state::{MigrationState, Stage};
 pub enum AppControl {
     /// Docker mode: the app containers beside the database container
     /// (never PostgreSQL's).
-    Containers(AppServices),
+    Containers(Box<AppServices>),
     /// A non-Docker install: shell commands (`mastodon.stop_command` and
     /// `start_command`; by default systemctl on the three units).
     Commands { stop: String, start: String },
@@ -213,7 +213,9 @@ async fn migrate(
         .collect();
     report.preflight = checks;
     if !refused.is_empty() {
-        report.stages.push(started.end(StageOutcome::Failed, "refused"));
+        report
+            .stages
+            .push(started.end(StageOutcome::Failed, "refused"));
         return Err(TuskError::usage(format!(
             "the preflight refused the migration; nothing was changed:\n  {}",
             refused.join("\n  ")
@@ -235,7 +237,9 @@ async fn migrate(
     let detail = match stopped {
         Ok(detail) => detail,
         Err(err) => {
-            report.stages.push(started.end(StageOutcome::Failed, &format!("{err:#}")));
+            report
+                .stages
+                .push(started.end(StageOutcome::Failed, &format!("{err:#}")));
             return Err(err.context("could not stop the app; nothing was changed"));
         }
     };
@@ -247,9 +251,10 @@ async fn migrate(
     // Backup: a normal set, listed by `backups list`, the rollback point.
     let set = match reusable_set(backup_dir, &state) {
         Some(set) => {
-            report
-                .stages
-                .push(StageClock::skipped(Stage::Backup, &format!("reusing set {}", set.manifest.id)));
+            report.stages.push(StageClock::skipped(
+                Stage::Backup,
+                &format!("reusing set {}", set.manifest.id),
+            ));
             set
         }
         None => {
@@ -258,7 +263,9 @@ async fn migrate(
             let written = match written {
                 Ok(written) => written,
                 Err(err) => {
-                    report.stages.push(started.end(StageOutcome::Failed, &format!("{err:#}")));
+                    report
+                        .stages
+                        .push(started.end(StageOutcome::Failed, &format!("{err:#}")));
                     return Err(err.context(
                         "the backup failed; the target was not touched. Re-run tusk migrate to \
                          resume (the app stays stopped meanwhile)",
@@ -270,7 +277,10 @@ async fn migrate(
             state::save(backup_dir, &state)?;
             report.stages.push(started.end(
                 StageOutcome::Done,
-                &format!("set {} ({} tables, {} rows)", written.id, written.tables, written.rows),
+                &format!(
+                    "set {} ({} tables, {} rows)",
+                    written.id, written.tables, written.rows
+                ),
             ));
             BackupSet::open(&written.path)?
         }
@@ -279,9 +289,10 @@ async fn migrate(
 
     // Restore into the target with its roles.
     if state.is_done(Stage::Restore) {
-        report
-            .stages
-            .push(StageClock::skipped(Stage::Restore, "restored by an earlier run"));
+        report.stages.push(StageClock::skipped(
+            Stage::Restore,
+            "restored by an earlier run",
+        ));
     } else {
         let started = StageClock::start(Stage::Restore);
         // A target holding tables after an earlier run's restore began holds
@@ -313,7 +324,9 @@ async fn migrate(
                 ));
             }
             Err(err) => {
-                report.stages.push(started.end(StageOutcome::Failed, &format!("{err:#}")));
+                report
+                    .stages
+                    .push(started.end(StageOutcome::Failed, &format!("{err:#}")));
                 return Err(err.context(format!(
                     "the restore into {target_key} failed; the source was not changed. \
                      Re-run tusk migrate to resume with set {}",
@@ -325,9 +338,10 @@ async fn migrate(
 
     // Content verification against the set's manifest.
     if state.is_done(Stage::Verify) {
-        report
-            .stages
-            .push(StageClock::skipped(Stage::Verify, "verified by an earlier run"));
+        report.stages.push(StageClock::skipped(
+            Stage::Verify,
+            "verified by an earlier run",
+        ));
     } else {
         let started = StageClock::start(Stage::Verify);
         let checked =
@@ -335,7 +349,9 @@ async fn migrate(
         let checked = match checked {
             Ok(checked) => checked,
             Err(err) => {
-                report.stages.push(started.end(StageOutcome::Failed, &format!("{err:#}")));
+                report
+                    .stages
+                    .push(started.end(StageOutcome::Failed, &format!("{err:#}")));
                 return Err(err.context("could not verify the target; re-run tusk migrate"));
             }
         };

@@ -79,12 +79,19 @@ pub async fn run(
             checks.push(Check::new(
                 "source reachable",
                 Status::Pass,
-                source.target().with_database(inputs.source_database).redacted(),
+                source
+                    .target()
+                    .with_database(inputs.source_database)
+                    .redacted(),
             ));
             Some(session)
         }
         Err(err) => {
-            checks.push(Check::new("source reachable", Status::Fail, format!("{err:#}")));
+            checks.push(Check::new(
+                "source reachable",
+                Status::Fail,
+                format!("{err:#}"),
+            ));
             None
         }
     };
@@ -102,7 +109,11 @@ pub async fn run(
             Some(admin)
         }
         Err(err) => {
-            checks.push(Check::new("target reachable", Status::Fail, format!("{err:#}")));
+            checks.push(Check::new(
+                "target reachable",
+                Status::Fail,
+                format!("{err:#}"),
+            ));
             None
         }
     };
@@ -128,7 +139,15 @@ pub async fn run(
             &target_version,
             facts.schema_version.as_deref(),
         ));
-        checks.push(tools_check(source, target, facts.major, major_of_version_num(version_num)).await);
+        checks.push(
+            tools_check(
+                source,
+                target,
+                facts.major,
+                major_of_version_num(version_num),
+            )
+            .await,
+        );
         checks.push(free_space_check(target, &admin, facts.database_bytes).await);
     }
     Ok((checks, facts))
@@ -147,7 +166,10 @@ async fn read_source(session: &Client) -> Result<SourceFacts> {
     let has_migrations: bool = row.get(3);
     let schema_version = if has_migrations {
         session
-            .query_one("SELECT max(version)::text FROM public.schema_migrations", &[])
+            .query_one(
+                "SELECT max(version)::text FROM public.schema_migrations",
+                &[],
+            )
             .await?
             .get(0)
     } else {
@@ -191,7 +213,11 @@ async fn target_database_check(
         .await?
         .get(0);
     Ok(if relations == 0 {
-        Check::new(NAME, Status::Pass, format!("{database} exists and is empty"))
+        Check::new(
+            NAME,
+            Status::Pass,
+            format!("{database} exists and is empty"),
+        )
     } else if inputs.restore_started {
         Check::new(
             NAME,

@@ -110,7 +110,10 @@ mod tests {
             Case {
                 name: "content".into(),
                 seconds: 0.25,
-                failure: Some(("1 difference".into(), "row_count accounts: 3 <> 2 & more".into())),
+                failure: Some((
+                    "1 difference".into(),
+                    "row_count accounts: 3 <> 2 & more".into(),
+                )),
                 skipped: None,
             },
             Case {
@@ -120,13 +123,25 @@ mod tests {
                 skipped: Some("the restore failed".into()),
             },
         ];
-        let xml = write("rehearse m-20261207T010203Z", "2026-12-07T01:02:03Z", 2.0, &cases).unwrap();
-        assert!(xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"), "{xml}");
+        let xml = write(
+            "rehearse m-20261207T010203Z",
+            "2026-12-07T01:02:03Z",
+            2.0,
+            &cases,
+        )
+        .unwrap();
+        assert!(
+            xml.starts_with("<?xml version=\"1.0\" encoding=\"UTF-8\"?>"),
+            "{xml}"
+        );
         assert!(xml.contains(
             "<testsuites name=\"tusk rehearse\" tests=\"3\" failures=\"1\" errors=\"0\" skipped=\"1\" time=\"2.000\">"
         ), "{xml}");
         assert!(xml.contains("<testcase classname=\"rehearse m-20261207T010203Z\" name=\"restore\" time=\"1.500\"/>"), "{xml}");
         assert!(xml.contains("<failure message=\"1 difference\" type=\"failure\">row_count accounts: 3 &lt;&gt; 2 &amp; more</failure>"), "{xml}");
-        assert!(xml.contains("<skipped message=\"the restore failed\"/>"), "{xml}");
+        assert!(
+            xml.contains("<skipped message=\"the restore failed\"/>"),
+            "{xml}"
+        );
     }
 }

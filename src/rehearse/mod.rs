@@ -194,7 +194,9 @@ async fn rehearse(
             "the --run command `{}` failed ({}) against the restored copy",
             run.command,
             run.exit_code
-                .map_or("ended by a signal".to_string(), |code| format!("exit {code}"))
+                .map_or("ended by a signal".to_string(), |code| format!(
+                    "exit {code}"
+                ))
         ))
         .into());
     }
@@ -239,11 +241,7 @@ struct RunCommand {
 impl WhileRestored for RunCommand {
     async fn run(&mut self, restored: &DbTarget) -> Result<()> {
         let env = command_env(restored);
-        tracing::info!(
-            "running `{}` against {}",
-            self.command,
-            restored.redacted()
-        );
+        tracing::info!("running `{}` against {}", self.command, restored.redacted());
         let started = Instant::now();
         // Its output goes to stderr, so that stdout stays tusk's JSON.
         let status = tokio::process::Command::new("sh")
@@ -276,7 +274,10 @@ impl WhileRestored for RunCommand {
 fn command_env(target: &DbTarget) -> Vec<(String, String)> {
     let libpq: std::collections::HashMap<&str, String> = target.libpq_env().into_iter().collect();
     let host = libpq.get("PGHOST").cloned().unwrap_or_default();
-    let port = libpq.get("PGPORT").cloned().unwrap_or_else(|| "5432".into());
+    let port = libpq
+        .get("PGPORT")
+        .cloned()
+        .unwrap_or_else(|| "5432".into());
     let user = libpq.get("PGUSER").cloned().unwrap_or_default();
     let password = libpq.get("PGPASSWORD").cloned().unwrap_or_default();
     let database = target.database().unwrap_or("postgres").to_string();
@@ -339,7 +340,12 @@ fn junit_cases(report: &RehearseReport) -> Vec<junit::Case> {
         }
         let details: Vec<String> = problems
             .iter()
-            .map(|p| format!("{} {}: expected {}, got {}", p.kind, p.subject, p.expected, p.got))
+            .map(|p| {
+                format!(
+                    "{} {}: expected {}, got {}",
+                    p.kind, p.subject, p.expected, p.got
+                )
+            })
             .collect();
         Some((format!("{} problem(s)", problems.len()), details.join("\n")))
     };
@@ -347,8 +353,14 @@ fn junit_cases(report: &RehearseReport) -> Vec<junit::Case> {
         .set_id
         .is_none()
         .then(|| report.error.clone().unwrap_or_default());
-    let checksums = failure(of_kind(&["checksum", "size"]))
-        .or_else(|| failure(of_kind(&["missing"]).into_iter().filter(|p| p.got == "no file").collect()));
+    let checksums = failure(of_kind(&["checksum", "size"])).or_else(|| {
+        failure(
+            of_kind(&["missing"])
+                .into_iter()
+                .filter(|p| p.got == "no file")
+                .collect(),
+        )
+    });
     let restore_problem = failure(of_kind(&["restore"]));
     let content_kinds = [
         "row_count",
@@ -362,7 +374,8 @@ fn junit_cases(report: &RehearseReport) -> Vec<junit::Case> {
             .problems
             .iter()
             .filter(|p| {
-                content_kinds.contains(&p.kind.as_str()) || (p.kind == "missing" && p.got != "no file")
+                content_kinds.contains(&p.kind.as_str())
+                    || (p.kind == "missing" && p.got != "no file")
             })
             .collect(),
     );
@@ -408,7 +421,9 @@ fn junit_cases(report: &RehearseReport) -> Vec<junit::Case> {
             failure: (!run.ok).then(|| {
                 (
                     run.exit_code
-                        .map_or("ended by a signal".to_string(), |code| format!("exit {code}")),
+                        .map_or("ended by a signal".to_string(), |code| {
+                            format!("exit {code}")
+                        }),
                     format!("`{}` failed against the restored copy", run.command),
                 )
             }),
@@ -440,9 +455,7 @@ fn write_reports(
         );
         let xml = junit::write(
             &suite,
-            &report
-                .started_at
-                .to_rfc3339_opts(SecondsFormat::Secs, true),
+            &report.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
             report.seconds,
             &junit_cases(report),
         )?;
@@ -458,8 +471,8 @@ mod tests {
 
     #[test]
     fn the_command_gets_the_copy_in_mastodon_and_libpq_terms() {
-        let target = DbTarget::parse("postgresql://mastodon:p%40ss:w@10.1.2.3:5433/tusk_verify_1")
-            .unwrap();
+        let target =
+            DbTarget::parse("postgresql://mastodon:p%40ss:w@10.1.2.3:5433/tusk_verify_1").unwrap();
         let env: std::collections::HashMap<String, String> =
             command_env(&target).into_iter().collect();
         assert_eq!(env["DB_HOST"], "10.1.2.3");
@@ -522,7 +535,10 @@ mod tests {
             ["checksums"]
         );
         assert_eq!(
-            failed(&junit_cases(&report_with(&[("row_count", "2")], Some(true)))),
+            failed(&junit_cases(&report_with(
+                &[("row_count", "2")],
+                Some(true)
+            ))),
             ["content"]
         );
         assert_eq!(
