@@ -21,8 +21,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 use tokio::io::AsyncReadExt;
 
-use crate::set::Compression;
-use crate::set::stream::open_decompressed;
+use crate::postgres::BoxReader;
 
 const BLK_DATA: u8 = 1;
 const BLK_BLOBS: u8 = 3;
@@ -104,12 +103,11 @@ impl TocEntry {
 pub const SECTION_DATA: i64 = 3;
 pub const SECTION_POST_DATA: i64 = 4;
 
-/// Reads the table of contents of the compressed archive at `path`,
-/// decompressing only as much of it as the table takes.
-pub async fn read_toc(path: &Path, compression: Compression) -> Result<Vec<TocEntry>> {
+/// Reads the table of contents at the start of an archive's (decompressed)
+/// stream, reading only as much of it as the table takes.
+pub async fn read_toc(mut reader: BoxReader) -> Result<Vec<TocEntry>> {
     /// A Mastodon archive's table takes about a megabyte.
     const LIMIT: usize = 64 << 20;
-    let mut reader = open_decompressed(path, compression).await?;
     let mut head = Vec::new();
     let mut chunk = vec![0u8; 256 << 10];
     loop {

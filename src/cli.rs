@@ -394,20 +394,62 @@ pub struct BackupArgs {
     #[arg(long)]
     pub stop_services: bool,
 
-    /// Once the new set is complete, remove the sets the backup directory's
+    /// Once the new set is complete, remove the sets each destination's
     /// retention policy no longer keeps (as `tusk backups prune`, without
     /// asking)
     #[arg(long)]
     pub prune: bool,
+
+    /// Write only to this destination [default: every destination]
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum BackupsCommand {
-    /// List backup sets, oldest first
-    List,
+    /// List complete backup sets of every destination, oldest first
+    List(BackupsListArgs),
+    /// Copy a set to another destination, checking every checksum
+    Copy(BackupsCopyArgs),
+    /// Abort the multipart uploads a failed or killed backup left open in
+    /// the buckets (their parts are billed until then)
+    Cleanup(BackupsCleanupArgs),
     /// Remove the sets each destination's retention policy no longer keeps
     /// (restic's `forget` rules); asks first on a terminal, `--yes` for cron
     Prune(BackupsPruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsListArgs {
+    /// List only this destination [default: every destination]
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsCopyArgs {
+    /// Backup id, or `latest`
+    #[arg(add = crate::commands::completions::backup_set_completer())]
+    pub set: String,
+
+    /// The destination to copy to
+    #[arg(long, value_name = "NAME")]
+    pub to: String,
+
+    /// The destination to copy from [default: the first that has the set]
+    #[arg(long, value_name = "NAME")]
+    pub from: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupsCleanupArgs {
+    /// Clean up only this destination [default: every bucket destination]
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
+
+    /// List the open uploads; abort nothing
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]
@@ -424,7 +466,7 @@ pub struct BackupsPruneArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
-    /// Backup id in the backup directory, path of a backup set, or `latest`
+    /// Backup id (in any destination), path of a backup set, or `latest`
     #[arg(add = crate::commands::completions::backup_set_completer())]
     pub set: String,
 
@@ -475,11 +517,15 @@ pub struct RestoreArgs {
     /// Skip the roles (globals) and restore only the database
     #[arg(long)]
     pub no_globals: bool,
+
+    /// Look for the set only in this destination [default: each in turn]
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 }
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Backup id in the backup directory, path of a backup set, or `latest`
+    /// Backup id (in any destination), path of a backup set, or `latest`
     #[arg(add = crate::commands::completions::backup_set_completer())]
     pub set: String,
 
@@ -504,6 +550,10 @@ pub struct VerifyArgs {
     /// Parallel pg_restore jobs for the scratch restore
     #[arg(long, short = 'j', default_value_t = 2, value_name = "N")]
     pub jobs: u32,
+
+    /// Look for the set only in this destination [default: each in turn]
+    #[arg(long, value_name = "NAME")]
+    pub destination: Option<String>,
 }
 
 /// Stages: preflight (changes nothing), stop writes (the app, never

@@ -18,8 +18,8 @@ use crate::mastodon::env_file::{EnvFile, RedisRole};
 use crate::notify::NotifySettings;
 use crate::postgres::docker::DumpTransport;
 use crate::postgres::{DbTarget, RootCert, SslMode, TlsOptions};
-use crate::prune_sets::DirDestination;
 use crate::redis::RedisTarget;
+use crate::set::destination::{Bucket, Destination, Place, normalize_prefix};
 use crate::set::retention::{RetentionPolicy, parse_time_zone};
 use crate::set::{Compression, LockPolicy};
 use crate::storage::s3::S3Settings;
@@ -126,8 +126,10 @@ pub struct DestinationSection {
     pub retention: Option<RetentionPolicy>,
 }
 
-/// A bucket destination, as the file writes it. Parsed so the file's shape
-/// is checked, but not usable yet (see [`resolve_destinations`]).
+/// A bucket destination, as the file writes it. Its credentials are never
+/// in the file nor on the command line: `TUSK_S3_ACCESS_KEY_ID` and
+/// `TUSK_S3_SECRET_ACCESS_KEY`, else `AWS_ACCESS_KEY_ID` and
+/// `AWS_SECRET_ACCESS_KEY`, else a profile of the AWS shared credentials file.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct S3DestinationSection {
@@ -135,9 +137,15 @@ pub struct S3DestinationSection {
     pub prefix: Option<String>,
     pub endpoint: Option<String>,
     pub region: Option<String>,
+    /// Path-style URLs; the default is on with an `endpoint`, off for AWS.
     pub path_style: Option<bool>,
+    /// The store's part-count limit (S3: 10,000).
     pub max_parts: Option<u32>,
     pub storage_class: Option<String>,
+    /// The profile in `~/.aws/credentials` (else `AWS_PROFILE`, else `default`).
+    pub profile: Option<String>,
+    /// Send the SDK's extra checksum headers (default: only without an endpoint).
+    pub sdk_checksums: Option<bool>,
 }
 
 /// The name of the destination `backup_dir` makes when no `destinations:`
@@ -346,7 +354,7 @@ pub struct Settings {
     /// Waiting for and taking over the backup directory's lock.
     pub lock: LockPolicy,
     /// Where backup sets are kept, each with its retention; never empty.
-    pub destinations: Vec<DirDestination>,
+    pub destinations: Vec<Destination>,
     /// The zone of retention's calendar buckets.
     pub time_zone: chrono_tz::Tz,
     /// Where the settings came from, for `-v` and error messages.
@@ -553,10 +561,10 @@ impl Settings {
             file.retention,
             explicit_backup_dir.as_deref(),
         )?;
-        // With destinations listed, backups go to the first directory
-        // unless a backup directory is named.
+        // With destinations listed, the backup directory is the first
+        // directory among them unless one is named.
         let backup_dir = explicit_backup_dir
-            .or_else(|| destinations.first().map(|d| d.dir.clone()))
+            .or_else(|| destinations.iter().find_map(|d| d.dir().cloned()))
             .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR));
         let mastodon_url = args.mastodon_url.clone().or(file.mastodon.url).or_else(|| {
             let domain = env_value("WEB_DOMAIN").or_else(|| env_value("LOCAL_DOMAIN"))?;
@@ -776,14 +784,17 @@ fn resolve_destinations(
     listed: Option<Vec<DestinationSection>>,
     retention: Option<RetentionPolicy>,
     backup_dir: Option<&Path>,
-) -> Result<Vec<DirDestination>> {
+) -> Result<Vec<Destination>> {
     let Some(listed) = listed else {
-        return Ok(vec![DirDestination {
+        return Ok(vec![Destination {
             name: DEFAULT_DESTINATION.into(),
-            dir: backup_dir
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR)),
+            place: Place::Dir(
+                backup_dir
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_BACKUP_DIR)),
+            ),
             retention: retention.unwrap_or_default(),
+            unusable: None,
         }]);
     };
     if retention.is_some() {
@@ -799,7 +810,7 @@ fn resolve_destinations(
              keep sets in backup_dir",
         ));
     }
-    let mut destinations: Vec<DirDestination> = Vec::new();
+    let mut destinations: Vec<Destination> = Vec::new();
     for entry in listed {
         let name = entry.name.trim().to_string();
         if name.is_empty() {
@@ -812,32 +823,162 @@ fn resolve_destinations(
                 "two destinations in tusk.yaml are named {name:?}: names must differ"
             )));
         }
-        let dir = match (entry.dir, entry.s3) {
+        let (place, unusable) = match (entry.dir, entry.s3) {
             (Some(_), Some(_)) => {
                 return Err(TuskError::usage(format!(
                     "destination {name:?} has both dir: and s3:; give each destination one"
                 )));
             }
-            (None, Some(_)) => {
-                return Err(TuskError::usage(format!(
-                    "destination {name:?}: S3 destinations are not supported yet; \
-                     keep sets in a directory (dir:) for now"
-                )));
+            (None, Some(s3)) => {
+                let (bucket, unusable) = resolve_bucket_destination(&name, s3)?;
+                (Place::Bucket(bucket), unusable)
             }
             (None, None) => {
                 return Err(TuskError::usage(format!(
-                    "destination {name:?} says neither dir: nor s3:; add dir: /path/to/backups"
+                    "destination {name:?} says neither dir: nor s3:; add dir: /path/to/backups \
+                     or s3: {{bucket: NAME}}"
                 )));
             }
-            (Some(dir), None) => dir,
+            (Some(dir), None) => (Place::Dir(dir), None),
         };
-        destinations.push(DirDestination {
+        destinations.push(Destination {
             name,
-            dir,
+            place,
             retention: entry.retention.unwrap_or_default(),
+            unusable,
         });
     }
     Ok(destinations)
+}
+
+/// A bucket destination's store, and why it cannot be used when its
+/// credentials are missing (said when it is used, not by every command).
+fn resolve_bucket_destination(
+    name: &str,
+    section: S3DestinationSection,
+) -> Result<(Bucket, Option<String>)> {
+    use crate::storage::multipart::{DEFAULT_MAX_PARTS, PartSizes};
+    let Some(bucket) = section.bucket.filter(|b| !b.trim().is_empty()) else {
+        return Err(TuskError::usage(format!(
+            "destination {name:?} has s3: without a bucket: add s3: {{bucket: NAME}}"
+        )));
+    };
+    let max_parts = section.max_parts.unwrap_or(DEFAULT_MAX_PARTS);
+    if !(1..=DEFAULT_MAX_PARTS).contains(&max_parts) {
+        return Err(TuskError::usage(format!(
+            "destination {name:?}: max_parts must be between 1 and {DEFAULT_MAX_PARTS} \
+             (S3's limit), not {max_parts}"
+        )));
+    }
+    let mut parts = PartSizes {
+        max_parts,
+        ..PartSizes::default()
+    };
+    // For test servers only: S3 itself refuses parts under 5 MiB.
+    if let Some(first) = std::env::var("TUSK_S3_FIRST_PART_BYTES")
+        .ok()
+        .and_then(|value| value.parse::<u64>().ok())
+        .filter(|first| *first > 0)
+    {
+        parts.first = first;
+    }
+    let endpoint = section.endpoint.filter(|e| !e.trim().is_empty());
+    let (credentials, unusable) = match bucket_credentials(section.profile.as_deref()) {
+        Ok(credentials) => (credentials, None),
+        Err(why) => (
+            (String::new(), String::new()),
+            Some(format!("destination {name:?} ({bucket}): {why}")),
+        ),
+    };
+    let settings = S3Settings {
+        bucket,
+        region: section.region.unwrap_or_else(|| "us-east-1".into()),
+        path_style: section.path_style.unwrap_or(endpoint.is_some()),
+        sdk_checksums: section.sdk_checksums.unwrap_or(endpoint.is_none()),
+        endpoint,
+        access_key_id: credentials.0,
+        secret_access_key: credentials.1,
+        storage_class: section.storage_class.filter(|c| !c.trim().is_empty()),
+    };
+    let storage = crate::storage::retry::Retrying::new(
+        crate::storage::s3::S3Storage::new(settings),
+        STORAGE_ATTEMPTS,
+        Duration::from_millis(200),
+    );
+    Ok((
+        Bucket {
+            storage: std::sync::Arc::new(storage),
+            prefix: normalize_prefix(section.prefix.as_deref().unwrap_or("")),
+            parts,
+        },
+        unusable,
+    ))
+}
+
+/// Attempts per request to a bucket destination (transient failures only).
+const STORAGE_ATTEMPTS: u32 = 5;
+
+/// A bucket destination's keys: `TUSK_S3_*`, else `AWS_*`, else the
+/// profile's static keys in the AWS shared credentials file.
+fn bucket_credentials(profile: Option<&str>) -> std::result::Result<(String, String), String> {
+    let var = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
+    for (id, secret) in [
+        ("TUSK_S3_ACCESS_KEY_ID", "TUSK_S3_SECRET_ACCESS_KEY"),
+        ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+    ] {
+        if let (Some(id), Some(secret)) = (var(id), var(secret)) {
+            return Ok((id, secret));
+        }
+    }
+    let profile = profile
+        .map(str::to_string)
+        .or_else(|| var("AWS_PROFILE"))
+        .unwrap_or_else(|| "default".into());
+    let file = var("AWS_SHARED_CREDENTIALS_FILE")
+        .map(PathBuf::from)
+        .or_else(|| var("HOME").map(|home| PathBuf::from(home).join(".aws/credentials")));
+    let text = file
+        .as_ref()
+        .and_then(|file| std::fs::read_to_string(file).ok())
+        .unwrap_or_default();
+    match profile_keys(&text, &profile) {
+        Some(keys) => Ok(keys),
+        None => Err(format!(
+            "no credentials: set TUSK_S3_ACCESS_KEY_ID and TUSK_S3_SECRET_ACCESS_KEY (or \
+             AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), or put aws_access_key_id and \
+             aws_secret_access_key in profile [{profile}] of {}",
+            file.map_or("~/.aws/credentials".into(), |f| f.display().to_string())
+        )),
+    }
+}
+
+/// The static keys of `[profile]` in an AWS credentials file.
+fn profile_keys(text: &str, profile: &str) -> Option<(String, String)> {
+    let mut in_profile = false;
+    let (mut id, mut secret) = (None, None);
+    for line in text.lines() {
+        let line = line.trim();
+        if line.starts_with('#') || line.starts_with(';') || line.is_empty() {
+            continue;
+        }
+        if let Some(section) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            let section = section.trim();
+            in_profile = section == profile || section.strip_prefix("profile ") == Some(profile);
+            continue;
+        }
+        if !in_profile {
+            continue;
+        }
+        if let Some((key, value)) = line.split_once('=') {
+            let value = value.trim().to_string();
+            match key.trim() {
+                "aws_access_key_id" => id = Some(value),
+                "aws_secret_access_key" => secret = Some(value),
+                _ => {}
+            }
+        }
+    }
+    Some((id?, secret?))
 }
 
 /// The bucket settings: flag > environment > YAML > `.env.production`.
@@ -905,6 +1046,7 @@ fn resolve_s3(
         secret_access_key,
         path_style,
         sdk_checksums,
+        storage_class: None,
     }))
 }
 
@@ -1241,8 +1383,8 @@ mod tests {
         assert_eq!(settings.destinations.len(), 1);
         let local = &settings.destinations[0];
         assert_eq!(
-            (local.name.as_str(), local.dir.as_path()),
-            ("local", Path::new("/srv/flag"))
+            (local.name.as_str(), local.dir().map(PathBuf::as_path)),
+            ("local", Some(Path::new("/srv/flag")))
         );
         assert_eq!(local.retention.keep_last, Some(2));
         assert_eq!(settings.time_zone, chrono_tz::Europe::Berlin);
@@ -1267,12 +1409,53 @@ mod tests {
     }
 
     #[test]
+    fn bucket_destinations_take_the_issues_shape() {
+        let setup = Setup::new(
+            "destinations:\n  - name: local\n    dir: /var/backups/tusk\n  - name: b2\n    \
+             s3: {bucket: my-backups, prefix: mastodon/, endpoint: https://s3.eu-central-003.backblazeb2.com,\n         \
+             region: eu-central-003, path_style: false, max_parts: 1000, storage_class: STANDARD}\n    \
+             retention: {keep_daily: 14, keep_monthly: 12, keep_yearly: 3}\n",
+            ENV_PRODUCTION,
+        );
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        let b2 = &settings.destinations[1];
+        let Place::Bucket(bucket) = &b2.place else {
+            panic!("{b2:?}");
+        };
+        assert_eq!(bucket.prefix, "mastodon/");
+        assert_eq!(bucket.parts.max_parts, 1000);
+        assert_eq!(b2.retention.keep_yearly, Some(3));
+        assert!(
+            bucket.storage.describe().contains("my-backups"),
+            "{}",
+            bucket.storage.describe()
+        );
+        // The backup directory is the listed directory.
+        assert_eq!(settings.backup_dir, PathBuf::from("/var/backups/tusk"));
+    }
+
+    #[test]
+    fn profile_keys_come_from_the_named_section_only() {
+        let text = "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n\n\
+                    # comment\n[profile backups]\naws_access_key_id=B\naws_secret_access_key=BS\n\
+                    [half]\naws_access_key_id = H\n";
+        assert_eq!(profile_keys(text, "default"), Some(("D".into(), "DS".into())));
+        assert_eq!(profile_keys(text, "backups"), Some(("B".into(), "BS".into())));
+        assert_eq!(profile_keys(text, "half"), None);
+        assert_eq!(profile_keys(text, "missing"), None);
+    }
+
+    #[test]
     fn unusable_destinations_are_usage_errors() {
         for (yaml, expected) in [
             (
                 "destinations:\n  - name: b2\n    s3: {bucket: my-backups, prefix: mastodon/, \
-                 max_parts: 1000}\n    retention: {keep_daily: 14}\n",
-                "S3 destinations are not supported yet",
+                 max_parts: 20000}\n    retention: {keep_daily: 14}\n",
+                "max_parts must be between 1 and 10000",
+            ),
+            (
+                "destinations:\n  - name: b2\n    s3: {prefix: mastodon/}\n",
+                "s3: without a bucket",
             ),
             (
                 "destinations:\n  - {name: a, dir: /a}\n  - {name: a, dir: /b}\n",

@@ -19,7 +19,8 @@ use crate::media::MediaLayout;
 use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer, direct::DirectServer};
 use crate::prune::MediaStore;
-use crate::prune_sets::DirDestination;
+use crate::set::BackupSet;
+use crate::set::destination::{Destination, Place};
 use crate::storage::Storage;
 use crate::storage::local::LocalStorage;
 use crate::storage::retry::Retrying;
@@ -134,40 +135,113 @@ impl Instance {
         self.settings.backup_dir.clone()
     }
 
-    /// The destination `tusk backup` writes to: the one whose directory is
-    /// the backup directory.
-    pub fn backup_destination(&self) -> Result<DirDestination> {
-        let dir = &self.settings.backup_dir;
-        self.settings
-            .destinations
-            .iter()
-            .find(|d| &d.dir == dir)
-            .cloned()
-            .ok_or_else(|| {
-                TuskError::usage(format!(
-                    "no destination in tusk.yaml has dir: {}, so --prune has no retention \
-                     policy to apply: add it under destinations: with its retention:",
-                    dir.display()
-                ))
-            })
+    /// The configured destinations: all, or the one named
+    /// (`--destination`). A destination that cannot be used (a bucket
+    /// without credentials) is refused here, when it is about to be used.
+    pub fn destinations(&self, name: Option<&str>) -> Result<Vec<Destination>> {
+        let all = &self.settings.destinations;
+        let chosen = match name {
+            None => all.clone(),
+            Some(name) => match all.iter().find(|d| d.name == name) {
+                Some(found) => vec![found.clone()],
+                None => {
+                    return Err(TuskError::usage(format!(
+                        "no destination named {name:?}; configured: {}",
+                        all.iter()
+                            .map(|d| d.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            },
+        };
+        if let Some(why) = chosen.iter().find_map(|d| d.unusable.as_ref()) {
+            return Err(TuskError::usage(why.clone()));
+        }
+        Ok(chosen)
     }
 
-    /// The destinations `tusk backups prune` works on: all, or the one named.
-    pub fn destinations(&self, name: Option<&str>) -> Result<Vec<DirDestination>> {
-        let all = &self.settings.destinations;
-        let Some(name) = name else {
-            return Ok(all.clone());
-        };
-        match all.iter().find(|d| d.name == name) {
-            Some(found) => Ok(vec![found.clone()]),
-            None => Err(TuskError::usage(format!(
-                "no destination named {name:?}; configured: {}",
-                all.iter()
-                    .map(|d| d.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))),
+    /// Where sets are looked for: the destinations (or the one named),
+    /// and the backup directory when no destination is that directory.
+    fn set_sources(&self, name: Option<&str>) -> Result<Vec<Destination>> {
+        let mut sources = self.destinations(name)?;
+        let dir = &self.settings.backup_dir;
+        if name.is_none() && !sources.iter().any(|d| d.dir() == Some(dir)) {
+            sources.push(Destination {
+                name: crate::config::DEFAULT_DESTINATION.into(),
+                retention: Default::default(),
+                place: Place::Dir(dir.clone()),
+                unusable: None,
+            });
         }
+        Ok(sources)
+    }
+
+    /// Every complete set of each destination (or the one named), oldest
+    /// first per destination.
+    pub async fn list_sets(&self, name: Option<&str>) -> Result<Vec<(Destination, Vec<BackupSet>)>> {
+        let mut listed = Vec::new();
+        for destination in self.set_sources(name)? {
+            let sets = match &destination.place {
+                Place::Dir(dir) => BackupSet::list(dir)?,
+                Place::Bucket(bucket) => crate::set::bucket::list_sets(bucket)
+                    .await
+                    .with_context(|| format!("could not list destination {}", destination.name))?,
+            };
+            listed.push((destination, sets));
+        }
+        Ok(listed)
+    }
+
+    /// A set by id (`latest` for the newest), looked for in each
+    /// destination in order (or the one named), or by the path of its
+    /// directory.
+    pub async fn find_set(&self, id_or_path: &str, name: Option<&str>) -> Result<BackupSet> {
+        let as_path = std::path::Path::new(id_or_path);
+        if name.is_none() && as_path.join(crate::set::manifest::MANIFEST_FILE).is_file() {
+            return BackupSet::open(as_path);
+        }
+        if id_or_path == "latest" {
+            let newest = self
+                .list_sets(name)
+                .await?
+                .into_iter()
+                .flat_map(|(_, sets)| sets)
+                .max_by(|a, b| {
+                    (a.manifest.started_at, &a.manifest.id)
+                        .cmp(&(b.manifest.started_at, &b.manifest.id))
+                });
+            return newest.ok_or_else(|| TuskError::usage("no backup sets in any destination"));
+        }
+        let sources = self.set_sources(name)?;
+        for destination in &sources {
+            let found = match &destination.place {
+                Place::Dir(dir) => {
+                    let set_dir = dir.join(id_or_path);
+                    match set_dir.join(crate::set::manifest::MANIFEST_FILE).is_file() {
+                        true => Some(BackupSet::open(&set_dir)?),
+                        false => None,
+                    }
+                }
+                Place::Bucket(bucket) => {
+                    if crate::set::parse_id(id_or_path).is_none() {
+                        continue;
+                    }
+                    crate::set::bucket::open_set(bucket, id_or_path).await?
+                }
+            };
+            if let Some(set) = found {
+                return Ok(set);
+            }
+        }
+        Err(TuskError::usage(format!(
+            "no backup set {id_or_path:?} in {} (see `tusk backups list`)",
+            sources
+                .iter()
+                .map(|d| format!("{} ({})", d.name, d.describe()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )))
     }
 
     /// The local media folder and how its files map to keys.

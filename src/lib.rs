@@ -53,6 +53,7 @@ pub mod notify;
 pub mod prune;
 pub mod prune_sets;
 pub mod rehearse;
+pub mod copy_sets;
 pub mod restore;
 pub mod tune;
 pub mod verify;

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use chrono::{DateTime, Utc};
 
 use crate::set::BackupSet;
+use crate::set::destination::{Destination, Place};
 use crate::set::runs;
 
 /// What the metrics say about one destination of backup sets.
@@ -35,19 +36,38 @@ pub struct DestinationMetrics {
 }
 
 impl DestinationMetrics {
+    /// Reads a destination: its directory, or its bucket's listing.
+    pub async fn read(destination: &Destination) -> Result<Self> {
+        match &destination.place {
+            Place::Dir(dir) => Self::read_local(&destination.name, dir),
+            Place::Bucket(bucket) => {
+                let sets = crate::set::bucket::list_sets(bucket).await?;
+                let last_failure = crate::set::bucket::last_failure(bucket, "backup").await;
+                Ok(Self::from_sets(&destination.name, &sets, last_failure))
+            }
+        }
+    }
+
     /// Reads the backup directory `dir` as destination `name`.
     pub fn read_local(name: &str, dir: &Path) -> Result<Self> {
         let sets = BackupSet::list(dir)?;
+        Ok(Self::from_sets(
+            name,
+            &sets,
+            runs::last_failure(dir, "backup"),
+        ))
+    }
+
+    fn from_sets(name: &str, sets: &[BackupSet], last_failure: Option<runs::RunRecord>) -> Self {
         let newest = sets.last().map(|set| &set.manifest);
-        let last_failure =
-            runs::last_failure(dir, "backup").map(|run| run.finished_at.unwrap_or(run.started_at));
+        let last_failure = last_failure.map(|run| run.finished_at.unwrap_or(run.started_at));
         let last_verify_success = sets
             .iter()
             .filter_map(BackupSet::verification)
             .filter(|verification| verification.ok)
             .map(|verification| verification.verified_at)
             .max();
-        Ok(DestinationMetrics {
+        DestinationMetrics {
             name: name.to_string(),
             sets: sets.len(),
             last_success: newest.map(|manifest| manifest.finished_at),
@@ -57,7 +77,7 @@ impl DestinationMetrics {
             last_bytes: newest.map(|manifest| manifest.total_bytes()),
             last_failure,
             last_verify_success,
-        })
+        }
     }
 }
 

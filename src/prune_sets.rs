@@ -1,10 +1,12 @@
 //! `tusk backups prune` (and `tusk backup --prune`): removes the backup sets
 //! a destination's retention policy no longer keeps.
 //!
-//! Two halves, so a destination other than a directory can plug in: the
-//! [`plan`] works on a [`Listing`] (set ids, start times, verification
-//! outcomes, the last backup run) and knows nothing of where the sets live;
-//! [`DirSets`] lists, locks and removes them in a local backup directory.
+//! Two halves, so any destination plugs in: the [`plan`] works on a
+//! [`Listing`] (set ids, start times, verification outcomes, the last
+//! backup run) and knows nothing of where the sets live; [`DirSets`] lists
+//! and removes them in a local backup directory, [`crate::set::bucket`] in
+//! a bucket (where an incomplete attempt is a prefix with tusk's attempt
+//! marker and no manifest).
 //!
 //! Retention decides with restic's rules ([`crate::set::retention`]); on top
 //! of them a set is never removed when it is the newest good set or the
@@ -15,7 +17,7 @@
 //! an incomplete attempt `<id>.partial`.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, Duration, Utc};
@@ -27,7 +29,9 @@ use crate::output::Output;
 use crate::set::manifest::MANIFEST_FILE;
 use crate::set::retention::{self, Dated, Reason, RetentionPolicy};
 use crate::set::runs::{self, Outcome, RunRecord};
-use crate::set::{BackupSet, DirLock, LockPolicy, PARTIAL_SUFFIX, parse_id};
+use crate::set::bucket::{self, Found};
+use crate::set::destination::{Bucket, Destination, DestinationLock, Place};
+use crate::set::{BackupSet, LockPolicy, PARTIAL_SUFFIX, parse_id};
 
 /// A removal in progress: the entry is renamed to `<name>.removing` before
 /// its files go, so a half-deleted set never looks complete.
@@ -39,35 +43,28 @@ pub fn incomplete_grace() -> Duration {
     Duration::days(1)
 }
 
-/// A local backup directory with its policy.
-#[derive(Debug, Clone)]
-pub struct DirDestination {
-    pub name: String,
-    pub dir: PathBuf,
-    pub retention: RetentionPolicy,
-}
-
-impl DirDestination {
-    /// Refuses a destination without a policy: pruning it would remove all
-    /// but the protected sets.
-    pub fn require_retention(&self) -> Result<()> {
-        if self.retention.is_empty() {
-            return Err(TuskError::usage(format!(
-                "destination {:?} ({}) has no retention policy: add e.g. \
-                 `retention: {{keep_daily: 7, keep_weekly: 4}}` to tusk.yaml (top level for \
-                 backup_dir, or in the destination's entry under destinations:)",
-                self.name,
-                self.dir.display()
-            )));
-        }
-        Ok(())
+/// Refuses a destination without a policy (pruning it would remove all
+/// but the protected sets) or one that cannot be used.
+pub fn require_retention(destination: &Destination) -> Result<()> {
+    if let Some(why) = &destination.unusable {
+        return Err(TuskError::usage(why.clone()));
     }
+    if destination.retention.is_empty() {
+        return Err(TuskError::usage(format!(
+            "destination {:?} ({}) has no retention policy: add e.g. \
+             `retention: {{keep_daily: 7, keep_weekly: 4}}` to tusk.yaml (top level for \
+             backup_dir, or in the destination's entry under destinations:)",
+            destination.name,
+            destination.describe()
+        )));
+    }
+    Ok(())
 }
 
 /// What `tusk backups prune` needs to know, free of any CLI type.
 #[derive(Debug, Clone)]
 pub struct PruneSetsOptions {
-    pub destinations: Vec<DirDestination>,
+    pub destinations: Vec<Destination>,
     /// The zone of the calendar buckets (hour, day, week, month, year).
     pub time_zone: Tz,
     /// Decide and report only.
@@ -333,11 +330,47 @@ impl DirSets<'_> {
     }
 }
 
+/// The sets of a bucket destination, as the plan sees them, with the keys
+/// of each entry (for its removal).
+async fn list_bucket(bucket: &Bucket) -> Result<(Listing, BTreeMap<String, Vec<String>>)> {
+    let mut listing = Listing {
+        last_backup: bucket::last_run(bucket, "backup").await,
+        ..Listing::default()
+    };
+    let mut keys = BTreeMap::new();
+    for (id, (found, found_keys)) in bucket::scan(bucket).await? {
+        let Some((instance, started_at)) = parse_id(&id) else {
+            continue;
+        };
+        match found {
+            Found::Removing => listing.unfinished_removals.push(id.clone()),
+            Found::Incomplete => listing.incomplete.push(Attempt {
+                id: id.clone(),
+                started_at,
+            }),
+            Found::Complete => {
+                let Some(set) = bucket::open_set(bucket, &id).await? else {
+                    continue;
+                };
+                listing.sets.push(ListedSet {
+                    id: id.clone(),
+                    instance: instance.to_string(),
+                    started_at: set.manifest.started_at,
+                    verified: set.verification().map(|v| v.ok),
+                });
+            }
+        }
+        keys.insert(id, found_keys);
+    }
+    Ok((listing, keys))
+}
+
 /// What happened on one destination, as printed with `--json`.
 #[derive(Debug, Serialize)]
 pub struct DestinationReport {
     pub name: String,
-    pub dir: PathBuf,
+    /// The directory, or the bucket and prefix.
+    pub location: String,
     pub dry_run: bool,
     pub held: Option<String>,
     pub removed: usize,
@@ -350,22 +383,28 @@ pub struct PruneSetsReport {
     pub destinations: Vec<DestinationReport>,
 }
 
-/// Prunes every destination in `opts`, each under its directory's lock.
+/// Prunes every destination in `opts`, each under its lock.
 pub async fn run(opts: &PruneSetsOptions, output: &Output) -> Result<PruneSetsReport> {
     let mut destinations = Vec::new();
     for destination in &opts.destinations {
-        let _lock = if opts.dry_run && !destination.dir.exists() {
+        let missing_dir = destination.dir().is_some_and(|dir| !dir.exists());
+        let lock = if opts.dry_run && missing_dir {
             None
         } else {
-            Some(DirLock::acquire(&destination.dir, "prune", &opts.lock).await?)
+            Some(DestinationLock::acquire(destination, "prune", &opts.lock).await?)
         };
-        destinations.push(prune_locked(
+        let report = prune_locked(
             destination,
             opts.time_zone,
             opts.dry_run,
             opts.confirm,
             output,
-        )?);
+        )
+        .await;
+        if let Some(lock) = lock {
+            lock.release().await?;
+        }
+        destinations.push(report?);
     }
     Ok(PruneSetsReport { destinations })
 }
@@ -373,18 +412,18 @@ pub async fn run(opts: &PruneSetsOptions, output: &Output) -> Result<PruneSetsRe
 /// Prunes one destination whose lock the caller holds (`tusk backup
 /// --prune` keeps the lock of its backup for this). With `confirm`, it asks
 /// on the terminal (or wants `--yes`) before removing anything.
-pub fn prune_locked(
-    destination: &DirDestination,
+pub async fn prune_locked(
+    destination: &Destination,
     time_zone: Tz,
     dry_run: bool,
     confirm: bool,
     output: &Output,
 ) -> Result<DestinationReport> {
-    destination.require_retention()?;
-    let store = DirSets {
-        dir: &destination.dir,
+    require_retention(destination)?;
+    let (listing, bucket_keys) = match &destination.place {
+        Place::Dir(dir) => (DirSets { dir }.list()?, BTreeMap::new()),
+        Place::Bucket(bucket) => list_bucket(bucket).await?,
     };
-    let listing = store.list()?;
     let plan = plan(&listing, &destination.retention, time_zone, Utc::now());
     let doomed: Vec<&Entry> = plan.sets.iter().filter(|entry| !entry.keep).collect();
     let mut removed = 0;
@@ -396,7 +435,7 @@ pub fn prune_locked(
                 doomed.len(),
                 plan.sets.len(),
                 destination.name,
-                destination.dir.display(),
+                destination.describe(),
                 ids.join(", ")
             );
             if !output.confirm(&question)? {
@@ -404,7 +443,13 @@ pub fn prune_locked(
             }
         }
         for entry in &doomed {
-            store.remove(entry)?;
+            match &destination.place {
+                Place::Dir(dir) => DirSets { dir }.remove(entry)?,
+                Place::Bucket(bucket) => {
+                    let keys = bucket_keys.get(&entry.id).cloned().unwrap_or_default();
+                    bucket::remove(bucket, &entry.id, &keys).await?;
+                }
+            }
             tracing::info!(
                 "removed {}{} from {}",
                 entry.id,
@@ -420,7 +465,13 @@ pub fn prune_locked(
     }
     if !dry_run && plan.held.is_none() {
         for name in &listing.unfinished_removals {
-            store.finish_removal(name)?;
+            match &destination.place {
+                Place::Dir(dir) => DirSets { dir }.finish_removal(name)?,
+                Place::Bucket(bucket) => {
+                    let keys = bucket_keys.get(name).cloned().unwrap_or_default();
+                    bucket::remove(bucket, name, &keys).await?;
+                }
+            }
             tracing::info!("finished removing {name} from {}", destination.name);
         }
     }
@@ -429,7 +480,7 @@ pub fn prune_locked(
     }
     Ok(DestinationReport {
         name: destination.name.clone(),
-        dir: destination.dir.clone(),
+        location: destination.describe(),
         dry_run,
         held: plan.held,
         removed,

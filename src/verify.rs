@@ -171,7 +171,8 @@ pub async fn run(
         restore_seconds: report.restore_seconds,
         peak_database_bytes: report.peak_database_bytes,
         problems: report.problems.clone(),
-    })?;
+    })
+    .await?;
     Ok(report)
 }
 

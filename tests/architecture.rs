@@ -29,6 +29,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("notify", 3),
     ("prune", 3),
     ("prune_sets", 3),
+    ("copy_sets", 3),
     ("restore", 3),
     ("tune", 3),
     ("verify", 3),

@@ -363,7 +363,7 @@ fn unusable_settings_are_refused_before_anything_happens() {
             "destinations:\n  - name: b2\n    s3: {bucket: my-backups, prefix: mastodon/}\n    \
              retention: {keep_daily: 14, keep_monthly: 12, keep_yearly: 3}\n"
                 .to_string(),
-            "S3 destinations are not supported yet",
+            "no credentials: set TUSK_S3_ACCESS_KEY_ID",
         ),
         (
             destinations_yaml(&ws, "{keep_daily: 7}", "time_zone: Europe/Atlantis\n"),
@@ -375,7 +375,11 @@ fn unusable_settings_are_refused_before_anything_happens() {
         ),
     ] {
         let mut cmd = tusk_with_config(&ws, &yaml);
-        cmd.args(["backups", "prune", "--dry-run"]);
+        cmd.args(["backups", "prune", "--dry-run"])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_SHARED_CREDENTIALS_FILE", ws.path().join("no-credentials"));
         let refused = run(cmd).expect_code(2);
         assert!(
             refused.stderr.contains(expected),
@@ -408,7 +412,7 @@ fn nightly_backup_prune_keeps_exactly_keep_last_sets() {
     }
     let ids: Vec<&str> = reports.iter().map(|r| r["id"].as_str().unwrap()).collect();
     assert_eq!(ws.set_ids(), [ids[1], ids[2]], "the two newest sets");
-    let last = &reports[2]["pruned"];
+    let last = &reports[2]["pruned"][0];
     assert_eq!(last["name"], "local");
     assert_eq!(last["removed"], 1);
     let removed: Vec<&str> = last["sets"]

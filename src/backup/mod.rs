@@ -1,7 +1,6 @@
 //! `tusk backup`: roles and database into one checksummed backup set.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -19,15 +18,20 @@ use crate::set::manifest::{
     Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, SourceInfo, ToolInfo,
 };
 use crate::set::runs::{self, RunRecord};
-use crate::set::{DirLock, LockPolicy, PartialSet, new_id, stream};
+use crate::set::bucket::{self, PartialBucketSet};
+use crate::set::destination::{Destination, DestinationLock, Place};
+use crate::set::{LockPolicy, PartialSet, new_id, stream};
 
-use crate::prune_sets::{self, DestinationReport, DirDestination};
+use crate::prune_sets::{self, DestinationReport};
 use chrono_tz::Tz;
 
 /// What `tusk backup` needs to know, free of any CLI type.
 #[derive(Debug)]
 pub struct BackupOptions {
-    pub backup_dir: PathBuf,
+    /// Where the set goes: every destination here gets the same set, from
+    /// one dump (a directory through `<id>.partial/`, a bucket through
+    /// multipart uploads, with no local copy).
+    pub destinations: Vec<Destination>,
     pub instance: String,
     pub database: String,
     pub compression: Compression,
@@ -37,25 +41,29 @@ pub struct BackupOptions {
     /// Mastodon's app containers to stop for the dump and start again
     /// afterwards, whatever happens (Docker mode's `--stop-services`).
     pub stop_services: Option<AppServices>,
-    /// How long to wait for another run's lock on the backup directory.
+    /// How long to wait for another run's lock on a destination.
     pub lock: LockPolicy,
-    /// Prune this destination (the backup directory's) once the new set is
-    /// complete, under the same lock (`--prune`).
-    pub prune: Option<PruneAfter>,
+    /// Prune every destination by its retention once the new set is
+    /// complete, under the same locks (`--prune`), with calendar buckets
+    /// in this zone.
+    pub prune: Option<Tz>,
 }
 
-/// What `tusk backup --prune` prunes afterwards.
-#[derive(Debug, Clone)]
-pub struct PruneAfter {
-    pub destination: DirDestination,
-    pub time_zone: Tz,
+/// Where the set was written.
+#[derive(Debug, Serialize)]
+pub struct WrittenTo {
+    pub destination: String,
+    /// The set's directory, or the bucket and its prefix.
+    pub location: String,
 }
 
 /// The outcome, as printed with `--json`.
 #[derive(Debug, Serialize)]
 pub struct BackupReport {
     pub id: String,
-    pub path: PathBuf,
+    /// The first destination's location of the set.
+    pub path: String,
+    pub destinations: Vec<WrittenTo>,
     pub bytes: u64,
     pub database: String,
     pub tables: usize,
@@ -63,24 +71,59 @@ pub struct BackupReport {
     pub artefacts: Vec<Artefact>,
     pub durations: BTreeMap<String, f64>,
     pub notes: Vec<String>,
-    /// What `--prune` decided and removed afterwards.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub pruned: Option<DestinationReport>,
+    /// What `--prune` decided and removed afterwards, per destination.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pruned: Vec<DestinationReport>,
 }
 
-/// Writes a new backup set, holding the backup directory's lock. With
-/// `opts.stop_services`, the app is stopped once the lock is held and
+/// Writes a new backup set, holding every destination's lock. With
+/// `opts.stop_services`, the app is stopped once the locks are held and
 /// always started again, also when the dump fails.
 pub async fn run(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
 ) -> Result<BackupReport> {
-    // The lock comes first: a run that waits for it, or gives up, has
+    if opts.destinations.is_empty() {
+        bail!("no destination to write the backup to");
+    }
+    // The locks come first: a run that waits for them, or gives up, has
     // stopped nothing.
-    let lock = DirLock::acquire(&opts.backup_dir, "backup", &opts.lock).await?;
+    let mut locks = Vec::new();
+    for destination in &opts.destinations {
+        match DestinationLock::acquire(destination, "backup", &opts.lock).await {
+            Ok(lock) => locks.push(lock),
+            Err(err) => {
+                release(locks).await;
+                return Err(err);
+            }
+        }
+    }
+    let outcome = locked(server, opts, output, &locks).await;
+    release(locks).await;
+    outcome
+}
+
+async fn release(locks: Vec<DestinationLock>) {
+    for lock in locks {
+        if let Err(err) = lock.release().await {
+            tracing::warn!("{err:#}");
+        }
+    }
+}
+
+async fn locked(
+    server: &dyn PgServer,
+    opts: &BackupOptions,
+    output: &Output,
+    locks: &[DestinationLock],
+) -> Result<BackupReport> {
     // Under the lock, whatever a killed run left here is stale.
-    janitor::sweep_backup_dir(&lock);
+    for lock in locks {
+        if let DestinationLock::Dir(lock) = lock {
+            janitor::sweep_backup_dir(lock);
+        }
+    }
     janitor::sweep_tools(server).await;
     let mut report = match &opts.stop_services {
         None => write_set(server, opts, output).await?,
@@ -95,32 +138,46 @@ pub async fn run(
             outcome?
         }
     };
-    // The set is complete and recorded as the last good backup; the lock is
-    // still ours, so no other run comes between the backup and its pruning.
-    if let Some(prune) = &opts.prune {
-        let pruned =
-            prune_sets::prune_locked(&prune.destination, prune.time_zone, false, false, output)
+    // The set is complete and recorded as the last good backup; the locks
+    // are still ours, so no other run comes between the backup and its
+    // pruning.
+    if let Some(time_zone) = opts.prune {
+        for destination in &opts.destinations {
+            let pruned = prune_sets::prune_locked(destination, time_zone, false, false, output)
+                .await
                 .with_context(|| {
                     format!(
                         "backup {} is complete, but pruning {} failed",
-                        report.id, prune.destination.name
+                        report.id, destination.name
                     )
                 })?;
-        report.pruned = Some(pruned);
+            report.pruned.push(pruned);
+        }
     }
     Ok(report)
 }
 
-/// Dumps the set and records the run; the caller holds the lock (and
-/// keeps it for `--prune`).
+/// Records a run on every destination; a failure to record is logged.
+async fn save_runs(destinations: &[Destination], record: &RunRecord) -> Result<()> {
+    for destination in destinations {
+        match &destination.place {
+            Place::Dir(dir) => runs::save(dir, record)?,
+            Place::Bucket(bucket) => bucket::save_run(bucket, record).await?,
+        }
+    }
+    Ok(())
+}
+
+/// Dumps the set and records the run; the caller holds the locks (and
+/// keeps them for `--prune`).
 async fn write_set(
     server: &dyn PgServer,
     opts: &BackupOptions,
     output: &Output,
 ) -> Result<BackupReport> {
-    // Recorded once the lock is ours: a run that could not start is no run.
+    // Recorded once the locks are ours: a run that could not start is no run.
     let run = RunRecord::start("backup");
-    runs::save(&opts.backup_dir, &run)?;
+    save_runs(&opts.destinations, &run).await?;
     let outcome = dump_set(server, opts, output).await;
     let ended = run.finish(
         &outcome
@@ -128,11 +185,103 @@ async fn write_set(
             .map(|report| (report.id.clone(), report.bytes))
             .map_err(|err| anyhow::anyhow!("{err:#}")),
     );
-    if let Err(err) = runs::save(&opts.backup_dir, &ended) {
+    if let Err(err) = save_runs(&opts.destinations, &ended).await {
         // The set itself is complete (or the run failed for its own reason).
         tracing::warn!("{err:#}");
     }
     outcome
+}
+
+/// The set under construction at every destination of the run: one
+/// stream feeds them all ([`stream::Tee`]).
+struct SetWriters {
+    dirs: Vec<(String, PartialSet)>,
+    buckets: Vec<(String, PartialBucketSet)>,
+}
+
+impl SetWriters {
+    async fn create(destinations: &[Destination], id: &str) -> Result<Self> {
+        let mut writers = SetWriters {
+            dirs: Vec::new(),
+            buckets: Vec::new(),
+        };
+        for destination in destinations {
+            match &destination.place {
+                Place::Dir(dir) => writers
+                    .dirs
+                    .push((destination.name.clone(), PartialSet::create(dir, id)?)),
+                Place::Bucket(bucket) => match PartialBucketSet::create(bucket, id).await {
+                    Ok(partial) => writers.buckets.push((destination.name.clone(), partial)),
+                    Err(err) => {
+                        writers.abandon().await;
+                        return Err(err).with_context(|| {
+                            format!("could not start the set in destination {}", destination.name)
+                        });
+                    }
+                },
+            }
+        }
+        Ok(writers)
+    }
+
+    /// Where the artefact `name` goes: one sink, or a tee of all of them.
+    async fn sink(&self, name: &str) -> Result<stream::ArtefactSink> {
+        let mut sinks = Vec::new();
+        for (_, partial) in &self.dirs {
+            sinks.push(partial.sink(name).await?);
+        }
+        for (_, partial) in &self.buckets {
+            sinks.push(partial.sink(name));
+        }
+        let mut sinks = sinks.into_iter();
+        let first = sinks.next().context("no destination")?;
+        Ok(sinks.fold(first, |joined, next| {
+            Box::new(stream::Tee::new(joined, next)) as stream::ArtefactSink
+        }))
+    }
+
+    fn describe(&self) -> String {
+        self.dirs
+            .iter()
+            .map(|(_, partial)| partial.describe())
+            .chain(self.buckets.iter().map(|(_, partial)| partial.describe()))
+            .collect::<Vec<_>>()
+            .join(" and ")
+    }
+
+    /// Writes the manifest last at each destination: the buckets first
+    /// (their upload is the slower part to lose), then the directories.
+    async fn commit(self, manifest: &Manifest) -> Result<Vec<WrittenTo>> {
+        let mut written = Vec::new();
+        for (destination, partial) in self.buckets {
+            let place = partial.commit(manifest).await?;
+            written.push(WrittenTo {
+                destination,
+                location: place.describe(),
+            });
+        }
+        for (destination, partial) in self.dirs {
+            let path = partial.commit(manifest)?;
+            written.push(WrittenTo {
+                destination,
+                location: path.display().to_string(),
+            });
+        }
+        Ok(written)
+    }
+
+    /// Removes what was written (the directories remove themselves when dropped).
+    async fn abandon(self) {
+        for (destination, partial) in self.buckets {
+            if let Err(err) = partial.abandon().await {
+                tracing::warn!(
+                    "could not remove the incomplete set from {destination} ({err:#}); \
+                     `tusk backups prune` removes it after a day, and `tusk backups cleanup` \
+                     aborts its uploads"
+                );
+            }
+        }
+    }
 }
 
 async fn dump_set(
@@ -173,11 +322,13 @@ async fn dump_set(
 
     // Ids have one-second resolution; a second run within the same second
     // waits for the next one rather than failing.
-    if opts
-        .backup_dir
-        .join(new_id(&opts.instance, started_at))
-        .exists()
-    {
+    let taken = |id: &str| {
+        opts.destinations
+            .iter()
+            .filter_map(Destination::dir)
+            .any(|dir| dir.join(id).exists())
+    };
+    if taken(&new_id(&opts.instance, started_at)) {
         let into_second = u64::from(started_at.timestamp_subsec_millis());
         tokio::time::sleep(std::time::Duration::from_millis(
             1000 - into_second.min(999),
@@ -186,11 +337,11 @@ async fn dump_set(
         started_at = Utc::now();
     }
     let id = new_id(&opts.instance, started_at);
-    let partial = PartialSet::create(&opts.backup_dir, &id)?;
+    let partial = SetWriters::create(&opts.destinations, &id).await?;
     tracing::info!(
         "backing up {} into {} ({} level {})",
         server.target().with_database(&opts.database),
-        partial.dir.display(),
+        partial.describe(),
         opts.compression.name(),
         opts.compression_level
     );
@@ -202,10 +353,17 @@ async fn dump_set(
         let artefact = dump_globals(server, opts, &partial, superuser).await?;
         Ok::<_, anyhow::Error>((artefact, stage.elapsed().as_secs_f64()))
     };
-    let ((globals, globals_seconds), (database_artefact, facts)) = tokio::try_join!(
+    let dumped = tokio::try_join!(
         globals,
         dump_database(server, &session, opts, &partial, output)
-    )?;
+    );
+    let ((globals, globals_seconds), (database_artefact, facts)) = match dumped {
+        Ok(dumped) => dumped,
+        Err(err) => {
+            partial.abandon().await;
+            return Err(err);
+        }
+    };
     durations.insert("globals".into(), globals_seconds);
     durations.insert("database".into(), stage.elapsed().as_secs_f64());
     tracing::info!(
@@ -247,7 +405,7 @@ async fn dump_set(
         notes: notes.clone(),
     };
     manifest.durations.insert("finish".into(), 0.0);
-    let path = partial.commit(&manifest)?;
+    let written = partial.commit(&manifest).await?;
     durations.insert("finish".into(), stage.elapsed().as_secs_f64());
     tracing::info!(
         "backup set {id} complete: {}",
@@ -256,7 +414,11 @@ async fn dump_set(
 
     Ok(BackupReport {
         id,
-        path,
+        path: written
+            .first()
+            .map(|w| w.location.clone())
+            .unwrap_or_default(),
+        destinations: written,
         bytes: manifest.total_bytes(),
         database: opts.database.clone(),
         tables: manifest.database.tables.len(),
@@ -264,14 +426,14 @@ async fn dump_set(
         artefacts: manifest.artefacts,
         durations,
         notes,
-        pruned: None,
+        pruned: Vec::new(),
     })
 }
 
 async fn dump_globals(
     server: &dyn PgServer,
     opts: &BackupOptions,
-    partial: &PartialSet,
+    partial: &SetWriters,
     superuser: bool,
 ) -> Result<Artefact> {
     let mut command = ToolCommand::new(Tool::PgDumpall)
@@ -301,7 +463,7 @@ async fn dump_database(
     server: &dyn PgServer,
     session: &Client,
     opts: &BackupOptions,
-    partial: &PartialSet,
+    partial: &SetWriters,
     output: &Output,
 ) -> Result<(Artefact, DatabaseFacts)> {
     // The exporting transaction must stay open until pg_dump has imported
@@ -340,10 +502,18 @@ async fn dump_database(
     Ok((artefact, facts))
 }
 
+/// Runs a dump tool and streams its output, compressed and hashed, into
+/// the artefact `name` of the set being written.
+///
+/// The tool's stdout stays a plain [`crate::postgres::BoxReader`] up to
+/// [`stream::write_artefact`], so a reader that looks at the uncompressed
+/// stream (per-table digests) wraps it here. Encryption is a
+/// [`stream::StoredLayer`] in the [`stream::WriteOptions`] (and a suffix on
+/// `name`).
 async fn stream_tool_to_artefact(
     server: &dyn PgServer,
     command: ToolCommand,
-    partial: &PartialSet,
+    partial: &SetWriters,
     name: &str,
     kind: ArtefactKind,
     opts: &BackupOptions,
@@ -352,14 +522,21 @@ async fn stream_tool_to_artefact(
     let label = command.tool.program();
     let mut process = server.spawn(command).await?;
     let stdout = process.take_stdout();
-    let path = partial.dir.join(name);
-    let written = stream::write_compressed(
-        stdout,
-        &path,
-        opts.compression,
-        opts.compression_level,
-        &progress,
-    )
+    let written = async {
+        let sink = partial.sink(name).await?;
+        stream::write_artefact(
+            stdout,
+            sink,
+            stream::WriteOptions {
+                compression: opts.compression,
+                level: opts.compression_level,
+                progress: &progress,
+                layer: None,
+            },
+        )
+        .await
+        .with_context(|| format!("could not write {name} to {}", partial.describe()))
+    }
     .await;
     progress.finish_and_clear();
     // The exit status decides, even when the stream looked complete: a

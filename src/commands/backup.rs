@@ -1,8 +1,9 @@
 use anyhow::Result;
 
-use tusk::backup::{self, BackupOptions, BackupReport, PruneAfter};
+use tusk::backup::{self, BackupOptions, BackupReport};
 use tusk::notify::RunDetails;
 use tusk::output::human_bytes;
+use tusk::prune_sets;
 
 use super::Context;
 use crate::cli::BackupArgs;
@@ -18,15 +19,20 @@ pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
     if ctx.output.json {
         ctx.output.print_json(&report)?;
     } else if !ctx.output.quiet {
+        let places: Vec<String> = report
+            .destinations
+            .iter()
+            .map(|written| written.location.clone())
+            .collect();
         println!(
             "{}  {}  {} tables, {} rows  {}",
             report.id,
             human_bytes(report.bytes),
             report.tables,
             report.rows,
-            report.path.display()
+            places.join("  ")
         );
-        if let Some(pruned) = &report.pruned {
+        for pruned in &report.pruned {
             super::backups::print_pruned(pruned);
         }
     }
@@ -35,26 +41,21 @@ pub async fn exec(ctx: &Context, args: BackupArgs) -> Result<()> {
 
 async fn write_set(ctx: &Context, args: BackupArgs) -> Result<BackupReport> {
     let instance = &ctx.instance;
+    let destinations = instance.destinations(args.destination.as_deref())?;
     // Checked before the dump: a backup that cannot prune as asked is a
     // configuration mistake, found now rather than after an hour of pg_dump.
-    let prune = match args.prune {
-        true => {
-            let destination = instance.backup_destination()?;
-            destination.require_retention()?;
-            Some(PruneAfter {
-                destination,
-                time_zone: instance.settings.time_zone,
-            })
+    if args.prune {
+        for destination in &destinations {
+            prune_sets::require_retention(destination)?;
         }
-        false => None,
-    };
+    }
     let stop_services = match args.stop_services {
         true => Some(instance.app_services().await?),
         false => None,
     };
     let server = instance.database_server().await?;
     let opts = BackupOptions {
-        backup_dir: instance.backup_dir(),
+        destinations,
         instance: instance.settings.instance.clone(),
         database: instance.named_database()?,
         compression: instance.settings.compression,
@@ -62,7 +63,7 @@ async fn write_set(ctx: &Context, args: BackupArgs) -> Result<BackupReport> {
         mode: instance.settings.mode.name().into(),
         stop_services,
         lock: instance.settings.lock,
-        prune,
+        prune: args.prune.then_some(instance.settings.time_zone),
     };
     backup::run(server.as_ref(), &opts, &ctx.output).await
 }

@@ -50,7 +50,7 @@ impl Context {
     ) -> Result<T> {
         let run = self.notifier.start(command).await;
         let outcome = work.await;
-        self.write_metrics();
+        self.write_metrics().await;
         let details = outcome.as_ref().map(details).unwrap_or_default();
         self.notifier
             .finish(run, details, outcome.as_ref().map(|_| ()))
@@ -58,20 +58,27 @@ impl Context {
         outcome
     }
 
-    fn write_metrics(&self) {
+    async fn write_metrics(&self) {
         let Some(path) = &self.metrics_file else {
             return;
         };
         // One series per configured destination (the backup directory is
-        // `local` when none are listed).
-        let written = self
-            .instance
-            .settings
-            .destinations
-            .iter()
-            .map(|destination| DestinationMetrics::read_local(&destination.name, &destination.dir))
-            .collect::<Result<Vec<_>>>()
-            .and_then(|destinations| metrics::write(path, &destinations));
+        // `local` when none are listed), buckets read by listing them.
+        let mut destinations = Vec::new();
+        let mut read = Ok(());
+        for destination in &self.instance.settings.destinations {
+            if destination.unusable.is_some() {
+                continue;
+            }
+            match DestinationMetrics::read(destination).await {
+                Ok(metrics) => destinations.push(metrics),
+                Err(err) => {
+                    read = Err(err);
+                    break;
+                }
+            }
+        }
+        let written = read.and_then(|()| metrics::write(path, &destinations));
         if let Err(err) = written {
             tracing::warn!("could not write the metrics file: {err:#}");
         }

@@ -4,14 +4,15 @@ use tusk::config::PgMode;
 use tusk::error::TuskError;
 use tusk::postgres::DbTarget;
 use tusk::restore::{self, RestoreOptions};
-use tusk::set::BackupSet;
 
 use super::Context;
 use crate::cli::RestoreArgs;
 
 pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
     let instance = &ctx.instance;
-    let set = BackupSet::resolve(&instance.backup_dir(), &args.set)?;
+    let set = instance
+        .find_set(&args.set, args.destination.as_deref())
+        .await?;
     if args.role.is_some() && !args.no_owner {
         return Err(TuskError::usage("--role goes with --no-owner"));
     }

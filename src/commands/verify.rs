@@ -5,7 +5,6 @@ use tusk::error::TuskError;
 use tusk::notify::RunDetails;
 use tusk::output::{human_bytes, table};
 use tusk::postgres::DbTarget;
-use tusk::set::BackupSet;
 use tusk::verify::{self, ContainerLike, ScratchServer, VerifyOptions, VerifyReport};
 
 use super::Context;
@@ -29,7 +28,9 @@ pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
 /// Verifies and prints the report; a set with problems is an error (exit 3).
 async fn verify_and_print(ctx: &Context, args: VerifyArgs) -> Result<VerifyReport> {
     let instance = &ctx.instance;
-    let set = BackupSet::resolve(&instance.backup_dir(), &args.set)?;
+    let set = instance
+        .find_set(&args.set, args.destination.as_deref())
+        .await?;
     let scratch = if args.checksums_only {
         None
     } else if let Some(url) = &args.verify_url {

@@ -8,14 +8,13 @@
 //! the last tables are left for the end.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 
 use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, read_toc};
 use crate::postgres::{PgServer, quote_ident};
-use crate::set::Compression;
+use crate::postgres::BoxReader;
 
 /// A table as schema and name, unquoted.
 pub type TableName = (String, String);
@@ -121,8 +120,8 @@ pub fn finished_item(line: &str) -> Option<i64> {
 
 /// Reads the table of contents from the start of the compressed archive;
 /// `None` (and a debug line) when it cannot, which only costs the overlap.
-pub async fn read_plan(path: &Path, compression: Compression) -> Option<Plan> {
-    match read_toc(path, compression).await {
+pub async fn read_plan(archive: BoxReader) -> Option<Plan> {
+    match read_toc(archive).await {
         Ok(entries) => Some(Plan::from_toc(&entries)),
         Err(err) => {
             tracing::debug!("no early ANALYZE: {err:#}");

@@ -21,7 +21,6 @@ use crate::postgres::temporary::{force_drop, hold_temporary_database};
 use crate::postgres::{DbTarget, PgServer, Tool, ToolCommand, quote_ident, server_version};
 use crate::set::BackupSet;
 use crate::set::manifest::ArtefactKind;
-use crate::set::stream::open_decompressed;
 use database_properties::{PropertyScript, missing_roles};
 
 /// Session settings for pg_restore: index builds get more memory and
@@ -253,11 +252,7 @@ async fn apply_globals(
         .context("the backup set has no globals artefact")?;
     let mut script = String::new();
     tokio::io::AsyncReadExt::read_to_string(
-        &mut open_decompressed(
-            &set.artefact_path(artefact),
-            set.manifest.compression.algorithm,
-        )
-        .await?,
+        &mut set.open_artefact(artefact).await?,
         &mut script,
     )
     .await
@@ -357,12 +352,9 @@ pub async fn read_property_script(set: &BackupSet) -> Result<PropertyScript> {
         .manifest
         .artefact(ArtefactKind::Database)
         .context("the backup set has no database artefact")?;
-    let entries = crate::archive::read_toc(
-        &set.artefact_path(artefact),
-        set.manifest.compression.algorithm,
-    )
-    .await
-    .context("could not read the archive's table of contents")?;
+    let entries = crate::archive::read_toc(set.open_artefact(artefact).await?)
+        .await
+        .context("could not read the archive's table of contents")?;
     PropertyScript::from_toc(&entries, &set.manifest.database.name)
         .context("could not read the database's own properties from the archive")
 }
@@ -445,8 +437,6 @@ pub async fn load_database(
         .manifest
         .artefact(ArtefactKind::Database)
         .context("the backup set has no database artefact")?;
-    let path = set.artefact_path(artefact);
-    let compression = set.manifest.compression.algorithm;
 
     let mut command = ToolCommand::new(Tool::PgRestore)
         .args(["--exit-on-error", "--no-password"])
@@ -467,7 +457,7 @@ pub async fn load_database(
     let result = if opts.jobs > 1 {
         // Parallel workers seek in the archive, so it needs a real file.
         progress.set_prefix("staging");
-        let reader = open_decompressed(&path, compression).await?;
+        let reader = set.open_artefact(artefact).await?;
         let staging_started = Instant::now();
         let staged = server
             .stage_archive(reader, artefact.uncompressed_bytes)
@@ -485,7 +475,7 @@ pub async fn load_database(
             .arg(format!("--jobs={}", opts.jobs))
             .arg(staged.path.clone());
         let plan = match opts.analyze {
-            true => analyze::read_plan(&path, compression).await,
+            true => analyze::read_plan(set.open_artefact(artefact).await?).await,
             false => None,
         };
         let (lines_tx, lines) = tokio::sync::mpsc::unbounded_channel();
@@ -511,7 +501,7 @@ pub async fn load_database(
         }
     } else {
         let process = server.spawn(command.with_stdin()).await?;
-        let source = open_decompressed(&path, compression).await?;
+        let source = set.open_artefact(artefact).await?;
         let mut counted = crate::set::stream::CountingReader::new(source, progress.clone());
         match process.feed(&mut counted).await {
             Ok(_) if opts.analyze => {

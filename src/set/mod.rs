@@ -8,7 +8,9 @@
 //! the facts it records ([`manifest`], [`facts`]), the compressed streams
 //! ([`stream`], [`Compression`]).
 
+pub mod bucket;
 mod compression;
+pub mod destination;
 pub mod facts;
 pub mod lock;
 pub mod manifest;
@@ -22,29 +24,118 @@ pub use lock::{DirLock, LockPolicy};
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use chrono::{DateTime, Utc};
 
 use crate::error::TuskError;
+use crate::postgres::BoxReader;
+use crate::storage::{PutMode, PutOptions, Storage};
 use manifest::{
     Artefact, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, Problem, VERIFICATION_FILE, Verification,
 };
-use stream::hash_file;
 
 /// The name of a set under construction is its id with this suffix.
 pub const PARTIAL_SUFFIX: &str = ".partial";
 /// The backup directory's lock ([`lock`]).
 const LOCK_FILE: &str = ".tusk.lock";
 
+/// Where a set's files are.
+#[derive(Clone)]
+pub enum SetPlace {
+    /// `<backup-dir>/<id>/`.
+    Dir(PathBuf),
+    /// The objects under `prefix` (`<destination prefix><id>/`) in a bucket.
+    Bucket {
+        storage: Arc<dyn Storage>,
+        prefix: String,
+    },
+}
+
+impl std::fmt::Debug for SetPlace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl SetPlace {
+    /// The directory, or the bucket and prefix, for messages and listings.
+    pub fn describe(&self) -> String {
+        match self {
+            SetPlace::Dir(dir) => dir.display().to_string(),
+            SetPlace::Bucket { storage, prefix } => format!("{} {prefix}", storage.describe()),
+        }
+    }
+
+    /// The set's directory, when it is on this machine.
+    pub fn local_dir(&self) -> Option<&Path> {
+        match self {
+            SetPlace::Dir(dir) => Some(dir),
+            SetPlace::Bucket { .. } => None,
+        }
+    }
+
+    /// The stored bytes of the file `name` in the set; `None` when it is
+    /// not there.
+    pub async fn open_file(&self, name: &str) -> Result<Option<BoxReader>> {
+        match self {
+            SetPlace::Dir(dir) => {
+                let path = dir.join(name);
+                match tokio::fs::File::open(&path).await {
+                    Ok(file) => Ok(Some(Box::new(file))),
+                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(err) => {
+                        Err(err).with_context(|| format!("could not open {}", path.display()))
+                    }
+                }
+            }
+            SetPlace::Bucket { storage, prefix } => storage.get(&format!("{prefix}{name}"), 0).await,
+        }
+    }
+
+    /// A small file of the set, whole (a manifest, a verification record).
+    pub async fn read_file(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(mut reader) = self.open_file(name).await? else {
+            return Ok(None);
+        };
+        let mut bytes = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut reader, &mut bytes)
+            .await
+            .with_context(|| format!("could not read {name} of {}", self.describe()))?;
+        Ok(Some(bytes))
+    }
+
+    /// Replaces a small file of the set (atomically: a renamed file, or
+    /// one object write).
+    pub async fn write_file(&self, name: &str, contents: Vec<u8>) -> Result<()> {
+        match self {
+            SetPlace::Dir(dir) => write_file_atomically(&dir.join(name), &contents),
+            SetPlace::Bucket { storage, prefix } => {
+                let opts = PutOptions {
+                    content_type: crate::storage::content_type(name).to_string(),
+                    ..PutOptions::default()
+                };
+                storage
+                    .put_bytes(&format!("{prefix}{name}"), contents.into(), &opts, PutMode::Replace)
+                    .await?;
+                Ok(())
+            }
+        }
+    }
+}
+
 /// A complete backup set.
 #[derive(Debug, Clone)]
 pub struct BackupSet {
-    pub dir: PathBuf,
+    pub place: SetPlace,
     pub manifest: Manifest,
+    /// The outcome of its last verification, as read with the manifest.
+    verification: Option<Verification>,
 }
 
 impl BackupSet {
+    /// The set in directory `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
         let path = dir.join(MANIFEST_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -53,19 +144,36 @@ impl BackupSet {
                 dir.display()
             )
         })?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .with_context(|| format!("{} is damaged", path.display()))?;
-        if manifest.format > MANIFEST_FORMAT {
-            bail!(
-                "{} was written by a newer tusk (format {}); upgrade tusk",
-                path.display(),
-                manifest.format
-            );
-        }
+        let manifest = parse_manifest(text.as_bytes(), &path.display().to_string())?;
+        let verification = std::fs::read_to_string(dir.join(VERIFICATION_FILE))
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok());
         Ok(BackupSet {
-            dir: dir.to_path_buf(),
+            place: SetPlace::Dir(dir.to_path_buf()),
             manifest,
+            verification,
         })
+    }
+
+    /// The set at `place`, or `None` when it has no manifest (it is not a
+    /// set, or an incomplete one: the manifest is written last).
+    pub async fn open_at(place: SetPlace) -> Result<Option<Self>> {
+        let Some(bytes) = place.read_file(MANIFEST_FILE).await? else {
+            return Ok(None);
+        };
+        let manifest = parse_manifest(&bytes, &format!("{} {MANIFEST_FILE}", place.describe()))?;
+        let verification = match place.read_file(VERIFICATION_FILE).await {
+            Ok(bytes) => bytes.and_then(|bytes| serde_json::from_slice(&bytes).ok()),
+            Err(err) => {
+                tracing::warn!("{err:#}");
+                None
+            }
+        };
+        Ok(Some(BackupSet {
+            place,
+            manifest,
+            verification,
+        }))
     }
 
     /// Finds a set by id in `backup_dir`, by path, or `latest` for the newest set.
@@ -117,22 +225,39 @@ impl BackupSet {
                 Err(err) => tracing::warn!("skipping {}: {err:#}", path.display()),
             }
         }
-        sets.sort_by(|a, b| {
-            (a.manifest.started_at, &a.manifest.id).cmp(&(b.manifest.started_at, &b.manifest.id))
-        });
+        sort_sets(&mut sets);
         Ok(sets)
     }
 
-    pub fn artefact_path(&self, artefact: &Artefact) -> PathBuf {
-        self.dir.join(&artefact.name)
+    /// The artefact's stored bytes (compressed, and as stored), for
+    /// hashing and copying.
+    pub async fn open_stored(&self, artefact: &Artefact) -> Result<BoxReader> {
+        self.place.open_file(&artefact.name).await?.with_context(|| {
+            format!(
+                "backup set {} has no {} ({})",
+                self.manifest.id,
+                artefact.name,
+                self.place.describe()
+            )
+        })
+    }
+
+    /// The artefact's content, decompressed: the one way restore, verify
+    /// and rehearse read a set, wherever it is. A decrypting layer (age)
+    /// goes here, between [`Self::open_stored`] and the decompressor.
+    pub async fn open_artefact(&self, artefact: &Artefact) -> Result<BoxReader> {
+        let stored = self.open_stored(artefact).await?;
+        Ok(stream::decompress(
+            stored,
+            self.manifest.compression.algorithm,
+        ))
     }
 
     /// Re-hashes every artefact and compares it with the manifest.
     pub async fn check_artefacts(&self) -> Result<Vec<Problem>> {
         let mut problems = Vec::new();
         for artefact in &self.manifest.artefacts {
-            let path = self.artefact_path(artefact);
-            if !path.is_file() {
+            let Some(stored) = self.place.open_file(&artefact.name).await? else {
                 problems.push(Problem {
                     kind: "missing".into(),
                     subject: artefact.name.clone(),
@@ -140,10 +265,10 @@ impl BackupSet {
                     got: "no file".into(),
                 });
                 continue;
-            }
-            let (bytes, sha256) = hash_file(&path)
-                .await
-                .with_context(|| format!("could not read {}", path.display()))?;
+            };
+            let (bytes, sha256) = stream::hash_reader(stored).await.with_context(|| {
+                format!("could not read {} of {}", artefact.name, self.place.describe())
+            })?;
             if bytes != artefact.bytes {
                 problems.push(Problem {
                     kind: "size".into(),
@@ -164,16 +289,44 @@ impl BackupSet {
         Ok(problems)
     }
 
+    /// The same set (its manifest) at another place, e.g. its copy; no
+    /// verification recorded there yet.
+    pub fn elsewhere(&self, place: SetPlace) -> Self {
+        BackupSet {
+            place,
+            manifest: self.manifest.clone(),
+            verification: None,
+        }
+    }
+
     pub fn verification(&self) -> Option<Verification> {
-        let text = std::fs::read_to_string(self.dir.join(VERIFICATION_FILE)).ok()?;
-        serde_json::from_str(&text).ok()
+        self.verification.clone()
     }
 
     /// Records a verification next to the manifest (atomically replaced).
-    pub fn record_verification(&self, verification: &Verification) -> Result<()> {
+    pub async fn record_verification(&self, verification: &Verification) -> Result<()> {
         let json = serde_json::to_vec_pretty(verification)?;
-        write_file_atomically(&self.dir.join(VERIFICATION_FILE), &json)
+        self.place.write_file(VERIFICATION_FILE, json).await
     }
+}
+
+/// Sets in the order listings show them: oldest first.
+pub fn sort_sets(sets: &mut [BackupSet]) {
+    sets.sort_by(|a, b| {
+        (a.manifest.started_at, &a.manifest.id).cmp(&(b.manifest.started_at, &b.manifest.id))
+    });
+}
+
+fn parse_manifest(bytes: &[u8], what: &str) -> Result<Manifest> {
+    let manifest: Manifest =
+        serde_json::from_slice(bytes).with_context(|| format!("{what} is damaged"))?;
+    if manifest.format > MANIFEST_FORMAT {
+        bail!(
+            "{what} was written by a newer tusk (format {}); upgrade tusk",
+            manifest.format
+        );
+    }
+    Ok(manifest)
 }
 
 /// `<instance>-<yyyymmddThhmmssZ>`.
@@ -217,6 +370,18 @@ impl PartialSet {
             final_dir,
             committed: false,
         })
+    }
+
+    /// Where the artefact `name` is written: a new file in the set's
+    /// directory.
+    pub async fn sink(&self, name: &str) -> Result<stream::ArtefactSink> {
+        Ok(Box::new(
+            stream::FileSink::create(&self.dir.join(name)).await?,
+        ))
+    }
+
+    pub fn describe(&self) -> String {
+        self.dir.display().to_string()
     }
 
     /// Writes the manifest last, fsyncs, and renames the set into place.

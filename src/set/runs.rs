@@ -82,14 +82,24 @@ impl RunRecord {
     }
 }
 
+/// The record's file (or object) name beside the sets.
+pub fn record_name(command: &str) -> String {
+    format!(".tusk-last-{command}.json")
+}
+
+/// The name of the record of the last failure.
+pub fn failure_name(command: &str) -> String {
+    format!(".tusk-last-{command}-failure.json")
+}
+
 fn record_path(dir: &Path, command: &str) -> PathBuf {
-    dir.join(format!(".tusk-last-{command}.json"))
+    dir.join(record_name(command))
 }
 
 /// The last failed run, kept apart so a success after it does not erase
 /// when the command last failed (the metrics report both).
 fn failure_path(dir: &Path, command: &str) -> PathBuf {
-    dir.join(format!(".tusk-last-{command}-failure.json"))
+    dir.join(failure_name(command))
 }
 
 /// Replaces the record of `record.command` in `dir` (atomically); a failed

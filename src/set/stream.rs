@@ -12,6 +12,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -55,6 +56,33 @@ const READ_AHEAD_CHUNK: usize = 256 * 1024;
 /// ... and this many of them (8 MiB at most in flight).
 const READ_AHEAD_CHUNKS: usize = 32;
 
+/// Where the stored bytes of one artefact go: a local file ([`FileSink`]),
+/// an S3 multipart upload (`storage::s3::MultipartWriter`), or both fed by
+/// one dump ([`Tee`]). Shutting the writer down commits what was written
+/// (the file is fsynced, the upload completed); dropping it without a
+/// shutdown abandons it (a multipart upload is aborted).
+pub type ArtefactSink = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// A transformation of the compressed stream before it is hashed and
+/// stored: `compress -> layer -> sha256 of the stored bytes -> sink`.
+///
+/// This is where encryption goes: an age encryptor is a layer that wraps
+/// the hashing writer, so the manifest's sha256 and size are those of the
+/// stored (encrypted) bytes, which `verify` can check without the key. The
+/// layer's writer must write its trailer and shut its inner writer down
+/// when it is shut down. The caller names the artefact (e.g. with a `.age`
+/// suffix); the pipeline does not care what the layer does.
+pub type StoredLayer = Box<dyn FnOnce(ArtefactSink) -> ArtefactSink + Send>;
+
+/// How one artefact is written.
+pub struct WriteOptions<'a> {
+    pub compression: Compression,
+    pub level: i32,
+    pub progress: &'a ProgressBar,
+    /// Applied between the compressor and the hashing writer.
+    pub layer: Option<StoredLayer>,
+}
+
 /// Compresses `source` into a new file at `path` (mode 0600), fsynced.
 pub async fn write_compressed(
     source: BoxReader,
@@ -63,46 +91,200 @@ pub async fn write_compressed(
     level: i32,
     progress: &ProgressBar,
 ) -> Result<Written> {
-    let file = create_private(path).await?;
-    let mut sink = HashingWriter::new(BufWriter::with_capacity(IO_BUFFER, file));
-    sink.writeback = Some(sink.inner.get_ref().as_raw_fd());
-    let mut source = CountingReader::new(read_ahead(source), progress.clone());
-    let write_error = || format!("could not write {}", path.display());
+    let sink = FileSink::create(path).await?;
+    write_artefact(
+        source,
+        Box::new(sink),
+        WriteOptions {
+            compression,
+            level,
+            progress,
+            layer: None,
+        },
+    )
+    .await
+    .with_context(|| format!("could not write {}", path.display()))
+}
 
-    let sink = match compression {
-        Compression::Zstd => {
-            let mut sink = sink;
-            compress_zstd_frames(&mut source, &mut sink, level)
-                .await
-                .with_context(write_error)?;
-            sink
-        }
-        Compression::Gzip => {
-            let mut encoder = GzipEncoder::with_quality(sink, Level::Precise(level));
-            drain(&mut source, &mut encoder)
-                .await
-                .with_context(write_error)?;
-            encoder.into_inner()
-        }
-        Compression::None => {
-            let mut sink = sink;
-            drain(&mut source, &mut sink)
-                .await
-                .with_context(write_error)?;
-            sink
-        }
+/// Compresses `source` (a plain reader: a wrapper that looks at the
+/// uncompressed stream goes around it) into `sink`, hashing the stored
+/// bytes on the way, and commits the sink by shutting it down. On an error
+/// the sink is dropped uncommitted.
+pub async fn write_artefact(
+    source: BoxReader,
+    sink: ArtefactSink,
+    opts: WriteOptions<'_>,
+) -> Result<Written> {
+    let (hashing, tally) = HashingWriter::shared(sink);
+    let stored: ArtefactSink = Box::new(hashing);
+    let mut sink: ArtefactSink = match opts.layer {
+        Some(layer) => layer(stored),
+        None => stored,
     };
-    let (buffered, bytes, sha256) = sink.finish();
-    buffered
-        .into_inner()
-        .sync_all()
-        .await
-        .with_context(write_error)?;
+    let mut source = CountingReader::new(read_ahead(source), opts.progress.clone());
+    match opts.compression {
+        Compression::Zstd => compress_zstd_frames(&mut source, &mut sink, opts.level).await?,
+        Compression::Gzip => {
+            let mut encoder = GzipEncoder::with_quality(sink, Level::Precise(opts.level));
+            drain(&mut source, &mut encoder).await?;
+        }
+        Compression::None => drain(&mut source, &mut sink).await?,
+    }
+    let (bytes, sha256) = tally
+        .lock()
+        .expect("the tally is never poisoned")
+        .take()
+        .context("the artefact's writer was not shut down")?;
     Ok(Written {
         bytes,
         sha256,
         uncompressed_bytes: source.count,
     })
+}
+
+/// A new local file (mode 0600) as an artefact's sink: written through a
+/// buffer, its dirty pages written back as it grows, fsynced on shutdown.
+pub struct FileSink {
+    writer: BufWriter<File>,
+    /// A second descriptor of the file, for the fsync on a blocking thread.
+    sync_handle: Option<std::fs::File>,
+    syncing: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    fd: RawFd,
+    written: u64,
+}
+
+impl FileSink {
+    pub async fn create(path: &Path) -> Result<Self> {
+        let file = create_private(path).await?;
+        let std_file = file.into_std().await;
+        let sync_handle = std_file
+            .try_clone()
+            .with_context(|| format!("could not open {} twice", path.display()))?;
+        let fd = std_file.as_raw_fd();
+        Ok(FileSink {
+            writer: BufWriter::with_capacity(IO_BUFFER, File::from_std(std_file)),
+            sync_handle: Some(sync_handle),
+            syncing: None,
+            fd,
+            written: 0,
+        })
+    }
+}
+
+impl AsyncWrite for FileSink {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.writer).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = poll {
+            let before = this.written;
+            this.written += written as u64;
+            if before / WRITEBACK_EVERY != this.written / WRITEBACK_EVERY {
+                start_writeback(this.fd);
+            }
+        }
+        poll
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.writer).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.syncing.is_none() {
+            std::task::ready!(Pin::new(&mut this.writer).poll_shutdown(cx))?;
+            let Some(file) = this.sync_handle.take() else {
+                return Poll::Ready(Ok(()));
+            };
+            this.syncing = Some(tokio::task::spawn_blocking(move || file.sync_all()));
+        }
+        let syncing = this.syncing.as_mut().expect("set above");
+        let synced = std::task::ready!(Pin::new(syncing).poll(cx));
+        this.syncing = None;
+        Poll::Ready(synced.map_err(std::io::Error::other).and_then(|r| r))
+    }
+}
+
+/// One stream written to two sinks (the dump feeds a local file and an
+/// upload at once). A write is taken whole and handed to both before the
+/// next one; shutdown commits the first, then the second.
+pub struct Tee {
+    first: ArtefactSink,
+    second: ArtefactSink,
+    pending: Vec<u8>,
+    first_done: usize,
+    second_done: usize,
+    first_shut: bool,
+}
+
+impl Tee {
+    pub fn new(first: ArtefactSink, second: ArtefactSink) -> Self {
+        Tee {
+            first,
+            second,
+            pending: Vec::new(),
+            first_done: 0,
+            second_done: 0,
+            first_shut: false,
+        }
+    }
+
+    fn poll_pending(&mut self, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        for (sink, done) in [
+            (&mut self.first, &mut self.first_done),
+            (&mut self.second, &mut self.second_done),
+        ] {
+            while *done < self.pending.len() {
+                let written =
+                    std::task::ready!(Pin::new(&mut *sink).poll_write(cx, &self.pending[*done..]))?;
+                if written == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                *done += written;
+            }
+        }
+        self.pending.clear();
+        self.first_done = 0;
+        self.second_done = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Tee {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        self.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        std::task::ready!(Pin::new(&mut self.first).poll_flush(cx))?;
+        Pin::new(&mut self.second).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_pending(cx))?;
+        if !self.first_shut {
+            std::task::ready!(Pin::new(&mut self.first).poll_shutdown(cx))?;
+            self.first_shut = true;
+        }
+        Pin::new(&mut self.second).poll_shutdown(cx)
+    }
 }
 
 /// Compresses `source` into `sink` as independent zstd frames, each on a
@@ -195,13 +377,19 @@ fn read_ahead(
     StreamReader::new(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
-/// Opens an artefact for reading, decompressed.
+/// Opens a local artefact file for reading, decompressed.
 pub async fn open_decompressed(path: &Path, compression: Compression) -> Result<BoxReader> {
     let file = File::open(path)
         .await
         .with_context(|| format!("could not open {}", path.display()))?;
-    let buffered = BufReader::with_capacity(IO_BUFFER, file);
-    Ok(match compression {
+    Ok(decompress(Box::new(file), compression))
+}
+
+/// The decompressed stream of stored bytes read from `stored` (a file, an
+/// object's body, or a decryptor around either).
+pub fn decompress(stored: BoxReader, compression: Compression) -> BoxReader {
+    let buffered = BufReader::with_capacity(IO_BUFFER, stored);
+    match compression {
         Compression::Zstd => {
             let mut decoder = ZstdDecoder::new(buffered);
             decoder.multiple_members(true);
@@ -213,16 +401,21 @@ pub async fn open_decompressed(path: &Path, compression: Compression) -> Result<
             Box::new(decoder)
         }
         Compression::None => Box::new(buffered),
-    })
+    }
+}
+
+/// Size and sha256 of a stream, read once.
+pub async fn hash_reader(reader: BoxReader) -> std::io::Result<(u64, String)> {
+    let mut reader = BufReader::with_capacity(IO_BUFFER, reader);
+    let mut sink = HashingWriter::new(tokio::io::sink());
+    tokio::io::copy_buf(&mut reader, &mut sink).await?;
+    let (_, bytes, sha256) = sink.finish();
+    Ok((bytes, sha256))
 }
 
 /// Size and sha256 of a file, read once.
 pub async fn hash_file(path: &Path) -> Result<(u64, String)> {
-    let mut file = BufReader::with_capacity(IO_BUFFER, File::open(path).await?);
-    let mut sink = HashingWriter::new(tokio::io::sink());
-    tokio::io::copy_buf(&mut file, &mut sink).await?;
-    let (_, bytes, sha256) = sink.finish();
-    Ok((bytes, sha256))
+    Ok(hash_reader(Box::new(File::open(path).await?)).await?)
 }
 
 /// Creates a file only its owner can read: artefacts hold password hashes and user data.
@@ -240,13 +433,17 @@ pub async fn create_private(path: &Path) -> Result<File> {
 /// fsync has little left to do and does not add to the run's wall time.
 const WRITEBACK_EVERY: u64 = 8 << 20;
 
+/// Bytes and hex sha256 of what a [`HashingWriter`] passed on, once it was
+/// shut down.
+pub type Tally = std::sync::Arc<std::sync::Mutex<Option<(u64, String)>>>;
+
 /// Passes writes through, hashing and counting what the inner writer accepted.
 pub struct HashingWriter<W> {
     inner: W,
     hasher: Sha256,
     bytes: u64,
-    /// The file underneath, for early writeback.
-    writeback: Option<RawFd>,
+    /// Filled in when the writer is shut down successfully.
+    tally: Option<Tally>,
 }
 
 impl<W> HashingWriter<W> {
@@ -255,8 +452,17 @@ impl<W> HashingWriter<W> {
             inner,
             hasher: Sha256::new(),
             bytes: 0,
-            writeback: None,
+            tally: None,
         }
+    }
+
+    /// A hashing writer that reports into the returned [`Tally`] when it is
+    /// shut down: for when another writer (a layer) owns it by then.
+    pub fn shared(inner: W) -> (Self, Tally) {
+        let tally = Tally::default();
+        let mut writer = Self::new(inner);
+        writer.tally = Some(tally.clone());
+        (writer, tally)
     }
 
     /// The inner writer, the byte count and the hex digest.
@@ -275,13 +481,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = poll {
             this.hasher.update(&buf[..written]);
-            let before = this.bytes;
             this.bytes += written as u64;
-            if let Some(fd) = this.writeback
-                && before / WRITEBACK_EVERY != this.bytes / WRITEBACK_EVERY
-            {
-                start_writeback(fd);
-            }
         }
         poll
     }
@@ -294,7 +494,13 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for HashingWriter<W> {
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        std::task::ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
+        if let Some(tally) = this.tally.take() {
+            let digest = hex::encode(this.hasher.clone().finalize());
+            *tally.lock().expect("the tally is never poisoned") = Some((this.bytes, digest));
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

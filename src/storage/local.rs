@@ -7,7 +7,11 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use md5::{Digest, Md5};
 
-use super::{DELETE_BATCH, ObjectInfo, ObjectMeta, PutOptions, Storage};
+use bytes::Bytes;
+
+use super::{
+    DELETE_BATCH, ObjectInfo, ObjectMeta, ObjectReader, PutMode, PutOptions, PutOutcome, Storage,
+};
 
 /// A directory as a store: Mastodon's `public/system` when media stay local.
 pub struct LocalStorage {
@@ -102,6 +106,63 @@ impl Storage for LocalStorage {
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(err) => Err(err).with_context(|| format!("could not read {}", path.display())),
         }
+    }
+
+    async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
+        use tokio::io::AsyncSeekExt;
+        let path = self.path_of(key)?;
+        let mut file = match tokio::fs::File::open(&path).await {
+            Ok(file) => file,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(err) => {
+                return Err(err).with_context(|| format!("could not read {}", path.display()));
+            }
+        };
+        if offset > 0 {
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+        }
+        Ok(Some(Box::new(file)))
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        _opts: &PutOptions,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        let target = self.path_of(key)?;
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let parent = target.parent().expect("a key has a parent: the root");
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("could not create {}", parent.display()))?;
+            if mode == PutMode::CreateOnly {
+                // create_new is the file system's conditional write.
+                return match std::fs::File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&target)
+                {
+                    Ok(mut file) => {
+                        file.write_all(&body)?;
+                        Ok(PutOutcome::Written)
+                    }
+                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Ok(PutOutcome::Exists)
+                    }
+                    Err(err) => {
+                        Err(err).with_context(|| format!("could not create {}", target.display()))
+                    }
+                };
+            }
+            let partial = target.with_extension("tusk-partial");
+            std::fs::write(&partial, &body)
+                .with_context(|| format!("could not write {}", partial.display()))?;
+            std::fs::rename(&partial, &target)?;
+            Ok(PutOutcome::Written)
+        })
+        .await?
     }
 
     async fn delete_batch(&self, keys: &[String]) -> Result<()> {

@@ -3,14 +3,16 @@
 //! against [`Storage`] and never know which store they talk to.
 
 pub mod local;
+pub mod multipart;
 pub mod retry;
 pub mod s3;
 
 use std::path::Path;
 use std::time::SystemTime;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::TryStreamExt;
 use futures_util::stream::BoxStream;
 
@@ -94,6 +96,35 @@ pub fn is_transient(err: &anyhow::Error) -> bool {
 /// A listing, one page of objects at a time, in key order.
 pub type Pages<'a> = BoxStream<'a, Result<Vec<ObjectInfo>>>;
 
+/// An object's bytes as a stream.
+pub type ObjectReader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+
+/// A multipart upload that was started and not completed or aborted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenUpload {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+/// How a [`Storage::put_bytes`] may replace what is there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace any object under the key.
+    Replace,
+    /// Only create: fail with [`PutOutcome::Exists`] when the key exists
+    /// (`If-None-Match: *`, a conditional write).
+    CreateOnly,
+}
+
+/// What a [`Storage::put_bytes`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutOutcome {
+    Written,
+    /// [`PutMode::CreateOnly`] and an object was there: nothing written.
+    Exists,
+}
+
 #[async_trait]
 pub trait Storage: Send + Sync {
     /// `s3://bucket/prefix at https://endpoint` or a directory, for messages.
@@ -116,6 +147,67 @@ pub trait Storage: Send + Sync {
     /// allows it. Keys that do not exist count as deleted, so a re-run after
     /// an interruption simply finishes the job. Fails if any key survives.
     async fn delete_batch(&self, keys: &[String]) -> Result<()>;
+
+    /// The object's bytes from `offset` on, streamed; `None` when there is
+    /// no such key.
+    async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
+        let _ = (key, offset);
+        bail!("{} cannot read objects", self.describe())
+    }
+
+    /// Stores a small object from memory (a manifest, a lock record).
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        let _ = (key, body, opts, mode);
+        bail!("{} cannot store objects from memory", self.describe())
+    }
+
+    /// Starts a multipart upload to `key`; returns its upload id.
+    async fn start_upload(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        let _ = (key, opts);
+        bail!("{} has no multipart uploads", self.describe())
+    }
+
+    /// Uploads part `number` (from 1) of an upload; returns its ETag.
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String> {
+        let _ = (key, upload_id, number, body);
+        bail!("{} has no multipart uploads", self.describe())
+    }
+
+    /// Joins the parts (number, ETag), in order, into the object.
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<()> {
+        let _ = (key, upload_id, parts);
+        bail!("{} has no multipart uploads", self.describe())
+    }
+
+    /// Throws an upload's parts away (they are billed until then). An
+    /// upload that no longer exists counts as aborted.
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        let _ = (key, upload_id);
+        bail!("{} has no multipart uploads", self.describe())
+    }
+
+    /// The multipart uploads under `prefix` that are still open.
+    async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>> {
+        let _ = prefix;
+        Ok(Vec::new())
+    }
 }
 
 /// S3's limit on keys per DeleteObjects request.

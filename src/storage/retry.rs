@@ -12,7 +12,12 @@ use anyhow::Result;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 
-use super::{ObjectMeta, Pages, PutOptions, Storage, is_transient};
+use bytes::Bytes;
+
+use super::{
+    ObjectMeta, ObjectReader, OpenUpload, Pages, PutMode, PutOptions, PutOutcome, Storage,
+    is_transient,
+};
 
 pub struct Retrying<S> {
     inner: S,
@@ -138,6 +143,121 @@ impl<S: Storage> Storage for Retrying<S> {
     async fn delete_batch(&self, keys: &[String]) -> Result<()> {
         let what = format!("deleting {} keys", keys.len());
         self.retry(&what, || self.inner.delete_batch(keys)).await
+    }
+
+    /// Only the request is repeated; a body that breaks off mid-stream
+    /// fails the read.
+    async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
+        self.retry(key, || self.inner.get(key, offset)).await
+    }
+
+    /// A create-only write that timed out may have landed: the repeat then
+    /// finds the object and reports [`PutOutcome::Exists`]; callers that
+    /// must know compare the object with what they wrote.
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        self.retry(key, || self.inner.put_bytes(key, body.clone(), opts, mode))
+            .await
+    }
+
+    async fn start_upload(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        self.retry(key, || self.inner.start_upload(key, opts)).await
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String> {
+        let what = format!("part {number} of {key}");
+        self.retry(&what, || {
+            self.inner.upload_part(key, upload_id, number, body.clone())
+        })
+        .await
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<()> {
+        self.retry(key, || self.inner.complete_upload(key, upload_id, parts))
+            .await
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        self.retry(key, || self.inner.abort_upload(key, upload_id))
+            .await
+    }
+
+    async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>> {
+        self.retry(prefix, || self.inner.open_uploads(prefix)).await
+    }
+}
+
+/// A shared store is a store (destinations hand out `Arc<dyn Storage>`).
+#[async_trait]
+impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+    async fn put_file(&self, key: &str, path: &Path, size: u64, opts: &PutOptions) -> Result<()> {
+        (**self).put_file(key, path, size, opts).await
+    }
+    fn list(&self, prefix: String, start_after: Option<String>) -> Pages<'_> {
+        (**self).list(prefix, start_after)
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        (**self).head(key).await
+    }
+    async fn delete_batch(&self, keys: &[String]) -> Result<()> {
+        (**self).delete_batch(keys).await
+    }
+    async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
+        (**self).get(key, offset).await
+    }
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        (**self).put_bytes(key, body, opts, mode).await
+    }
+    async fn start_upload(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        (**self).start_upload(key, opts).await
+    }
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String> {
+        (**self).upload_part(key, upload_id, number, body).await
+    }
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<()> {
+        (**self).complete_upload(key, upload_id, parts).await
+    }
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        (**self).abort_upload(key, upload_id).await
+    }
+    async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>> {
+        (**self).open_uploads(prefix).await
     }
 }
 

@@ -16,10 +16,15 @@ use md5::{Digest, Md5};
 use tokio::io::AsyncReadExt;
 
 use aws_sdk_s3::config::http::HttpResponse;
-use aws_sdk_s3::error::SdkError;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use futures_util::StreamExt;
 
-use super::{Failure, ObjectInfo, ObjectMeta, Pages, PutOptions, Storage, StoreError};
+use bytes::Bytes;
+
+use super::{
+    Failure, ObjectInfo, ObjectMeta, ObjectReader, OpenUpload, Pages, PutMode, PutOptions,
+    PutOutcome, Storage, StoreError,
+};
 
 /// Files up to this size go up in one PutObject (Mastodon's own threshold
 /// is 15 MB, so nearly all media does).
@@ -46,6 +51,9 @@ pub struct S3Settings {
     /// Send the SDK's extra CRC32 checksum headers. Off by default for
     /// non-AWS stores: B2 rejected them in 2025. Content-MD5 is always sent.
     pub sdk_checksums: bool,
+    /// `x-amz-storage-class` for new objects (`STANDARD`, `STANDARD_IA`...);
+    /// `None` sends none (the bucket's default).
+    pub storage_class: Option<String>,
 }
 
 impl std::fmt::Debug for S3Settings {
@@ -103,6 +111,13 @@ impl S3Storage {
         }
     }
 
+    fn storage_class(&self) -> Option<aws_sdk_s3::types::StorageClass> {
+        self.settings
+            .storage_class
+            .as_deref()
+            .map(aws_sdk_s3::types::StorageClass::from)
+    }
+
     async fn put_single(&self, key: &str, body: Vec<u8>, opts: &PutOptions) -> Result<()> {
         let md5 = content_md5_base64(&body);
         let mut request = self
@@ -112,6 +127,7 @@ impl S3Storage {
             .key(key)
             .content_type(&opts.content_type)
             .content_md5(md5)
+            .set_storage_class(self.storage_class())
             .body(ByteStream::from(body));
         if let Some(cache_control) = &opts.cache_control {
             request = request.cache_control(cache_control);
@@ -137,6 +153,7 @@ impl S3Storage {
             .create_multipart_upload()
             .bucket(&self.settings.bucket)
             .key(key)
+            .set_storage_class(self.storage_class())
             .content_type(&opts.content_type);
         if let Some(cache_control) = &opts.cache_control {
             request = request.cache_control(cache_control);
@@ -379,6 +396,200 @@ impl Storage for S3Storage {
         }
     }
 
+    async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
+        let mut request = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(key);
+        if offset > 0 {
+            request = request.range(format!("bytes={offset}-"));
+        }
+        match request.send().await {
+            Ok(object) => Ok(Some(Box::new(object.body.into_async_read()))),
+            Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(err) => Err(store_error(err)).with_context(|| format!("could not read {key}")),
+        }
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        body: Bytes,
+        opts: &PutOptions,
+        mode: PutMode,
+    ) -> Result<PutOutcome> {
+        let md5 = content_md5_base64(&body);
+        let mut request = self
+            .client
+            .put_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .content_type(&opts.content_type)
+            .content_md5(md5)
+            .set_storage_class(self.storage_class())
+            .body(ByteStream::from(body));
+        if mode == PutMode::CreateOnly {
+            request = request.if_none_match("*");
+        }
+        match request.customize().disable_payload_signing().send().await {
+            Ok(_) => Ok(PutOutcome::Written),
+            Err(err) if mode == PutMode::CreateOnly && condition_failed(&err) => {
+                Ok(PutOutcome::Exists)
+            }
+            Err(err) => Err(store_error(err)).with_context(|| format!("could not upload {key}")),
+        }
+    }
+
+    async fn start_upload(&self, key: &str, opts: &PutOptions) -> Result<String> {
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .content_type(&opts.content_type)
+            .set_storage_class(self.storage_class())
+            .send()
+            .await
+            .map_err(store_error)
+            .with_context(|| format!("could not start a multipart upload of {key}"))?;
+        Ok(upload.upload_id().context("no upload id")?.to_string())
+    }
+
+    async fn upload_part(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: i32,
+        body: Bytes,
+    ) -> Result<String> {
+        let md5 = content_md5_base64(&body);
+        let part = self
+            .client
+            .upload_part()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(number)
+            .content_md5(md5)
+            .body(ByteStream::from(body))
+            .customize()
+            .disable_payload_signing()
+            .send()
+            .await
+            .map_err(store_error)
+            .with_context(|| format!("could not upload part {number} of {key}"))?;
+        part.e_tag()
+            .map(str::to_string)
+            .with_context(|| format!("the store returned no ETag for part {number} of {key}"))
+    }
+
+    async fn complete_upload(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> Result<()> {
+        let parts = parts
+            .iter()
+            .map(|(number, etag)| {
+                CompletedPart::builder()
+                    .part_number(*number)
+                    .e_tag(etag)
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(store_error)
+            .with_context(|| format!("could not complete the upload of {key}"))?;
+        Ok(())
+    }
+
+    async fn abort_upload(&self, key: &str, upload_id: &str) -> Result<()> {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err) if no_such_upload(&err) => Ok(()),
+            Err(err) => Err(store_error(err))
+                .with_context(|| format!("could not abort the upload of {key}")),
+        }
+    }
+
+    async fn open_uploads(&self, prefix: &str) -> Result<Vec<OpenUpload>> {
+        let mut uploads = Vec::new();
+        let mut key_marker: Option<String> = None;
+        let mut id_marker: Option<String> = None;
+        loop {
+            let response = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.settings.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|err| {
+                    let not_implemented = err
+                        .as_service_error()
+                        .and_then(|e| e.code())
+                        .is_some_and(|code| code == "NotImplemented");
+                    match not_implemented {
+                        // s3s-fs, for one: repeating cannot help.
+                        true => StoreError::error(
+                            Failure::Permanent,
+                            "the store does not list multipart uploads (NotImplemented); \
+                             abort them with the store's own tools",
+                        ),
+                        false => store_error(err),
+                    }
+                })
+                .with_context(|| format!("could not list the open uploads in {}", self.describe()))?;
+            for upload in response.uploads() {
+                let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
+                    continue;
+                };
+                uploads.push(OpenUpload {
+                    key: key.to_string(),
+                    upload_id: upload_id.to_string(),
+                    initiated: upload
+                        .initiated()
+                        .and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+                });
+            }
+            match (
+                response.is_truncated(),
+                response.next_key_marker(),
+                response.next_upload_id_marker(),
+            ) {
+                (Some(true), Some(key), upload) if Some(key) != key_marker.as_deref() || upload != id_marker.as_deref() => {
+                    key_marker = Some(key.to_string());
+                    id_marker = upload.map(str::to_string);
+                }
+                _ => break,
+            }
+        }
+        Ok(uploads)
+    }
+
     async fn delete_batch(&self, keys: &[String]) -> Result<()> {
         if keys.is_empty() {
             return Ok(());
@@ -420,6 +631,25 @@ impl Storage for S3Storage {
         }
         Ok(())
     }
+}
+
+/// Whether a failed request was refused because its condition did not hold
+/// (`412 Precondition Failed`, or `409 ConditionalRequestConflict` when a
+/// concurrent conditional write won).
+fn condition_failed<E>(err: &SdkError<E, HttpResponse>) -> bool {
+    err.raw_response()
+        .is_some_and(|response| matches!(response.status().as_u16(), 412 | 409))
+}
+
+fn no_such_upload<E: aws_sdk_s3::error::ProvideErrorMetadata>(
+    err: &SdkError<E, HttpResponse>,
+) -> bool {
+    err.as_service_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code == "NoSuchUpload")
+        || err
+            .raw_response()
+            .is_some_and(|response| response.status().as_u16() == 404)
 }
 
 #[cfg(test)]
