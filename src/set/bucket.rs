@@ -158,7 +158,11 @@ pub async fn remove(bucket: &Bucket, id: &str, keys: &[String]) -> Result<()> {
     for batch in rest.chunks(crate::storage::DELETE_BATCH) {
         bucket.storage.delete_batch(batch).await?;
     }
-    abort_uploads(&*bucket.storage, &prefix).await?;
+    // An attempt's upload a killed run left open; a store that cannot list
+    // them (s3s-fs) leaves that to its own tools.
+    if let Err(err) = abort_uploads(&*bucket.storage, &prefix).await {
+        tracing::warn!("{err:#}");
+    }
     bucket.storage.delete_batch(&[marker]).await
 }
 
