@@ -741,7 +741,9 @@ fn resolve_redis(
     };
     let target = match (url_override, file_url) {
         (Some(url), _) => RedisTarget::parse_url(url).context("--redis-url / TUSK_REDIS_URL"),
-        (None, Some(url)) => RedisTarget::parse_url(url).with_context(|| format!("{key} in tusk.yaml")),
+        (None, Some(url)) => {
+            RedisTarget::parse_url(url).with_context(|| format!("{key} in tusk.yaml"))
+        }
         (None, None) => mastodon(),
     }
     .map_err(|err| format!("{err:#}"))?;
@@ -1439,8 +1441,14 @@ mod tests {
         let text = "[default]\naws_access_key_id = D\naws_secret_access_key = DS\n\n\
                     # comment\n[profile backups]\naws_access_key_id=B\naws_secret_access_key=BS\n\
                     [half]\naws_access_key_id = H\n";
-        assert_eq!(profile_keys(text, "default"), Some(("D".into(), "DS".into())));
-        assert_eq!(profile_keys(text, "backups"), Some(("B".into(), "BS".into())));
+        assert_eq!(
+            profile_keys(text, "default"),
+            Some(("D".into(), "DS".into()))
+        );
+        assert_eq!(
+            profile_keys(text, "backups"),
+            Some(("B".into(), "BS".into()))
+        );
         assert_eq!(profile_keys(text, "half"), None);
         assert_eq!(profile_keys(text, "missing"), None);
     }
@@ -1574,7 +1582,10 @@ mod tests {
         let settings = Settings::resolve(&setup.overrides()).unwrap();
         let err = settings.sidekiq_redis().unwrap_err();
         assert!(err.to_string().contains("redis.url in tusk.yaml"), "{err}");
-        assert_eq!(crate::error::exit_status_for(&err), crate::error::EXIT_USAGE);
+        assert_eq!(
+            crate::error::exit_status_for(&err),
+            crate::error::EXIT_USAGE
+        );
         let err = settings.cache_redis().unwrap_err();
         assert!(err.to_string().contains("REDIS_PORT"), "{err}");
     }

@@ -161,6 +161,24 @@ impl Instance {
         Ok(chosen)
     }
 
+    /// The backup directory as a destination: the configured one whose
+    /// directory it is (with its retention), else `local` (a migration's
+    /// set, which stays on this machine).
+    pub fn local_destination(&self) -> Destination {
+        let dir = &self.settings.backup_dir;
+        self.settings
+            .destinations
+            .iter()
+            .find(|d| d.dir() == Some(dir))
+            .cloned()
+            .unwrap_or_else(|| Destination {
+                name: crate::config::DEFAULT_DESTINATION.into(),
+                retention: Default::default(),
+                place: Place::Dir(dir.clone()),
+                unusable: None,
+            })
+    }
+
     /// Where sets are looked for: the destinations (or the one named),
     /// and the backup directory when no destination is that directory.
     fn set_sources(&self, name: Option<&str>) -> Result<Vec<Destination>> {
@@ -179,7 +197,10 @@ impl Instance {
 
     /// Every complete set of each destination (or the one named), oldest
     /// first per destination.
-    pub async fn list_sets(&self, name: Option<&str>) -> Result<Vec<(Destination, Vec<BackupSet>)>> {
+    pub async fn list_sets(
+        &self,
+        name: Option<&str>,
+    ) -> Result<Vec<(Destination, Vec<BackupSet>)>> {
         let mut listed = Vec::new();
         for destination in self.set_sources(name)? {
             let sets = match &destination.place {

@@ -45,6 +45,7 @@ pub mod set;
 // operations
 pub mod backup;
 pub mod blocks;
+pub mod copy_sets;
 pub mod janitor;
 pub mod media;
 pub mod metrics;
@@ -53,7 +54,6 @@ pub mod notify;
 pub mod prune;
 pub mod prune_sets;
 pub mod rehearse;
-pub mod copy_sets;
 pub mod restore;
 pub mod tune;
 pub mod verify;

@@ -26,11 +26,11 @@ use serde::Serialize;
 
 use crate::error::TuskError;
 use crate::output::Output;
+use crate::set::bucket::{self, Found};
+use crate::set::destination::{Bucket, Destination, DestinationLock, Place};
 use crate::set::manifest::MANIFEST_FILE;
 use crate::set::retention::{self, Dated, Reason, RetentionPolicy};
 use crate::set::runs::{self, Outcome, RunRecord};
-use crate::set::bucket::{self, Found};
-use crate::set::destination::{Bucket, Destination, DestinationLock, Place};
 use crate::set::{BackupSet, LockPolicy, PARTIAL_SUFFIX, parse_id};
 
 /// A removal in progress: the entry is renamed to `<name>.removing` before

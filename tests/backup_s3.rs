@@ -71,7 +71,13 @@ fn get(server: &S3Server, bucket: &str, key: &str) -> Vec<u8> {
 
 fn open_uploads(server: &S3Server, bucket: &str) -> Vec<String> {
     runtime()
-        .block_on(server.client().list_multipart_uploads().bucket(bucket).send())
+        .block_on(
+            server
+                .client()
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .send(),
+        )
         .unwrap()
         .uploads()
         .iter()
@@ -80,7 +86,8 @@ fn open_uploads(server: &S3Server, bucket: &str) -> Vec<String> {
 }
 
 fn backup(cmd: &mut Command, db: &TestDb) -> Value {
-    cmd.args(["--json", "backup", "--database-url"]).arg(db.url());
+    cmd.args(["--json", "backup", "--database-url"])
+        .arg(db.url());
     let mut taken = Command::new("true");
     std::mem::swap(cmd, &mut taken);
     run(taken).expect_code(0).json()
@@ -144,9 +151,12 @@ fn round_trip(server: S3Server, prefix: &str) {
     assert_eq!(verified["ok"], true, "{verified:#}");
     assert!(verified["tables_compared"].as_u64().unwrap() > 5);
     // The outcome is recorded beside the manifest, in the bucket.
-    let recorded: Value =
-        serde_json::from_slice(&get(&server, &bucket, &format!("{set_prefix}verification.json")))
-            .unwrap();
+    let recorded: Value = serde_json::from_slice(&get(
+        &server,
+        &bucket,
+        &format!("{set_prefix}verification.json"),
+    ))
+    .unwrap();
     assert_eq!(recorded["ok"], true);
 
     let fresh = Cluster::second();
@@ -233,7 +243,9 @@ fn one_dump_feeds_a_directory_and_a_bucket_and_copy_checks_every_byte() {
 
     // Copy from the bucket into the spare bucket; it is listed there.
     let mut copy = tusk_with(&ws, &server, &yaml);
-    copy.args(["--json", "backups", "copy", &id, "--from", "b2", "--to", "spare"]);
+    copy.args([
+        "--json", "backups", "copy", &id, "--from", "b2", "--to", "spare",
+    ]);
     let copied = run(copy).expect_code(0).json();
     assert_eq!(copied["to"], "spare");
     let mut list = tusk_with(&ws, &server, &yaml);
@@ -361,7 +373,10 @@ fn a_thousand_part_limit_grows_the_parts_of_a_larger_set() {
     let etag = head.e_tag().unwrap().trim_matches('"').to_string();
     let parts: u64 = etag.rsplit_once('-').unwrap().1.parse().unwrap();
     assert!(parts <= 1000, "{parts} parts");
-    assert!(parts > 50, "{parts} parts: more than one size tier was used");
+    assert!(
+        parts > 50,
+        "{parts} parts: more than one size tier was used"
+    );
     let mut verify = tusk_with(&ws, server, &yaml);
     verify.args(["verify", "--checksums-only", id]);
     run(verify).expect_code(0);
@@ -440,7 +455,14 @@ fn a_store_gone_mid_upload_fails_the_backup_and_cleanup_aborts_its_upload() {
     // going when the store goes away.
     const FIRST: u64 = 64 << 10;
     let moto = OwnMoto::start(FIRST);
-    let moto_port: u16 = moto.server.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let moto_port: u16 = moto
+        .server
+        .endpoint
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let proxy = Proxy::start(moto_port);
     let through_proxy = S3Server {
         endpoint: format!("http://127.0.0.1:{}", proxy.port),
@@ -582,8 +604,18 @@ fn prune_keeps_foreign_objects_and_removes_old_incomplete_attempts() {
     }
     // An attempt a killed run left two days ago: its marker, no manifest.
     let stale = "mastodon/test-20200104T000000Z/";
-    put(&server, &bucket, &format!("{stale}.tusk-attempt.json"), b"{}");
-    put(&server, &bucket, &format!("{stale}database.dump.zst"), b"half");
+    put(
+        &server,
+        &bucket,
+        &format!("{stale}.tusk-attempt.json"),
+        b"{}",
+    );
+    put(
+        &server,
+        &bucket,
+        &format!("{stale}database.dump.zst"),
+        b"half",
+    );
 
     let mut ids = Vec::new();
     for _ in 0..2 {
@@ -594,7 +626,10 @@ fn prune_keeps_foreign_objects_and_removes_old_incomplete_attempts() {
     let mut dry = tusk_with(&ws, &server, &yaml);
     dry.args(["--json", "backups", "prune", "--dry-run"]);
     let planned = run(dry).expect_code(0).json();
-    let entries = planned["destinations"][0]["sets"].as_array().unwrap().clone();
+    let entries = planned["destinations"][0]["sets"]
+        .as_array()
+        .unwrap()
+        .clone();
     let fate = |id: &str| {
         entries
             .iter()
@@ -604,7 +639,11 @@ fn prune_keeps_foreign_objects_and_removes_old_incomplete_attempts() {
     assert_eq!(fate(&ids[1]), Some((true, false)));
     assert_eq!(fate(&ids[0]), Some((false, false)));
     assert_eq!(fate("test-20200104T000000Z"), Some((false, true)));
-    assert_eq!(fate("test-20200102T000000Z"), None, "not tusk's: not listed");
+    assert_eq!(
+        fate("test-20200102T000000Z"),
+        None,
+        "not tusk's: not listed"
+    );
     assert_eq!(entries.len(), 3, "{planned:#}");
 
     let mut prune = tusk_with(&ws, &server, &yaml);
@@ -650,7 +689,12 @@ fn a_held_bucket_lock_stops_backup_and_prune_with_exit_4() {
         "started_at": chrono::Utc::now().to_rfc3339(),
     });
     let lock = "mastodon/.tusk.lock";
-    put(&server, &bucket, lock, &serde_json::to_vec(&holder).unwrap());
+    put(
+        &server,
+        &bucket,
+        lock,
+        &serde_json::to_vec(&holder).unwrap(),
+    );
 
     let started = Instant::now();
     let mut cmd = tusk_with(&ws, &server, &yaml);
@@ -658,7 +702,9 @@ fn a_held_bucket_lock_stops_backup_and_prune_with_exit_4() {
     let locked = run(cmd).expect_code(4);
     assert!(locked.stderr.contains(".tusk.lock"), "{}", locked.stderr);
     assert!(
-        locked.stderr.contains(&format!("pid {}", std::process::id())),
+        locked
+            .stderr
+            .contains(&format!("pid {}", std::process::id())),
         "{}",
         locked.stderr
     );

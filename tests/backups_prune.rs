@@ -379,7 +379,10 @@ fn unusable_settings_are_refused_before_anything_happens() {
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
             .env_remove("AWS_PROFILE")
-            .env("AWS_SHARED_CREDENTIALS_FILE", ws.path().join("no-credentials"));
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                ws.path().join("no-credentials"),
+            );
         let refused = run(cmd).expect_code(2);
         assert!(
             refused.stderr.contains(expected),

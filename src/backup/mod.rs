@@ -14,12 +14,12 @@ use crate::janitor;
 use crate::output::{Output, human_bytes};
 use crate::postgres::{PgServer, Tool, ToolCommand, server_version};
 use crate::set::Compression;
+use crate::set::bucket::{self, PartialBucketSet};
+use crate::set::destination::{Destination, DestinationLock, Place};
 use crate::set::manifest::{
     Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, SourceInfo, ToolInfo,
 };
 use crate::set::runs::{self, RunRecord};
-use crate::set::bucket::{self, PartialBucketSet};
-use crate::set::destination::{Destination, DestinationLock, Place};
 use crate::set::{LockPolicy, PartialSet, new_id, stream};
 
 use crate::prune_sets::{self, DestinationReport};
@@ -47,6 +47,18 @@ pub struct BackupOptions {
     /// complete, under the same locks (`--prune`), with calendar buckets
     /// in this zone.
     pub prune: Option<Tz>,
+}
+
+impl BackupOptions {
+    /// The first directory among the destinations (where a migration keeps
+    /// its state); empty when the set goes only to buckets.
+    pub fn backup_dir(&self) -> std::path::PathBuf {
+        self.destinations
+            .iter()
+            .find_map(Destination::dir)
+            .cloned()
+            .unwrap_or_default()
+    }
 }
 
 /// Where the set was written.
@@ -215,7 +227,10 @@ impl SetWriters {
                     Err(err) => {
                         writers.abandon().await;
                         return Err(err).with_context(|| {
-                            format!("could not start the set in destination {}", destination.name)
+                            format!(
+                                "could not start the set in destination {}",
+                                destination.name
+                            )
                         });
                     }
                 },

@@ -45,14 +45,8 @@ async fn copy(ctx: &Context, args: BackupsCopyArgs) -> Result<()> {
         Some(from) => from.clone(),
         None => set.place.describe(),
     };
-    let report = copy_sets::copy(
-        &set,
-        &from,
-        &to,
-        &ctx.instance.settings.lock,
-        &ctx.output,
-    )
-    .await?;
+    let report =
+        copy_sets::copy(&set, &from, &to, &ctx.instance.settings.lock, &ctx.output).await?;
     if ctx.output.json {
         return ctx.output.print_json(&report);
     }
@@ -86,9 +80,10 @@ async fn cleanup(ctx: &Context, args: BackupsCleanupArgs) -> Result<()> {
             continue;
         }
         for upload in &report.uploads {
-            let since = upload
-                .initiated
-                .map_or_else(|| "?".to_string(), |at| at.format("%Y-%m-%d %H:%M UTC").to_string());
+            let since = upload.initiated.map_or_else(
+                || "?".to_string(),
+                |at| at.format("%Y-%m-%d %H:%M UTC").to_string(),
+            );
             println!(
                 "{} {}  {}  started {since}",
                 if report.dry_run { "open" } else { "aborted" },
@@ -164,10 +159,7 @@ pub fn print_pruned(report: &DestinationReport) {
 }
 
 async fn list(ctx: &Context, args: BackupsListArgs) -> Result<()> {
-    let destinations = ctx
-        .instance
-        .list_sets(args.destination.as_deref())
-        .await?;
+    let destinations = ctx.instance.list_sets(args.destination.as_deref()).await?;
     let mut listed = Vec::new();
     for (destination, sets) in &destinations {
         for set in sets {

@@ -76,7 +76,7 @@ pub async fn exec(ctx: &Context, args: MigrateArgs) -> Result<()> {
     };
     let opts = MigrateOptions {
         backup: BackupOptions {
-            backup_dir: instance.backup_dir(),
+            destinations: vec![instance.local_destination()],
             instance: settings.instance.clone(),
             database: source_database,
             compression: settings.compression,

@@ -49,7 +49,7 @@ pub async fn exec(ctx: &Context, args: RehearseArgs) -> Result<()> {
         SetChoice::Fresh {
             source: instance.database_server().await?,
             backup: Box::new(BackupOptions {
-                backup_dir: instance.backup_dir(),
+                destinations: vec![instance.local_destination()],
                 instance: settings.instance.clone(),
                 database: instance.named_database()?,
                 compression: settings.compression,
@@ -67,9 +67,9 @@ pub async fn exec(ctx: &Context, args: RehearseArgs) -> Result<()> {
         }
     } else {
         let mut dirs = vec![instance.backup_dir()];
-        for destination in &settings.destinations {
-            if !dirs.contains(&destination.dir) {
-                dirs.push(destination.dir.clone());
+        for dir in settings.destinations.iter().filter_map(|d| d.dir()) {
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
             }
         }
         SetChoice::LatestGood(dirs)

@@ -134,7 +134,7 @@ pub struct MigrateReport {
 /// with an error carrying its exit status; the report so far is returned
 /// beside it, for printing.
 pub async fn run(opts: &MigrateOptions, output: &Output) -> (MigrateReport, Result<()>) {
-    let backup_dir = opts.backup.backup_dir.clone();
+    let backup_dir = opts.backup.backup_dir();
     let target_key = opts
         .target
         .target()
@@ -169,7 +169,7 @@ async fn migrate(
     target_key: &str,
     report: &mut MigrateReport,
 ) -> Result<()> {
-    let backup_dir = &opts.backup.backup_dir;
+    let backup_dir = &opts.backup.backup_dir();
     let saved = state::load(backup_dir)?;
     let mut state = MigrationState::resume_or_new(saved, target_key, opts.restart);
     report.resumed = state.is_resumed();
@@ -282,7 +282,7 @@ async fn migrate(
                     written.id, written.tables, written.rows
                 ),
             ));
-            BackupSet::open(&written.path)?
+            BackupSet::open(std::path::Path::new(&written.path))?
         }
     };
     report.set_id = Some(set.manifest.id.clone());

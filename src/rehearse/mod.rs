@@ -148,7 +148,7 @@ async fn rehearse(
         SetChoice::Fresh { source, backup } => {
             tracing::info!("--fresh: dumping the database now (read-only)");
             let written = backup::run(source.as_ref(), &backup, output).await?;
-            BackupSet::open(&written.path)?
+            BackupSet::open(std::path::Path::new(&written.path))?
         }
     };
     report.set_id = Some(set.manifest.id.clone());

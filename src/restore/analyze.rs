@@ -13,8 +13,8 @@ use anyhow::{Context, Result};
 use tokio_postgres::Client;
 
 use crate::archive::{SECTION_DATA, SECTION_POST_DATA, TocEntry, read_toc};
-use crate::postgres::{PgServer, quote_ident};
 use crate::postgres::BoxReader;
+use crate::postgres::{PgServer, quote_ident};
 
 /// A table as schema and name, unquoted.
 pub type TableName = (String, String);

@@ -251,12 +251,9 @@ async fn apply_globals(
         .artefact(ArtefactKind::Globals)
         .context("the backup set has no globals artefact")?;
     let mut script = String::new();
-    tokio::io::AsyncReadExt::read_to_string(
-        &mut set.open_artefact(artefact).await?,
-        &mut script,
-    )
-    .await
-    .context("could not read the globals artefact")?;
+    tokio::io::AsyncReadExt::read_to_string(&mut set.open_artefact(artefact).await?, &mut script)
+        .await
+        .context("could not read the globals artefact")?;
 
     let mut protected = vec![me];
     if !protected.contains(&bootstrap) {

@@ -90,7 +90,10 @@ pub async fn scan(bucket: &Bucket) -> Result<BTreeMap<String, (Found, Vec<String
     let mut found = BTreeMap::new();
     for (id, keys) in by_id {
         let prefix = bucket.set_prefix(&id);
-        let has = |name: &str| keys.iter().any(|key| key.strip_prefix(&prefix) == Some(name));
+        let has = |name: &str| {
+            keys.iter()
+                .any(|key| key.strip_prefix(&prefix) == Some(name))
+        };
         let kind = if has(REMOVING_MARKER) {
             Found::Removing
         } else if has(MANIFEST_FILE) {
@@ -146,10 +149,18 @@ pub async fn remove(bucket: &Bucket, id: &str, keys: &[String]) -> Result<()> {
     let marker = format!("{prefix}{REMOVING_MARKER}");
     bucket
         .storage
-        .put_bytes(&marker, Vec::new().into(), &json_options(), PutMode::Replace)
+        .put_bytes(
+            &marker,
+            Vec::new().into(),
+            &json_options(),
+            PutMode::Replace,
+        )
         .await?;
     let manifest = format!("{prefix}{MANIFEST_FILE}");
-    bucket.storage.delete_batch(std::slice::from_ref(&manifest)).await?;
+    bucket
+        .storage
+        .delete_batch(std::slice::from_ref(&manifest))
+        .await?;
     let rest: Vec<String> = keys
         .iter()
         .filter(|key| **key != manifest && **key != marker)
@@ -302,7 +313,11 @@ impl PartialBucketSet {
     }
 
     pub fn describe(&self) -> String {
-        format!("{} {}", self.bucket.describe(), self.bucket.set_prefix(&self.id))
+        format!(
+            "{} {}",
+            self.bucket.describe(),
+            self.bucket.set_prefix(&self.id)
+        )
     }
 
     /// Writes the manifest, last, and then removes the attempt marker.
@@ -405,7 +420,10 @@ impl BucketLock {
         }
     }
 
-    async fn read_owner(storage: &dyn Storage, key: &str) -> Result<Option<(Vec<u8>, Option<LockOwner>)>> {
+    async fn read_owner(
+        storage: &dyn Storage,
+        key: &str,
+    ) -> Result<Option<(Vec<u8>, Option<LockOwner>)>> {
         let Some(mut reader) = storage.get(key, 0).await? else {
             return Ok(None);
         };
@@ -443,7 +461,12 @@ impl BucketLock {
         }
         let record = serde_json::to_vec_pretty(&LockOwner::this_process(command))?;
         let outcome = storage
-            .put_bytes(key, record.clone().into(), &json_options(), PutMode::CreateOnly)
+            .put_bytes(
+                key,
+                record.clone().into(),
+                &json_options(),
+                PutMode::CreateOnly,
+            )
             .await?;
         let current = Self::read_owner(storage, key).await?;
         let ours = current.as_ref().is_some_and(|(bytes, _)| *bytes == record);

@@ -90,7 +90,9 @@ impl SetPlace {
                     }
                 }
             }
-            SetPlace::Bucket { storage, prefix } => storage.get(&format!("{prefix}{name}"), 0).await,
+            SetPlace::Bucket { storage, prefix } => {
+                storage.get(&format!("{prefix}{name}"), 0).await
+            }
         }
     }
 
@@ -117,7 +119,12 @@ impl SetPlace {
                     ..PutOptions::default()
                 };
                 storage
-                    .put_bytes(&format!("{prefix}{name}"), contents.into(), &opts, PutMode::Replace)
+                    .put_bytes(
+                        &format!("{prefix}{name}"),
+                        contents.into(),
+                        &opts,
+                        PutMode::Replace,
+                    )
                     .await?;
                 Ok(())
             }
@@ -232,14 +239,17 @@ impl BackupSet {
     /// The artefact's stored bytes (compressed, and as stored), for
     /// hashing and copying.
     pub async fn open_stored(&self, artefact: &Artefact) -> Result<BoxReader> {
-        self.place.open_file(&artefact.name).await?.with_context(|| {
-            format!(
-                "backup set {} has no {} ({})",
-                self.manifest.id,
-                artefact.name,
-                self.place.describe()
-            )
-        })
+        self.place
+            .open_file(&artefact.name)
+            .await?
+            .with_context(|| {
+                format!(
+                    "backup set {} has no {} ({})",
+                    self.manifest.id,
+                    artefact.name,
+                    self.place.describe()
+                )
+            })
     }
 
     /// The artefact's content, decompressed: the one way restore, verify
@@ -267,7 +277,11 @@ impl BackupSet {
                 continue;
             };
             let (bytes, sha256) = stream::hash_reader(stored).await.with_context(|| {
-                format!("could not read {} of {}", artefact.name, self.place.describe())
+                format!(
+                    "could not read {} of {}",
+                    artefact.name,
+                    self.place.describe()
+                )
             })?;
             if bytes != artefact.bytes {
                 problems.push(Problem {

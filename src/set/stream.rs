@@ -10,9 +10,9 @@
 //! (docs/performance.md), which matters on a 2-core server where the dump
 //! itself keeps both cores busy.
 
+use std::future::Future;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::Path;
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 

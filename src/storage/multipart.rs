@@ -90,10 +90,7 @@ impl UploadsInFlight {
     /// A token for one more uploader; it is dropped when the uploader ends.
     pub fn token(&self) -> oneshot::Sender<()> {
         let (sender, receiver) = oneshot::channel();
-        self.running
-            .lock()
-            .expect("never poisoned")
-            .push(receiver);
+        self.running.lock().expect("never poisoned").push(receiver);
         sender
     }
 
@@ -102,7 +99,10 @@ impl UploadsInFlight {
         let running: Vec<_> = std::mem::take(&mut *self.running.lock().expect("never poisoned"));
         let all = futures_util::future::join_all(running);
         if tokio::time::timeout(timeout, all).await.is_err() {
-            tracing::warn!("an upload was still being aborted after {}s", timeout.as_secs());
+            tracing::warn!(
+                "an upload was still being aborted after {}s",
+                timeout.as_secs()
+            );
         }
     }
 }

@@ -562,7 +562,9 @@ impl Storage for S3Storage {
                         false => store_error(err),
                     }
                 })
-                .with_context(|| format!("could not list the open uploads in {}", self.describe()))?;
+                .with_context(|| {
+                    format!("could not list the open uploads in {}", self.describe())
+                })?;
             for upload in response.uploads() {
                 let (Some(key), Some(upload_id)) = (upload.key(), upload.upload_id()) else {
                     continue;
@@ -580,7 +582,9 @@ impl Storage for S3Storage {
                 response.next_key_marker(),
                 response.next_upload_id_marker(),
             ) {
-                (Some(true), Some(key), upload) if Some(key) != key_marker.as_deref() || upload != id_marker.as_deref() => {
+                (Some(true), Some(key), upload)
+                    if Some(key) != key_marker.as_deref() || upload != id_marker.as_deref() =>
+                {
                     key_marker = Some(key.to_string());
                     id_marker = upload.map(str::to_string);
                 }
