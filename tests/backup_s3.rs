@@ -143,12 +143,34 @@ fn round_trip(server: S3Server, prefix: &str) {
     assert_eq!(listed[0]["id"], id.as_str());
     assert_eq!(listed[0]["destination"], "b2");
 
+    let metrics = ws.path().join("tusk.prom");
     let mut verify = tusk_with(&ws, &server, &yaml);
     verify
+        .arg("--metrics-file")
+        .arg(&metrics)
         .args(["--json", "verify", "latest", "--verify-url"])
         .arg(Cluster::second().db_url("postgres"));
     let verified = run(verify).expect_code(0).json();
     assert_eq!(verified["ok"], true, "{verified:#}");
+    // The metrics read the bucket: one set, verified, with its size.
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let value = |family: &str| -> f64 {
+        let prefix = format!("{family}{{destination=\"b2\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("tusk_backup_sets"), 1.0);
+    let total: u64 = report["artefacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["bytes"].as_u64().unwrap())
+        .sum();
+    assert_eq!(value("tusk_backup_last_bytes"), total as f64);
+    assert!(value("tusk_verify_last_success_timestamp_seconds") > 0.0);
     assert!(verified["tables_compared"].as_u64().unwrap() > 5);
     // The outcome is recorded beside the manifest, in the bucket.
     let recorded: Value = serde_json::from_slice(&get(

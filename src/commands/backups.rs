@@ -70,6 +70,9 @@ async fn cleanup(ctx: &Context, args: BackupsCleanupArgs) -> Result<()> {
     if ctx.output.json {
         return ctx.output.print_json(&reports);
     }
+    if ctx.output.quiet {
+        return Ok(());
+    }
     if reports.is_empty() {
         println!("no bucket destination: nothing to clean up");
     }
