@@ -469,8 +469,18 @@ impl BucketLock {
             )
             .await?;
         let current = Self::read_owner(storage, key).await?;
+        // Our record is there: our write (a repeated one may report that
+        // the object exists: its first attempt landed). Anything else is
+        // another run's, whatever the store said about the condition.
         let ours = current.as_ref().is_some_and(|(bytes, _)| *bytes == record);
-        if outcome == PutOutcome::Exists || !ours {
+        if !ours {
+            if outcome == PutOutcome::Written {
+                tracing::warn!(
+                    "{} stored the lock {key} although another run's record replaced it: \
+                     the store may ignore If-None-Match",
+                    storage.describe()
+                );
+            }
             let holder = current
                 .and_then(|(_, owner)| owner)
                 .map_or_else(|| "another run".to_string(), |owner| owner.describe());
@@ -513,4 +523,146 @@ async fn release_if_ours(storage: &dyn Storage, key: &str, record: &[u8]) -> Res
 /// When an attempt's prefix was started (its id's time).
 pub fn attempt_time(id: &str) -> Option<DateTime<Utc>> {
     parse_id(id).map(|(_, at)| at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::set::stream::{WriteOptions, write_artefact};
+    use crate::set::{Compression, manifest::MANIFEST_FORMAT};
+    use crate::storage::local::LocalStorage;
+    use crate::storage::multipart::PartSizes;
+    use tokio::io::AsyncReadExt;
+
+    fn bucket(root: &std::path::Path) -> Bucket {
+        Bucket {
+            storage: std::sync::Arc::new(LocalStorage::new(root.to_path_buf())),
+            prefix: "mastodon/".into(),
+            parts: PartSizes::default(),
+        }
+    }
+
+    fn manifest(id: &str, artefacts: Vec<crate::set::manifest::Artefact>) -> Manifest {
+        let text = format!(
+            r#"{{"format": {MANIFEST_FORMAT}, "id": "{id}", "instance": "social",
+            "tool": {{"name": "tusk", "version": "0"}},
+            "started_at": "2026-01-02T03:04:05Z", "finished_at": "2026-01-02T03:04:06Z",
+            "source": {{"server": "s", "server_version": "15", "server_major": 15,
+              "pg_dump_version": "15", "mode": "direct", "superuser": true, "role_passwords": true}},
+            "database": {{"name": "m", "owner": "o", "encoding": "UTF8", "size_bytes": 1,
+              "schema_migrations": null, "tables": {{}}, "timestamp_id": true, "sequences": []}},
+            "compression": {{"algorithm": "zstd", "level": 1}},
+            "artefacts": [], "durations": {{}}}}"#
+        );
+        let mut manifest: Manifest = serde_json::from_str(&text).unwrap();
+        manifest.artefacts = artefacts;
+        manifest
+    }
+
+    #[tokio::test]
+    async fn a_set_written_to_a_store_reads_back_and_only_tusks_prefixes_count() {
+        let root = tempfile::tempdir().unwrap();
+        let bucket = bucket(root.path());
+        let id = "social-20260102T030405Z";
+        let data: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 7).to_le_bytes())
+            .collect();
+
+        let partial = PartialBucketSet::create(&bucket, id).await.unwrap();
+        let written = write_artefact(
+            Box::new(std::io::Cursor::new(data.clone())),
+            partial.sink("database.dump.zst"),
+            WriteOptions {
+                compression: Compression::Zstd,
+                level: 1,
+                progress: &indicatif::ProgressBar::hidden(),
+                layer: None,
+            },
+        )
+        .await
+        .unwrap();
+        // Before the manifest the prefix is an incomplete attempt.
+        let found = scan(&bucket).await.unwrap();
+        assert_eq!(found[id].0, Found::Incomplete);
+        assert!(list_sets(&bucket).await.unwrap().is_empty());
+
+        let artefact = crate::set::manifest::Artefact {
+            name: "database.dump.zst".into(),
+            kind: crate::set::manifest::ArtefactKind::Database,
+            bytes: written.bytes,
+            sha256: written.sha256.clone(),
+            uncompressed_bytes: written.uncompressed_bytes,
+        };
+        partial
+            .commit(&manifest(id, vec![artefact.clone()]))
+            .await
+            .unwrap();
+        // Foreign things under the prefix: id-shaped without a marker, and not id-shaped.
+        for key in ["mastodon/social-20200101T000000Z/x", "mastodon/notes.txt"] {
+            bucket
+                .storage
+                .put_bytes(key, b"x".to_vec().into(), &json_options(), PutMode::Replace)
+                .await
+                .unwrap();
+        }
+        let found = scan(&bucket).await.unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[id].0, Found::Complete);
+
+        let sets = list_sets(&bucket).await.unwrap();
+        assert_eq!(sets.len(), 1);
+        let set = &sets[0];
+        assert!(set.check_artefacts().await.unwrap().is_empty());
+        let mut back = Vec::new();
+        set.open_artefact(&artefact)
+            .await
+            .unwrap()
+            .read_to_end(&mut back)
+            .await
+            .unwrap();
+        assert_eq!(back, data);
+
+        // A removal that stopped after its marker never lists as a set.
+        let keys = found[id].1.clone();
+        bucket
+            .storage
+            .put_bytes(
+                &format!("mastodon/{id}/{REMOVING_MARKER}"),
+                Vec::new().into(),
+                &json_options(),
+                PutMode::Replace,
+            )
+            .await
+            .unwrap();
+        assert_eq!(scan(&bucket).await.unwrap()[id].0, Found::Removing);
+        assert!(list_sets(&bucket).await.unwrap().is_empty());
+        remove(&bucket, id, &keys).await.unwrap();
+        assert!(scan(&bucket).await.unwrap().is_empty());
+        assert!(root.path().join("mastodon/notes.txt").exists());
+    }
+
+    #[tokio::test]
+    async fn the_lock_object_is_exclusive_and_released() {
+        let root = tempfile::tempdir().unwrap();
+        let bucket = bucket(root.path());
+        let policy = LockPolicy::default();
+        let held = BucketLock::acquire(&bucket, "backup", &policy)
+            .await
+            .unwrap();
+        let second = BucketLock::acquire(&bucket, "prune", &policy).await;
+        let err = second.err().expect("held");
+        assert_eq!(
+            crate::error::exit_code_for(&err),
+            std::process::ExitCode::from(crate::error::EXIT_LOCKED)
+        );
+        assert!(format!("{err:#}").contains("backup by pid"), "{err:#}");
+        held.release().await.unwrap();
+        assert!(!root.path().join("mastodon/.tusk.lock").exists());
+        BucketLock::acquire(&bucket, "prune", &policy)
+            .await
+            .unwrap()
+            .release()
+            .await
+            .unwrap();
+    }
 }

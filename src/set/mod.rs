@@ -91,7 +91,12 @@ impl SetPlace {
                 }
             }
             SetPlace::Bucket { storage, prefix } => {
-                storage.get(&format!("{prefix}{name}"), 0).await
+                crate::storage::retry::resuming_get(
+                    storage.clone(),
+                    format!("{prefix}{name}"),
+                    READ_RESUMES,
+                )
+                .await
             }
         }
     }
@@ -131,6 +136,9 @@ impl SetPlace {
         }
     }
 }
+
+/// How often in a row a read from a bucket may break off and resume.
+const READ_RESUMES: u32 = 5;
 
 /// A complete backup set.
 #[derive(Debug, Clone)]

@@ -640,6 +640,66 @@ mod tests {
         }
     }
 
+    /// A stand-in for encryption: flips every byte on the way down.
+    struct Flip(ArtefactSink, Vec<u8>);
+
+    impl AsyncWrite for Flip {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let this = &mut *self;
+            this.1 = buf.iter().map(|b| !b).collect();
+            let flipped = this.1.clone();
+            Pin::new(&mut this.0).poll_write(cx, &flipped)
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut TaskContext<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    #[tokio::test]
+    async fn one_stream_feeds_two_sinks_and_a_layer_sits_before_the_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let sink: ArtefactSink = Box::new(Tee::new(
+            Box::new(FileSink::create(&a).await.unwrap()),
+            Box::new(FileSink::create(&b).await.unwrap()),
+        ));
+        let written = write_artefact(
+            Box::new(std::io::Cursor::new(data.clone())),
+            sink,
+            WriteOptions {
+                compression: Compression::Zstd,
+                level: 1,
+                progress: &ProgressBar::hidden(),
+                layer: Some(Box::new(|inner| Box::new(Flip(inner, Vec::new())))),
+            },
+        )
+        .await
+        .unwrap();
+        let stored = std::fs::read(&a).unwrap();
+        assert_eq!(stored, std::fs::read(&b).unwrap());
+        // The manifest's hash is of the stored (layered) bytes.
+        assert_eq!(
+            hash_file(&a).await.unwrap(),
+            (written.bytes, written.sha256)
+        );
+        let unflipped: Vec<u8> = stored.iter().map(|b| !b).collect();
+        assert_eq!(zstd::decode_all(&unflipped[..]).unwrap(), data);
+    }
+
     #[tokio::test]
     async fn never_overwrites_an_existing_file() {
         let dir = tempfile::tempdir().unwrap();

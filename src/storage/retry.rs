@@ -203,6 +203,101 @@ impl<S: Storage> Storage for Retrying<S> {
     }
 }
 
+/// Reads `key` from `offset` on; when the body breaks off mid-stream (a
+/// reset connection, a timeout), asks again from where it stopped, up to
+/// `attempts` times in a row. Request failures are the store's retrying's.
+pub async fn resuming_get(
+    storage: std::sync::Arc<dyn Storage>,
+    key: String,
+    attempts: u32,
+) -> Result<Option<ObjectReader>> {
+    let Some(first) = storage.get(&key, 0).await? else {
+        return Ok(None);
+    };
+    Ok(Some(Box::new(Resuming {
+        storage,
+        key,
+        offset: 0,
+        failures: 0,
+        attempts,
+        state: ReadState::Reading(first),
+    })))
+}
+
+type Reopen =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Option<ObjectReader>>> + Send>>;
+
+enum ReadState {
+    Reading(ObjectReader),
+    Reopening(Reopen),
+}
+
+struct Resuming {
+    storage: std::sync::Arc<dyn Storage>,
+    key: String,
+    offset: u64,
+    failures: u32,
+    attempts: u32,
+    state: ReadState,
+}
+
+impl tokio::io::AsyncRead for Resuming {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                ReadState::Reading(reader) => {
+                    let before = buf.filled().len();
+                    match std::pin::Pin::new(reader).poll_read(cx, buf) {
+                        Poll::Ready(Ok(())) => {
+                            let read = buf.filled().len() - before;
+                            this.offset += read as u64;
+                            if read > 0 {
+                                this.failures = 0;
+                            }
+                            return Poll::Ready(Ok(()));
+                        }
+                        Poll::Ready(Err(err)) if this.failures + 1 < this.attempts => {
+                            this.failures += 1;
+                            tracing::debug!(
+                                "reading {} broke off at byte {} ({err}); asking again",
+                                this.key,
+                                this.offset
+                            );
+                            let storage = this.storage.clone();
+                            let key = this.key.clone();
+                            let offset = this.offset;
+                            let delay = Duration::from_millis(200 << this.failures.min(6));
+                            this.state = ReadState::Reopening(Box::pin(async move {
+                                tokio::time::sleep(delay).await;
+                                storage.get(&key, offset).await
+                            }));
+                        }
+                        other => return other,
+                    }
+                }
+                ReadState::Reopening(reopen) => match std::task::ready!(reopen.as_mut().poll(cx)) {
+                    Ok(Some(reader)) => this.state = ReadState::Reading(reader),
+                    Ok(None) => {
+                        return Poll::Ready(Err(std::io::Error::new(
+                            std::io::ErrorKind::NotFound,
+                            format!("{} disappeared while it was read", this.key),
+                        )));
+                    }
+                    Err(err) => {
+                        return Poll::Ready(Err(std::io::Error::other(format!("{err:#}"))));
+                    }
+                },
+            }
+        }
+    }
+}
+
 /// A shared store is a store (destinations hand out `Arc<dyn Storage>`).
 #[async_trait]
 impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
@@ -435,5 +530,87 @@ mod tests {
         assert_eq!(pages.len(), 2);
         assert!(pages[0].is_ok() && pages[1].is_err());
         assert!(store.list("k".into(), None).try_concat().await.is_ok());
+    }
+}
+
+#[cfg(test)]
+mod resuming_tests {
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    /// A store whose first body breaks off after `cut` bytes.
+    struct Breaking {
+        data: Vec<u8>,
+        cut: usize,
+        requests: Mutex<Vec<u64>>,
+    }
+
+    /// Yields `data`, then an error instead of the end.
+    struct CutShort(std::io::Cursor<Vec<u8>>);
+
+    impl tokio::io::AsyncRead for CutShort {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let poll = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+            if matches!(poll, std::task::Poll::Ready(Ok(()))) && buf.filled().len() == before {
+                return std::task::Poll::Ready(Err(std::io::ErrorKind::ConnectionReset.into()));
+            }
+            poll
+        }
+    }
+
+    #[async_trait]
+    impl Storage for Breaking {
+        fn describe(&self) -> String {
+            "breaking".into()
+        }
+        async fn put_file(&self, _: &str, _: &Path, _: u64, _: &PutOptions) -> Result<()> {
+            unreachable!()
+        }
+        fn list(&self, _: String, _: Option<String>) -> Pages<'_> {
+            unreachable!()
+        }
+        async fn head(&self, _: &str) -> Result<Option<ObjectMeta>> {
+            unreachable!()
+        }
+        async fn delete_batch(&self, _: &[String]) -> Result<()> {
+            unreachable!()
+        }
+        async fn get(&self, _: &str, offset: u64) -> Result<Option<ObjectReader>> {
+            let mut requests = self.requests.lock().unwrap();
+            requests.push(offset);
+            let rest = self.data[offset as usize..].to_vec();
+            if requests.len() == 1 {
+                return Ok(Some(Box::new(CutShort(std::io::Cursor::new(
+                    rest[..self.cut].to_vec(),
+                )))));
+            }
+            Ok(Some(Box::new(std::io::Cursor::new(rest))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_body_that_breaks_off_is_read_on_from_where_it_stopped() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+        let store = Arc::new(Breaking {
+            data: data.clone(),
+            cut: 40_000,
+            requests: Mutex::new(Vec::new()),
+        });
+        let mut reader = resuming_get(store.clone(), "k".into(), 3)
+            .await
+            .unwrap()
+            .unwrap();
+        let mut back = Vec::new();
+        reader.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, data);
+        assert_eq!(*store.requests.lock().unwrap(), [0, 40_000]);
     }
 }
