@@ -157,24 +157,18 @@ pub async fn remove(bucket: &Bucket, id: &str, keys: &[String]) -> Result<()> {
         )
         .await?;
     let manifest = format!("{prefix}{MANIFEST_FILE}");
-    bucket
-        .storage
-        .delete_batch(std::slice::from_ref(&manifest))
-        .await?;
-    let rest: Vec<String> = keys
-        .iter()
-        .filter(|key| **key != manifest && **key != marker)
-        .cloned()
-        .collect();
-    for batch in rest.chunks(crate::storage::DELETE_BATCH) {
-        bucket.storage.delete_batch(batch).await?;
+    bucket.storage.delete(&manifest).await?;
+    // One request per key: a set has a handful of objects, and DeleteObjects
+    // needs a checksum header some stores refuse.
+    for key in keys.iter().filter(|key| **key != manifest && **key != marker) {
+        bucket.storage.delete(key).await?;
     }
     // An attempt's upload a killed run left open; a store that cannot list
     // them (s3s-fs) leaves that to its own tools.
     if let Err(err) = abort_uploads(&*bucket.storage, &prefix).await {
         tracing::warn!("{err:#}");
     }
-    bucket.storage.delete_batch(&[marker]).await
+    bucket.storage.delete(&marker).await
 }
 
 /// Aborts every open multipart upload under `prefix`; returns them.
@@ -284,8 +278,8 @@ impl PartialBucketSet {
                     .into_iter()
                     .map(|object| object.key)
                     .collect();
-                for batch in keys.chunks(crate::storage::DELETE_BATCH) {
-                    storage.delete_batch(batch).await?;
+                for key in &keys {
+                    storage.delete(key).await?;
                 }
                 Ok(())
             },
@@ -339,7 +333,7 @@ impl PartialBucketSet {
         if let Err(err) = self
             .bucket
             .storage
-            .delete_batch(&[format!("{prefix}{ATTEMPT_MARKER}")])
+            .delete(&format!("{prefix}{ATTEMPT_MARKER}"))
             .await
         {
             // The manifest decides; a marker beside it changes nothing.
@@ -457,7 +451,7 @@ impl BucketLock {
                 storage.describe(),
                 owner.describe()
             );
-            storage.delete_batch(&[key.to_string()]).await?;
+            storage.delete(key).await?;
         }
         let record = serde_json::to_vec_pretty(&LockOwner::this_process(command))?;
         let outcome = storage
@@ -511,7 +505,7 @@ impl BucketLock {
 
 async fn release_if_ours(storage: &dyn Storage, key: &str, record: &[u8]) -> Result<()> {
     match BucketLock::read_owner(storage, key).await? {
-        Some((bytes, _)) if bytes == record => storage.delete_batch(&[key.to_string()]).await,
+        Some((bytes, _)) if bytes == record => storage.delete(key).await,
         Some(_) => {
             tracing::warn!("the lock {key} was taken over by another run; left as it is");
             Ok(())

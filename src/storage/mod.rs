@@ -148,6 +148,13 @@ pub trait Storage: Send + Sync {
     /// an interruption simply finishes the job. Fails if any key survives.
     async fn delete_batch(&self, keys: &[String]) -> Result<()>;
 
+    /// Deletes one key (a missing one counts as deleted). One DeleteObject
+    /// request: unlike DeleteObjects it needs no checksum header, which
+    /// some stores refuse (see `S3Settings::sdk_checksums`).
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.delete_batch(&[key.to_string()]).await
+    }
+
     /// The object's bytes from `offset` on, streamed; `None` when there is
     /// no such key.
     async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {

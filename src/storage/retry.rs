@@ -145,8 +145,12 @@ impl<S: Storage> Storage for Retrying<S> {
         self.retry(&what, || self.inner.delete_batch(keys)).await
     }
 
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.retry(key, || self.inner.delete(key)).await
+    }
+
     /// Only the request is repeated; a body that breaks off mid-stream
-    /// fails the read.
+    /// fails the read (see [`resuming_get`]).
     async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
         self.retry(key, || self.inner.get(key, offset)).await
     }
@@ -315,6 +319,9 @@ impl<T: Storage + ?Sized> Storage for std::sync::Arc<T> {
     }
     async fn delete_batch(&self, keys: &[String]) -> Result<()> {
         (**self).delete_batch(keys).await
+    }
+    async fn delete(&self, key: &str) -> Result<()> {
+        (**self).delete(key).await
     }
     async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
         (**self).get(key, offset).await

@@ -396,6 +396,27 @@ impl Storage for S3Storage {
         }
     }
 
+    async fn delete(&self, key: &str) -> Result<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.settings.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(err)
+                if err
+                    .raw_response()
+                    .is_some_and(|response| response.status().as_u16() == 404) =>
+            {
+                Ok(())
+            }
+            Err(err) => Err(store_error(err)).with_context(|| format!("could not delete {key}")),
+        }
+    }
+
     async fn get(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
         let mut request = self
             .client
