@@ -14,6 +14,7 @@
 #
 # Usage: bench/migrate.sh            (root; ~5 min at the default scale on 2 cores)
 # Env:   BENCH_SCALE=300  BENCH_KEEP=1 (keep the work dir)
+#        BENCH_TUSK=path/to/tusk (time that binary instead of a fresh release build)
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,9 +26,13 @@ WORK=$(mktemp -d /var/tmp/tusk-bench-migrate.XXXXXX)
 [[ ${BENCH_KEEP:-0} == 1 ]] || tusk_on_exit "rm -rf '$WORK'"
 
 tusk_pg_install
-echo "== building tusk (release)"
-cargo build --release --locked -q
-TUSK=$REPO/target/release/tusk
+if [[ -n ${BENCH_TUSK:-} ]]; then
+    TUSK=$BENCH_TUSK
+else
+    echo "== building tusk (release)"
+    cargo build --release --locked -q
+    TUSK=$REPO/target/release/tusk
+fi
 
 TUSK_PG_DURABLE=1 tusk_pg_start BENCH_PG
 PGBIN=$BENCH_PG_BIN

@@ -477,3 +477,50 @@ fn docker_to_direct_restores_with_the_local_tools() {
         "{tools}"
     );
 }
+
+#[test]
+fn direct_to_a_docker_17_container_through_a_named_engine() {
+    if !docker_tests_enabled() {
+        return;
+    }
+    let source = Cluster::main().mastodon_database("mg_d2dk_src", 1);
+    let before = source.fingerprint();
+    let target = Compose::up_database_only("mg_d2dk", &image("17"));
+    let ws = Workspace::new();
+    let (config, log) = app_commands_config(&ws);
+
+    let mut cmd = ws.tusk();
+    cmd.arg("--config").arg(&config).args([
+        "--json",
+        "--database-url",
+        &source.url(),
+        "migrate",
+        "--to-container",
+        &target.container("postgres"),
+        // The Engine named explicitly, as for another host's.
+        "--to-docker-host",
+        "unix:///var/run/docker.sock",
+        "--to-database",
+        "mastodon_production",
+    ]);
+    let out = run(cmd).expect_code(0);
+    let report = out.json();
+    assert_eq!(stages(&report), all_done(), "{}", out.stderr);
+    let migrated = TestDb {
+        cluster: target.cluster(),
+        name: "mastodon_production".into(),
+    };
+    assert_eq!(migrated.fingerprint(), before);
+    assert_eq!(source.fingerprint(), before);
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "stop\n");
+    // The free space was read inside the container, with df.
+    let free = report["preflight"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "free space on the target")
+        .unwrap()
+        .clone();
+    assert_eq!(free["status"], "pass", "{free}");
+    assert!(free["detail"].as_str().unwrap().contains("/var/lib/postgresql/data"), "{free}");
+}
