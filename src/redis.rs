@@ -360,7 +360,10 @@ mod tests {
         assert_eq!(full.db, 4);
         assert_eq!(full.username.as_deref(), Some("mastodon"));
         assert_eq!(full.password.as_deref(), Some("p@ss:w0rd+"));
-        assert_eq!(full.redacted(), "rediss://mastodon:***@redis.internal:6380/4");
+        assert_eq!(
+            full.redacted(),
+            "rediss://mastodon:***@redis.internal:6380/4"
+        );
         assert!(!format!("{full:?}").contains("w0rd"));
 
         // Password only, default port, no database: Mastodon's own form.

@@ -266,6 +266,42 @@ fn docker_13_to_docker_17_keeps_the_app_stopped_until_asked() {
     }
     assert!(source.is_running("postgres"), "PostgreSQL is never stopped");
 
+    // Someone starts the old app and it writes: a re-run notices, stops it
+    // again and makes a new set instead of trusting the old one.
+    let started = Command::new("docker")
+        .args(["start", &source.container("web")])
+        .output()
+        .unwrap();
+    assert!(started.status.success());
+    source_db.sql("DELETE FROM statuses WHERE id IN (SELECT id FROM statuses ORDER BY id LIMIT 1)");
+    let after_writes = source_db.fingerprint();
+    let mut cmd = source.tusk(&ws);
+    cmd.args([
+        "--json",
+        "--database-url",
+        DB_URL,
+        "migrate",
+        "--to-container",
+        &target.container("postgres"),
+    ]);
+    let out = run(cmd).expect_code(0);
+    let report = out.json();
+    let outcomes: Vec<String> = stages(&report)
+        .into_iter()
+        .map(|(s, o)| format!("{s}:{o}"))
+        .collect();
+    assert!(
+        outcomes.contains(&"backup:done".to_string()),
+        "{outcomes:?}"
+    );
+    assert!(
+        outcomes.contains(&"restore:done".to_string()),
+        "{outcomes:?}"
+    );
+    assert!(!source.is_running("web"));
+    assert_eq!(ws.set_ids().len(), 2, "a new set");
+    assert_eq!(migrated.fingerprint(), after_writes);
+
     // Re-run with --restart-source: everything is done; only the app starts.
     let mut cmd = source.tusk(&ws);
     cmd.args([
@@ -295,7 +331,7 @@ fn docker_13_to_docker_17_keeps_the_app_stopped_until_asked() {
     for service in APP_SERVICES {
         assert!(source.is_running(service), "{service} runs again");
     }
-    assert_eq!(ws.set_ids().len(), 1, "the set was reused");
+    assert_eq!(ws.set_ids().len(), 2, "the set was reused");
 }
 
 /// Polls the target for the restore's staging database, then kills the
@@ -522,5 +558,11 @@ fn direct_to_a_docker_17_container_through_a_named_engine() {
         .unwrap()
         .clone();
     assert_eq!(free["status"], "pass", "{free}");
-    assert!(free["detail"].as_str().unwrap().contains("/var/lib/postgresql/data"), "{free}");
+    assert!(
+        free["detail"]
+            .as_str()
+            .unwrap()
+            .contains("/var/lib/postgresql/data"),
+        "{free}"
+    );
 }

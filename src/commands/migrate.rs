@@ -6,6 +6,7 @@ use tusk::docker::{ContainerSelector, find_running};
 use tusk::error::TuskError;
 use tusk::migrate::preflight::Status;
 use tusk::migrate::{self, AppControl, CutoverSource, MigrateOptions, MigrateReport};
+use tusk::notify::RunDetails;
 use tusk::output::table;
 use tusk::postgres::docker::DockerServer;
 use tusk::postgres::{DbTarget, PgServer};
@@ -103,13 +104,26 @@ pub async fn exec(ctx: &Context, args: MigrateArgs) -> Result<()> {
             media_root: settings.media_root.clone(),
         },
     };
-    let (report, outcome) = migrate::run(&opts, &ctx.output).await;
-    if ctx.output.json {
-        ctx.output.print_json(&report)?;
-    } else if !ctx.output.quiet || outcome.is_err() {
-        print_report(&report);
-    }
-    outcome
+    let migrated = async {
+        let (report, outcome) = migrate::run(&opts, &ctx.output).await;
+        if ctx.output.json {
+            ctx.output.print_json(&report)?;
+        } else if !ctx.output.quiet || outcome.is_err() {
+            print_report(&report);
+        }
+        outcome.map(|()| report)
+    };
+    ctx.reported("migrate", migrated, |report| RunDetails {
+        set_id: report.set_id.clone(),
+        bytes: None,
+        durations: report
+            .stages
+            .iter()
+            .map(|stage| (stage.stage.name().to_string(), stage.seconds))
+            .collect(),
+    })
+    .await
+    .map(drop)
 }
 
 fn print_report(report: &MigrateReport) {

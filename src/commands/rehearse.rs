@@ -3,9 +3,11 @@ use anyhow::Result;
 use tusk::backup::BackupOptions;
 use tusk::config::PgMode;
 use tusk::error::TuskError;
+use tusk::notify::RunDetails;
 use tusk::output::human_bytes;
 use tusk::postgres::DbTarget;
 use tusk::rehearse::{self, RehearseOptions, RehearseReport, SetChoice};
+use tusk::set::BackupSet;
 use tusk::verify::{ContainerLike, FromImage, ScratchServer};
 
 use super::Context;
@@ -61,18 +63,24 @@ pub async fn exec(ctx: &Context, args: RehearseArgs) -> Result<()> {
             }),
         }
     } else if let Some(id) = &args.set {
-        SetChoice::Named {
-            backup_dir: instance.backup_dir(),
-            id: id.clone(),
-        }
+        SetChoice::Given(Box::new(BackupSet::resolve(&instance.backup_dir(), id)?))
     } else {
+        // The backup directory and every configured destination.
         let mut dirs = vec![instance.backup_dir()];
         for dir in settings.destinations.iter().filter_map(|d| d.dir()) {
             if !dirs.contains(dir) {
                 dirs.push(dir.clone());
             }
         }
-        SetChoice::LatestGood(dirs)
+        let mut sets = Vec::new();
+        for dir in &dirs {
+            sets.extend(BackupSet::list(dir)?);
+        }
+        let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        SetChoice::LatestGood {
+            sets,
+            searched: searched.join(", "),
+        }
     };
     let opts = RehearseOptions {
         set,
@@ -82,13 +90,28 @@ pub async fn exec(ctx: &Context, args: RehearseArgs) -> Result<()> {
         junit: args.junit.clone(),
         report_file: args.report.clone(),
     };
-    let (report, outcome) = rehearse::run(opts, &ctx.output).await;
-    if ctx.output.json {
-        ctx.output.print_json(&report)?;
-    } else if !ctx.output.quiet || outcome.is_err() {
-        print_report(&report);
-    }
-    outcome
+    // Reported like verify: a failed drill alerts through notify.url and
+    // notify.ping_url; the report is printed either way.
+    let rehearsed = async {
+        let (report, outcome) = rehearse::run(opts, &ctx.output).await;
+        if ctx.output.json {
+            ctx.output.print_json(&report)?;
+        } else if !ctx.output.quiet || outcome.is_err() {
+            print_report(&report);
+        }
+        outcome.map(|()| report)
+    };
+    ctx.reported("rehearse", rehearsed, |report| RunDetails {
+        set_id: report.set_id.clone(),
+        bytes: None,
+        durations: report
+            .restore_seconds
+            .map(|seconds| ("restore".to_string(), seconds))
+            .into_iter()
+            .collect(),
+    })
+    .await
+    .map(drop)
 }
 
 fn print_report(report: &RehearseReport) {

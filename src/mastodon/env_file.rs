@@ -185,13 +185,17 @@ impl EnvFile {
             None => crate::redis::DEFAULT_PORT,
         };
         let db = match get("DB") {
-            Some(text) => text.parse().ok().filter(|db: &i64| *db >= 0).ok_or_else(|| {
-                TuskError::usage(format!(
-                    "{}={text:?} in {} is not a database number",
-                    var("DB"),
-                    self.path.display()
-                ))
-            })?,
+            Some(text) => text
+                .parse()
+                .ok()
+                .filter(|db: &i64| *db >= 0)
+                .ok_or_else(|| {
+                    TuskError::usage(format!(
+                        "{}={text:?} in {} is not a database number",
+                        var("DB"),
+                        self.path.display()
+                    ))
+                })?,
             None => 0,
         };
         let mut target = RedisTarget::tcp(host, port);
@@ -308,10 +312,8 @@ mod tests {
         assert_eq!(cache.namespace.as_deref(), Some("mastodon_cache"));
 
         // REDIS_URL wins over REDIS_HOST; SIDEKIQ_REDIS_URL over both.
-        let urls = env(
-            "REDIS_HOST=ignored\nREDIS_URL=redis://base:1/1\n\
-             SIDEKIQ_REDIS_URL=redis://:s@sidekiq:2/2\n",
-        );
+        let urls = env("REDIS_HOST=ignored\nREDIS_URL=redis://base:1/1\n\
+             SIDEKIQ_REDIS_URL=redis://:s@sidekiq:2/2\n");
         assert_eq!(
             urls.redis(RedisRole::Sidekiq).unwrap().redacted(),
             "redis://:***@sidekiq:2/2"
@@ -341,7 +343,10 @@ mod tests {
     fn redis_settings_tusk_cannot_follow_are_usage_errors() {
         for (text, expected) in [
             ("REDIS_PORT=sixty\n", "REDIS_PORT"),
-            ("SIDEKIQ_REDIS_HOST=q\nSIDEKIQ_REDIS_DB=-1\n", "SIDEKIQ_REDIS_DB"),
+            (
+                "SIDEKIQ_REDIS_HOST=q\nSIDEKIQ_REDIS_DB=-1\n",
+                "SIDEKIQ_REDIS_DB",
+            ),
             ("REDIS_URL=http://x\n", "REDIS_URL"),
             (
                 "REDIS_SENTINEL_MASTER=mymaster\nREDIS_SENTINELS=a:26379,b\n",

@@ -130,7 +130,9 @@ pub async fn read(session: &mut RedisSession, now_ms: i64) -> Result<SidekiqStat
             // Expired hash: the process stopped beating.
             let Some(info) = info else { continue };
             processes += 1;
-            busy += busy_now.and_then(|b| b.trim().parse::<u64>().ok()).unwrap_or(0);
+            busy += busy_now
+                .and_then(|b| b.trim().parse::<u64>().ok())
+                .unwrap_or(0);
             threads += serde_json::from_str::<serde_json::Value>(&info)
                 .ok()
                 .and_then(|info| info.get("concurrency")?.as_u64())
@@ -209,7 +211,11 @@ mod tests {
             latency_seconds,
         };
         let state = SidekiqState {
-            queues: vec![queue("default", 3.0), queue("pull", 900.0), queue("push", 1.0)],
+            queues: vec![
+                queue("default", 3.0),
+                queue("pull", 900.0),
+                queue("push", 1.0),
+            ],
             scheduled: 0,
             retries: 0,
             dead: 0,

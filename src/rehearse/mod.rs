@@ -31,11 +31,15 @@ use crate::verify::{self, ScratchServer, VerifyOptions, WhileRestored};
 
 /// Which set to rehearse with.
 pub enum SetChoice {
-    /// The newest set in these directories whose last verification, if
-    /// any, succeeded.
-    LatestGood(Vec<PathBuf>),
-    /// A set by id or path, in this backup directory.
-    Named { backup_dir: PathBuf, id: String },
+    /// The newest of these sets (listed from every destination) whose last
+    /// verification, if any, succeeded; `searched` says where they were
+    /// listed, for the error when none is.
+    LatestGood {
+        sets: Vec<BackupSet>,
+        searched: String,
+    },
+    /// A set the caller found (`--set`).
+    Given(Box<BackupSet>),
     /// Dump one now (read-only on the source).
     Fresh {
         source: Box<dyn PgServer>,
@@ -143,8 +147,8 @@ async fn rehearse(
     report: &mut RehearseReport,
 ) -> Result<()> {
     let set = match opts.set {
-        SetChoice::LatestGood(dirs) => latest_good(&dirs)?,
-        SetChoice::Named { backup_dir, id } => BackupSet::resolve(&backup_dir, &id)?,
+        SetChoice::LatestGood { sets, searched } => latest_good(sets, &searched)?,
+        SetChoice::Given(set) => *set,
         SetChoice::Fresh { source, backup } => {
             tracing::info!("--fresh: dumping the database now (read-only)");
             let written = backup::run(source.as_ref(), &backup, output).await?;
@@ -204,11 +208,7 @@ async fn rehearse(
 }
 
 /// The newest set whose last verification, if any, succeeded.
-fn latest_good(dirs: &[PathBuf]) -> Result<BackupSet> {
-    let mut sets = Vec::new();
-    for dir in dirs {
-        sets.extend(BackupSet::list(dir)?);
-    }
+fn latest_good(mut sets: Vec<BackupSet>, searched: &str) -> Result<BackupSet> {
     sets.sort_by(|a, b| {
         (a.manifest.started_at, &a.manifest.id).cmp(&(b.manifest.started_at, &b.manifest.id))
     });
@@ -218,14 +218,12 @@ fn latest_good(dirs: &[PathBuf]) -> Result<BackupSet> {
         .rev()
         .find(|set| set.verification().is_none_or(|v| v.ok));
     good.ok_or_else(|| {
-        let listed: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         if newest == 0 {
-            TuskError::usage(format!("no backup sets in {}", listed.join(", ")))
+            TuskError::usage(format!("no backup sets in {searched}"))
         } else {
             TuskError::usage(format!(
-                "none of the {newest} backup sets in {} passed its last verification; \
-                 run `tusk backup` or name one with --set",
-                listed.join(", ")
+                "none of the {newest} backup sets in {searched} passed its last verification; \
+                 run `tusk backup` or name one with --set"
             ))
         }
     })
