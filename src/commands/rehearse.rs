@@ -7,7 +7,6 @@ use tusk::notify::RunDetails;
 use tusk::output::human_bytes;
 use tusk::postgres::DbTarget;
 use tusk::rehearse::{self, RehearseOptions, RehearseReport, SetChoice};
-use tusk::set::BackupSet;
 use tusk::verify::{ContainerLike, FromImage, ScratchServer};
 
 use super::Context;
@@ -63,22 +62,16 @@ pub async fn exec(ctx: &Context, args: RehearseArgs) -> Result<()> {
             }),
         }
     } else if let Some(id) = &args.set {
-        SetChoice::Given(Box::new(BackupSet::resolve(&instance.backup_dir(), id)?))
+        SetChoice::Given(Box::new(instance.find_set(id, None).await?))
     } else {
-        // The backup directory and every configured destination.
-        let mut dirs = vec![instance.backup_dir()];
-        for dir in settings.destinations.iter().filter_map(|d| d.dir()) {
-            if !dirs.contains(dir) {
-                dirs.push(dir.clone());
-            }
-        }
-        let mut sets = Vec::new();
-        for dir in &dirs {
-            sets.extend(BackupSet::list(dir)?);
-        }
-        let searched: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        // Every destination (directories and buckets) and the backup directory.
+        let listed = instance.list_sets(None).await?;
+        let searched: Vec<String> = listed
+            .iter()
+            .map(|(destination, _)| format!("{} ({})", destination.name, destination.describe()))
+            .collect();
         SetChoice::LatestGood {
-            sets,
+            sets: listed.into_iter().flat_map(|(_, sets)| sets).collect(),
             searched: searched.join(", "),
         }
     };
