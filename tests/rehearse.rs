@@ -270,3 +270,31 @@ fn a_failing_command_in_a_throwaway_container_exits_5_and_leaves_nothing() {
     }
     assert!(compose.is_running("postgres"));
 }
+
+#[test]
+fn a_failing_command_against_a_scratch_database_leaves_no_database() {
+    let source = Cluster::main().mastodon_database("rh_fail", 1);
+    let ws = Workspace::new();
+    ws.backup(&source);
+    let scratch_server = Cluster::second();
+
+    let mut cmd = ws.tusk();
+    cmd.args([
+        "--json",
+        "--database-url",
+        &source.url(),
+        "rehearse",
+        "--target-url",
+        &scratch_server.url,
+        "--run",
+        "test -n \"$DATABASE_URL\" && exit 9",
+    ]);
+    let out = run(cmd).expect_code(5);
+    let report = out.json();
+    assert_eq!(report["exit_code"], 5);
+    assert_eq!(report["run"]["exit_code"], 9);
+    assert!(report["error"].as_str().unwrap().contains("exit 9"));
+    let made = scratch_databases_in(&out.stderr);
+    assert!(!made.is_empty(), "{}", out.stderr);
+    assert!(scratch_server.kept_scratch_of(&out.stderr).is_empty());
+}

@@ -160,7 +160,10 @@ pub async fn remove(bucket: &Bucket, id: &str, keys: &[String]) -> Result<()> {
     bucket.storage.delete(&manifest).await?;
     // One request per key: a set has a handful of objects, and DeleteObjects
     // needs a checksum header some stores refuse.
-    for key in keys.iter().filter(|key| **key != manifest && **key != marker) {
+    for key in keys
+        .iter()
+        .filter(|key| **key != manifest && **key != marker)
+    {
         bucket.storage.delete(key).await?;
     }
     // An attempt's upload a killed run left open; a store that cannot list
