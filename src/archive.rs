@@ -78,6 +78,9 @@ pub struct TocEntry {
     pub definition: Option<String>,
     /// Dump ids this entry depends on.
     pub deps: Vec<i64>,
+    /// For `TABLE DATA`: the `COPY ... FROM stdin;` that loads its data,
+    /// naming the columns in the order of the data's fields.
+    pub copy_statement: Option<String>,
     offset_set: bool,
     offset_position: u64,
 }
@@ -93,6 +96,7 @@ impl TocEntry {
             namespace: None,
             definition: None,
             deps: deps.to_vec(),
+            copy_statement: None,
             offset_set: false,
             offset_position: 0,
         }
@@ -142,6 +146,7 @@ struct ArchiveReader<R> {
     int_size: usize,
     offset_size: usize,
     minor: u8,
+    data_compressed: bool,
 }
 
 impl<R: BufRead + Seek> ArchiveReader<R> {
@@ -152,6 +157,7 @@ impl<R: BufRead + Seek> ArchiveReader<R> {
             int_size: 4,
             offset_size: 8,
             minor: 0,
+            data_compressed: false,
         }
     }
 
@@ -232,11 +238,13 @@ impl<R: BufRead + Seek> ArchiveReader<R> {
         if self.byte()? != 1 || !(1..=8).contains(&self.offset_size) {
             bail!("not a custom-format archive");
         }
-        if self.minor >= 15 {
-            self.byte()?; // compression algorithm
+        // pg_dump -Z0 writes its data blocks as they are: algorithm 0
+        // (1.15 on) or level 0 (before).
+        self.data_compressed = if self.minor >= 15 {
+            self.byte()? != 0
         } else {
-            self.int()?; // compression level
-        }
+            self.int()? != 0
+        };
         for _ in 0..7 {
             self.int()?; // creation time
         }
@@ -255,7 +263,7 @@ impl<R: BufRead + Seek> ArchiveReader<R> {
             let section = self.int()?;
             let definition = self.str()?;
             self.skip_str()?; // dropStmt
-            self.skip_str()?; // copyStmt
+            let copy_statement = self.str()?;
             let namespace = self.str()?;
             self.skip_str()?; // tablespace
             if self.minor >= 14 {
@@ -283,6 +291,7 @@ impl<R: BufRead + Seek> ArchiveReader<R> {
                 namespace,
                 definition,
                 deps,
+                copy_statement,
                 offset_set: flag != OFFSET_NOT_SET,
                 offset_position,
             });
@@ -327,6 +336,234 @@ impl<R: BufRead + Seek> ArchiveReader<R> {
             }
             self.skip(length as u64)?;
         }
+    }
+}
+
+/// What a streaming walk through an archive finds, in archive order.
+#[derive(Debug)]
+pub enum ArchiveEvent<'a> {
+    /// The table of contents, once, before any data.
+    Toc(&'a [TocEntry]),
+    /// The next bytes of entry `dump_id`'s data block (for `TABLE DATA`,
+    /// COPY text as pg_dump received it); a row may span two events.
+    Data { dump_id: i64, bytes: &'a [u8] },
+    /// A large object of a `BLOBS` block starts ...
+    BlobStart { oid: i64 },
+    /// ... its next bytes ...
+    BlobData(&'a [u8]),
+    /// ... and it ends.
+    BlobEnd,
+}
+
+/// Walks an uncompressed custom-format archive as it streams past, without
+/// seeking or keeping it: the bytes go in with [`ArchiveScanner::feed`] in
+/// pieces of any size, the events come out through a callback. This is
+/// how backup reads the dump on its way to the compressor.
+pub struct ArchiveScanner {
+    state: ScanState,
+    /// The archive's start, until the table of contents is complete.
+    head: Vec<u8>,
+    /// `head`'s length at the last attempt to read the table.
+    head_tried: usize,
+    int_size: usize,
+    /// The bytes of an integer split between two pieces.
+    pending: Vec<u8>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum ScanState {
+    Head,
+    BlockKind,
+    BlockId { kind: u8 },
+    ChunkLength { dump_id: i64, blob: bool },
+    Chunk { dump_id: i64, blob: bool, left: u64 },
+    BlobOid,
+}
+
+impl Default for ArchiveScanner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ArchiveScanner {
+    pub fn new() -> Self {
+        ArchiveScanner {
+            state: ScanState::Head,
+            head: Vec::new(),
+            head_tried: 0,
+            int_size: 4,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Takes the archive's next bytes.
+    pub fn feed(
+        &mut self,
+        bytes: &[u8],
+        visit: &mut dyn FnMut(ArchiveEvent<'_>) -> Result<()>,
+    ) -> Result<()> {
+        if let ScanState::Head = self.state {
+            self.head.extend_from_slice(bytes);
+            // Reading the table again for every small piece would cost
+            // quadratic time on a megabyte-sized table: try again only
+            // once the head has grown by a quarter.
+            if self.head.len() < self.head_tried + (self.head_tried / 4).max(64 << 10)
+                && !bytes.is_empty()
+            {
+                return Ok(());
+            }
+            self.head_tried = self.head.len();
+            let mut reader = ArchiveReader::new(std::io::Cursor::new(&self.head[..]));
+            let entries = match reader.read_entries() {
+                Ok(entries) => entries,
+                Err(err) if is_eof(&err) => return Ok(()),
+                Err(err) => return Err(err),
+            };
+            if reader.data_compressed {
+                bail!("the archive's data blocks are compressed (tusk dumps with --compress=0)");
+            }
+            self.int_size = reader.int_size;
+            let consumed = reader.position as usize;
+            visit(ArchiveEvent::Toc(&entries))?;
+            self.state = ScanState::BlockKind;
+            let head = std::mem::take(&mut self.head);
+            return self.scan(&head[consumed..], visit);
+        }
+        self.scan(bytes, visit)
+    }
+
+    /// Fails unless the archive ended where one may end: after a block.
+    pub fn finish(&mut self, visit: &mut dyn FnMut(ArchiveEvent<'_>) -> Result<()>) -> Result<()> {
+        if let ScanState::Head = self.state {
+            // The last piece may not have been tried yet.
+            self.head_tried = 0;
+            self.feed(&[], visit)?;
+        }
+        match self.state {
+            ScanState::BlockKind if self.pending.is_empty() => Ok(()),
+            ScanState::Head => bail!("the archive ends inside its table of contents"),
+            _ => bail!("the archive ends inside a data block"),
+        }
+    }
+
+    fn scan(
+        &mut self,
+        mut bytes: &[u8],
+        visit: &mut dyn FnMut(ArchiveEvent<'_>) -> Result<()>,
+    ) -> Result<()> {
+        while !bytes.is_empty() {
+            self.state = match self.state {
+                ScanState::Head => unreachable!("the head is read before scanning"),
+                ScanState::BlockKind => {
+                    let kind = bytes[0];
+                    bytes = &bytes[1..];
+                    if kind != BLK_DATA && kind != BLK_BLOBS {
+                        bail!("unknown data block type {kind}");
+                    }
+                    ScanState::BlockId { kind }
+                }
+                ScanState::BlockId { kind } => {
+                    let Some(dump_id) = self.int(&mut bytes) else {
+                        break;
+                    };
+                    if kind == BLK_DATA {
+                        ScanState::ChunkLength {
+                            dump_id,
+                            blob: false,
+                        }
+                    } else {
+                        ScanState::BlobOid
+                    }
+                }
+                ScanState::BlobOid => {
+                    let Some(oid) = self.int(&mut bytes) else {
+                        break;
+                    };
+                    if oid == 0 {
+                        ScanState::BlockKind
+                    } else {
+                        visit(ArchiveEvent::BlobStart { oid })?;
+                        ScanState::ChunkLength {
+                            dump_id: 0,
+                            blob: true,
+                        }
+                    }
+                }
+                ScanState::ChunkLength { dump_id, blob } => {
+                    let Some(length) = self.int(&mut bytes) else {
+                        break;
+                    };
+                    match length {
+                        0 if blob => {
+                            visit(ArchiveEvent::BlobEnd)?;
+                            ScanState::BlobOid
+                        }
+                        0 => ScanState::BlockKind,
+                        length if length < 0 => bail!("negative chunk length {length}"),
+                        length => ScanState::Chunk {
+                            dump_id,
+                            blob,
+                            left: length as u64,
+                        },
+                    }
+                }
+                ScanState::Chunk {
+                    dump_id,
+                    blob,
+                    left,
+                } => {
+                    let take = bytes.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let (chunk, rest) = bytes.split_at(take);
+                    bytes = rest;
+                    if blob {
+                        visit(ArchiveEvent::BlobData(chunk))?;
+                    } else {
+                        visit(ArchiveEvent::Data {
+                            dump_id,
+                            bytes: chunk,
+                        })?;
+                    }
+                    let left = left - take as u64;
+                    if left == 0 {
+                        ScanState::ChunkLength { dump_id, blob }
+                    } else {
+                        ScanState::Chunk {
+                            dump_id,
+                            blob,
+                            left,
+                        }
+                    }
+                }
+            };
+        }
+        Ok(())
+    }
+
+    /// pg_dump's WriteInt from `bytes`, which may hold only part of it
+    /// (then `None`, with the part kept for the next piece).
+    fn int(&mut self, bytes: &mut &[u8]) -> Option<i64> {
+        let size = 1 + self.int_size;
+        let encoded: &[u8] = if self.pending.is_empty() && bytes.len() >= size {
+            let (encoded, rest) = bytes.split_at(size);
+            *bytes = rest;
+            encoded
+        } else {
+            let take = (size - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            *bytes = &bytes[take..];
+            if self.pending.len() < size {
+                return None;
+            }
+            &self.pending
+        };
+        let mut value: i64 = 0;
+        for (shift, byte) in encoded[1..].iter().enumerate() {
+            value |= i64::from(*byte) << (8 * shift);
+        }
+        let value = if encoded[0] != 0 { -value } else { value };
+        self.pending.clear();
+        Some(value)
     }
 }
 

@@ -533,6 +533,11 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub checksums_only: bool,
 
+    /// After the test restore compare row counts, migrations and objects
+    /// only, not every table's content, the sequences and large objects
+    #[arg(long, conflicts_with = "checksums_only")]
+    pub counts_only: bool,
+
     /// Server for the scratch restore [default: the source database's server]
     #[arg(
         long,

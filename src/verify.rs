@@ -23,7 +23,8 @@ use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer};
 use crate::restore::database_properties::{self as properties_sql, existing_roles};
 use crate::restore::{self, LoadOptions};
-use crate::set::manifest::{Problem, Verification};
+use crate::set::content::{self, ContentDigests};
+use crate::set::manifest::{ArtefactKind, Problem, Verification};
 use crate::set::properties;
 use crate::set::{BackupSet, facts};
 use bollard::Docker;
@@ -65,10 +66,31 @@ pub struct ContainerLike {
 pub struct VerifyOptions {
     /// `None` only re-hashes the artefacts.
     pub scratch: Option<ScratchServer>,
-    /// Parallel pg_restore jobs for the test restore.
+    /// Parallel pg_restore jobs for the test restore; also the sessions
+    /// that read the restored tables back for their digests (at most 4).
     pub jobs: u32,
+    /// Compare every table's content, the sequences' values and the large
+    /// objects with the set's digests, beyond the row counts (the default;
+    /// `--counts-only` turns it off).
+    pub content: bool,
     /// Run against the restored copy once it loaded.
     pub while_restored: Option<Box<dyn WhileRestored>>,
+}
+
+impl VerifyOptions {
+    fn comparison(&self) -> Comparison {
+        Comparison {
+            jobs: self.jobs,
+            content: self.content,
+        }
+    }
+}
+
+/// How the test restore loads and compares.
+#[derive(Debug, Clone, Copy)]
+struct Comparison {
+    jobs: u32,
+    content: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,6 +100,8 @@ pub struct VerifyReport {
     pub checksums_only: bool,
     pub server: Option<String>,
     pub tables_compared: usize,
+    /// Whether the tables' content was compared (not only their row counts).
+    pub content_compared: bool,
     pub restore_seconds: Option<f64>,
     pub peak_database_bytes: Option<i64>,
     pub problems: Vec<Problem>,
@@ -99,6 +123,7 @@ pub async fn run(
         checksums_only: opts.scratch.is_none(),
         server: None,
         tables_compared: 0,
+        content_compared: false,
         restore_seconds: None,
         peak_database_bytes: None,
         problems: Vec::new(),
@@ -113,7 +138,7 @@ pub async fn run(
                 test_restore(
                     set,
                     server.as_ref(),
-                    opts.jobs,
+                    opts.comparison(),
                     &mut opts.while_restored,
                     output,
                     &mut report,
@@ -196,7 +221,7 @@ async fn in_container(
         test_restore(
             set,
             &server,
-            opts.jobs,
+            opts.comparison(),
             &mut opts.while_restored,
             output,
             report,
@@ -212,7 +237,7 @@ async fn in_container(
 async fn test_restore(
     set: &BackupSet,
     server: &dyn PgServer,
-    jobs: u32,
+    comparison: Comparison,
     while_restored: &mut Option<Box<dyn WhileRestored>>,
     output: &Output,
     report: &mut VerifyReport,
@@ -236,7 +261,7 @@ async fn test_restore(
     // Ownership and grants are not what verify checks, and the roles may not
     // exist on the scratch server.
     let load = LoadOptions {
-        jobs,
+        jobs: comparison.jobs,
         no_owner: true,
         no_acl: true,
         role: None,
@@ -250,7 +275,8 @@ async fn test_restore(
 
     let outcome = match loaded {
         Ok(()) => {
-            let compared = match compare(set, server, &scratch, report, problems).await {
+            let compared = match compare(set, server, &scratch, comparison, report, problems).await
+            {
                 Ok(()) => compare_properties(set, &mut admin, &scratch, report, problems).await,
                 Err(err) => Err(err),
             };
@@ -390,9 +416,10 @@ pub struct ContentCheck {
 
 /// Compares `database` on `server`, restored from `set` by a full restore
 /// (roles and the database's own properties applied), with what the set
-/// recorded: each table's row count, the applied migrations, the objects
-/// Mastodon needs, and the database's properties for the roles that exist
-/// there. The same queries as a test restore's, for `tusk migrate`.
+/// recorded: each table's row count and content (`set::content::check`),
+/// the applied migrations, the objects Mastodon needs, and the database's
+/// properties for the roles that exist there. The same queries as a test
+/// restore's, for `tusk migrate`.
 pub async fn compare_restored(
     set: &BackupSet,
     server: &dyn PgServer,
@@ -403,7 +430,8 @@ pub async fn compare_restored(
         .await
         .with_context(|| format!("could not read the restored database {database}"))?;
     let mut problems = facts::compare(&set.manifest.database, &restored);
-    let mut notes = Vec::new();
+    let (found, mut notes) = compare_content(set, server, database, session, 2).await?;
+    problems.extend(found);
     match &set.manifest.database.properties {
         Some(recorded) => {
             let admin = server.connect_maintenance().await?;
@@ -428,6 +456,7 @@ async fn compare(
     set: &BackupSet,
     server: &dyn PgServer,
     scratch: &str,
+    comparison: Comparison,
     report: &mut VerifyReport,
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
@@ -439,5 +468,69 @@ async fn compare(
         .with_context(|| format!("could not read the restored copy in {scratch}"))?;
     report.tables_compared = set.manifest.database.tables.len();
     problems.extend(facts::compare(&set.manifest.database, &restored));
+    if comparison.content {
+        let (found, notes) =
+            compare_content(set, server, scratch, session, comparison.jobs).await?;
+        problems.extend(found);
+        report.notes.extend(notes);
+        report.content_compared = true;
+    }
     Ok(())
+}
+
+/// Compares the content of `database` (restored from `set`) with the set's
+/// digests on `jobs` sessions (at most 4), `session` being the first.
+/// Returns the differences and the notes (an older set's digests come
+/// from its archive).
+async fn compare_content(
+    set: &BackupSet,
+    server: &dyn PgServer,
+    database: &str,
+    session: Client,
+    jobs: u32,
+) -> Result<(Vec<Problem>, Vec<String>)> {
+    let (expected, note) = expected_content(set, &session).await?;
+    let mut sessions = vec![session];
+    for _ in 1..jobs.clamp(1, 4) {
+        sessions.push(server.connect(database).await?);
+    }
+    let started = Instant::now();
+    let problems = content::check(&sessions, &expected)
+        .await
+        .with_context(|| format!("could not read the restored copy in {database}"))?;
+    tracing::info!(
+        "content of {} tables, {} sequences and the large objects compared in {:.1}s",
+        expected.tables.len(),
+        expected.sequences.len(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok((problems, note.into_iter().collect()))
+}
+
+/// The content digests `set` recorded; for a set written before backups
+/// recorded them, those of its archive, with a note saying so.
+pub async fn expected_content(
+    set: &BackupSet,
+    session: &Client,
+) -> Result<(ContentDigests, Option<String>)> {
+    if let Some(recorded) = &set.manifest.content {
+        return Ok((recorded.clone(), None));
+    }
+    let artefact = set
+        .manifest
+        .artefact(ArtefactKind::Database)
+        .context("the set has no database artefact")?;
+    // The dump session's TimeZone and bytea_output were not recorded: the
+    // verifying session's stand in (the same server's defaults, usually).
+    let settings = content::session_settings(session).await?;
+    let digests = content::from_archive(set.open_artefact(artefact).await?, &settings)
+        .await
+        .context("could not compute content digests from the set's archive")?;
+    let note = format!(
+        "this set was written before tusk recorded content digests: the expected digests \
+         were computed from its archive (TimeZone {}, as this session has it), so the \
+         comparison proves the restore, not the dump",
+        settings.get("TimeZone").map_or("?", String::as_str)
+    );
+    Ok((digests, Some(note)))
 }

@@ -15,6 +15,7 @@ use crate::output::{Output, human_bytes};
 use crate::postgres::{PgServer, Tool, ToolCommand, server_version};
 use crate::set::Compression;
 use crate::set::bucket::{self, PartialBucketSet};
+use crate::set::content::{self, ContentDigests, DigestTap, TapHandle};
 use crate::set::destination::{Destination, DestinationLock, Place};
 use crate::set::manifest::{
     Artefact, ArtefactKind, CompressionInfo, DatabaseFacts, Manifest, SourceInfo, ToolInfo,
@@ -372,11 +373,22 @@ async fn dump_set(
         globals,
         dump_database(server, &session, opts, &partial, output)
     );
-    let ((globals, globals_seconds), (database_artefact, facts)) = match dumped {
+    let ((globals, globals_seconds), (database_artefact, facts, content)) = match dumped {
         Ok(dumped) => dumped,
         Err(err) => {
             partial.abandon().await;
             return Err(err);
+        }
+    };
+    let content = match content {
+        Ok(content) => Some(content),
+        Err(err) => {
+            // The set is still a good backup; verify will compute the
+            // digests from its archive, as for sets written before them.
+            let note = format!("no content digests were recorded: {err:#}");
+            tracing::warn!("{note}");
+            notes.push(note);
+            None
         }
     };
     durations.insert("globals".into(), globals_seconds);
@@ -418,6 +430,7 @@ async fn dump_set(
         artefacts: vec![globals, database_artefact],
         durations: durations.clone(),
         notes: notes.clone(),
+        content,
     };
     manifest.durations.insert("finish".into(), 0.0);
     let written = partial.commit(&manifest).await?;
@@ -470,17 +483,20 @@ async fn dump_globals(
         ProgressBar::hidden(),
     )
     .await
+    .map(|(artefact, _)| artefact)
 }
 
 /// Dumps the database from a snapshot exported by `session`, counting every
-/// table's rows in that same snapshot while pg_dump streams.
+/// table's rows in that same snapshot while pg_dump streams, and digesting
+/// the archive's content on its way to the compressor (the digests' own
+/// failure is the third result: it does not fail the backup).
 async fn dump_database(
     server: &dyn PgServer,
     session: &Client,
     opts: &BackupOptions,
     partial: &SetWriters,
     output: &Output,
-) -> Result<(Artefact, DatabaseFacts)> {
+) -> Result<(Artefact, DatabaseFacts, Result<ContentDigests>)> {
     // The exporting transaction must stay open until pg_dump has imported
     // the snapshot; it stays open until the dump ends, which also serves
     // the counts.
@@ -494,6 +510,9 @@ async fn dump_database(
         .context("could not export a snapshot")?
         .get(0);
 
+    // The output settings pg_dump leaves as the session has them, read in
+    // a session of the same role on the same database.
+    let settings = content::session_settings(session).await?;
     let command = ToolCommand::new(Tool::PgDump)
         .arg("--format=custom")
         // tusk compresses the stream itself, faster and with zstd.
@@ -512,9 +531,13 @@ async fn dump_database(
         opts,
         output.byte_progress("pg_dump", None),
     );
-    let (artefact, facts) = tokio::try_join!(dump, crate::set::facts::read(session))?;
+    let ((artefact, tap), facts) = tokio::try_join!(dump, crate::set::facts::read(session))?;
     session.batch_execute("COMMIT").await?;
-    Ok((artefact, facts))
+    let digests = match tap {
+        Some(tap) => tap.outcome(&settings),
+        None => Err(anyhow::anyhow!("the archive was not read")),
+    };
+    Ok((artefact, facts, digests))
 }
 
 /// Runs a dump tool and streams its output, compressed and hashed, into
@@ -533,10 +556,19 @@ async fn stream_tool_to_artefact(
     kind: ArtefactKind,
     opts: &BackupOptions,
     progress: ProgressBar,
-) -> Result<Artefact> {
+) -> Result<(Artefact, Option<TapHandle>)> {
     let label = command.tool.program();
     let mut process = server.spawn(command).await?;
-    let stdout = process.take_stdout();
+    let mut stdout = process.take_stdout();
+    // The database's custom-format archive is digested as it passes, in
+    // the task that reads pg_dump's pipe: no copy of the data, no second
+    // read ([`content::DigestTap`]).
+    let mut tap = None;
+    if kind == ArtefactKind::Database {
+        let (reader, handle) = DigestTap::new(stdout);
+        stdout = Box::new(reader);
+        tap = Some(handle);
+    }
     let written = async {
         let sink = partial.sink(name).await?;
         stream::write_artefact(
@@ -565,11 +597,12 @@ async fn stream_tool_to_artefact(
     if written.uncompressed_bytes == 0 {
         bail!("{label} produced no output");
     }
-    Ok(Artefact {
+    let artefact = Artefact {
         name: name.to_string(),
         kind,
         bytes: written.bytes,
         sha256: written.sha256,
         uncompressed_bytes: written.uncompressed_bytes,
-    })
+    };
+    Ok((artefact, tap))
 }

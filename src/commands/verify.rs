@@ -55,6 +55,7 @@ async fn verify_and_print(ctx: &Context, args: VerifyArgs) -> Result<VerifyRepor
     let opts = VerifyOptions {
         scratch,
         jobs: args.jobs.max(1),
+        content: !args.counts_only,
         while_restored: None,
     };
     let report = verify::run(&set, opts, &ctx.output).await?;
@@ -83,8 +84,13 @@ fn print_report(report: &VerifyReport) {
         let mut line = format!("{}: OK", report.id);
         if let Some(seconds) = report.restore_seconds {
             line.push_str(&format!(
-                ", {} tables match after a {seconds:.1}s test restore",
-                report.tables_compared
+                ", {} tables match{} after a {seconds:.1}s test restore",
+                report.tables_compared,
+                if report.content_compared {
+                    " in content"
+                } else {
+                    " in row counts"
+                }
             ));
         } else {
             line.push_str(", checksums match");

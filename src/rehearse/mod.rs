@@ -170,6 +170,7 @@ async fn rehearse(
         VerifyOptions {
             scratch: Some(opts.scratch),
             jobs: opts.jobs,
+            content: true,
             while_restored,
         },
         output,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::content::ContentDigests;
 use super::properties::DatabaseProperties;
 use crate::set::Compression;
 
@@ -32,6 +33,12 @@ pub struct Manifest {
     /// Things an operator should know about this set, e.g. missing role passwords.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// Digests of every table's rows, the sequences' values and the large
+    /// objects, taken from the archive as it was written; absent in sets
+    /// written before tusk recorded them (verify then computes them from
+    /// the archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<ContentDigests>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,6 +10,7 @@
 
 pub mod bucket;
 mod compression;
+pub mod content;
 pub mod destination;
 pub mod facts;
 pub mod lock;
