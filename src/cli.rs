@@ -363,6 +363,13 @@ pub enum Command {
     Migrate(MigrateArgs),
     /// Rehearse a migration: restore the latest set into a throwaway target, verify it, run a command against it
     Rehearse(RehearseArgs),
+    /// Is the instance healthy? Sidekiq, PostgreSQL, Redis, backups and disk, with
+    /// Nagios exit codes, Prometheus metrics and a /metrics server
+    #[command(
+        after_help = "Exit codes (Nagios): 0 ok, 1 warning, 2 critical, 3 unknown \
+(also for a configuration error); --listen exits like other commands."
+    )]
+    Status(StatusArgs),
     /// Print the script that makes a shell complete tusk's commands, flags and set ids
     Completions(CompletionsArgs),
     /// Write man pages into a directory
@@ -962,4 +969,25 @@ mod tests {
             .to_string();
         assert!(err.contains("zstd") && err.contains("gzip"), "{err}");
     }
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Run only this check (repeat for more); see docs/status.md
+    #[arg(long = "check", value_name = "NAME", value_parser = check_names())]
+    pub checks: Vec<String>,
+
+    /// Serve /metrics and /healthz on ADDRESS (e.g. 127.0.0.1:9394) until stopped,
+    /// reading fresh figures per scrape
+    #[arg(long, value_name = "ADDRESS", env = "TUSK_STATUS_LISTEN")]
+    pub listen: Option<String>,
+}
+
+/// `--check`'s names, with what each checks.
+fn check_names() -> PossibleValuesParser {
+    PossibleValuesParser::new(
+        tusk::status::CHECKS
+            .iter()
+            .map(|(name, help)| PossibleValue::new(*name).help(*help)),
+    )
 }

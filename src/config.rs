@@ -66,6 +66,9 @@ pub struct FileSettings {
     pub blocks: BlocksSection,
     #[serde(default)]
     pub redis: RedisSection,
+    /// `tusk status`'s thresholds.
+    #[serde(default)]
+    pub status: crate::status::StatusSettings,
 }
 
 /// Mastodon's Redis servers; unset keys come from `.env.production`
@@ -379,6 +382,8 @@ pub struct Settings {
     pub app_stop_command: String,
     /// Starts them again (`mastodon.start_command`).
     pub app_start_command: String,
+    /// The `status:` section as written.
+    pub status: crate::status::StatusSettings,
 }
 
 /// The admin API token, never printed.
@@ -605,6 +610,7 @@ impl Settings {
             redis_timeout,
             app_stop_command,
             app_start_command,
+            status: file.status,
             mastodon_url,
             mastodon_token,
             blocks_state_dir,

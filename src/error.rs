@@ -21,6 +21,10 @@ pub enum TuskError {
     /// The admin's own command failed (`tusk rehearse --run`).
     #[error("{0}")]
     CommandFailed(String),
+    /// `tusk status`'s Nagios outcome (1 warning, 2 critical, 3 unknown),
+    /// after it printed its report; an empty message prints nothing more.
+    #[error("{message}")]
+    Status { code: u8, message: String },
 }
 
 impl TuskError {
@@ -49,7 +53,19 @@ pub fn exit_status_for(err: &anyhow::Error) -> u8 {
             TuskError::VerificationFailed(_) => EXIT_VERIFY,
             TuskError::Locked(_) => EXIT_LOCKED,
             TuskError::CommandFailed(_) => EXIT_COMMAND,
+            TuskError::Status { code, .. } => *code,
         })
+}
+
+/// Whether the error only carries an exit status, its report already
+/// printed (`tusk status` with a warning or a critical check).
+pub fn is_report_only(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<TuskError>(),
+            Some(TuskError::Status { message, .. }) if message.is_empty()
+        )
+    })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //!   [`instance`] (the configured instance's servers and stores) and
 //!   [`init`] (writing a first tusk.yaml);
 //! - operations: [`backup`], [`blocks`], [`restore`], [`verify`], [`media`],
-//!   [`prune`], [`prune_sets`], [`tune`], [`janitor`] (which backup, restore
+//!   [`prune`], [`prune_sets`], [`status`], [`tune`], [`janitor`] (which backup, restore
 //!   and verify call first to remove what a killed run left), and the reports
 //!   around them, [`notify`] and [`metrics`]; [`migrate`] and [`rehearse`],
 //!   which compose backup, restore and verify;
@@ -55,6 +55,7 @@ pub mod prune;
 pub mod prune_sets;
 pub mod rehearse;
 pub mod restore;
+pub mod status;
 pub mod tune;
 pub mod verify;
 

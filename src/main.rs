@@ -54,7 +54,9 @@ fn main() -> ExitCode {
         match outcome {
             Ok(Ok(())) => ExitCode::SUCCESS,
             Ok(Err(err)) => {
-                tracing::error!("{err:#}");
+                if !error::is_report_only(&err) {
+                    tracing::error!("{err:#}");
+                }
                 error::exit_code_for(&err)
             }
             Err(signal) => ExitCode::from(signal.exit_code()),

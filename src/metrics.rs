@@ -146,6 +146,12 @@ pub fn render(destinations: &[DestinationMetrics]) -> String {
 
 /// Writes the metrics to `path` atomically, readable by node_exporter.
 pub fn write(path: &Path, destinations: &[DestinationMetrics]) -> Result<()> {
+    write_text(path, &render(destinations))
+}
+
+/// Writes metrics already in the text format to `path` atomically (a
+/// temporary file beside it, renamed over it), mode 0644.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
     use std::io::Write;
     use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
@@ -157,7 +163,7 @@ pub fn write(path: &Path, destinations: &[DestinationMetrics]) -> Result<()> {
         .suffix(".tmp")
         .tempfile_in(dir)
         .with_context(|| format!("could not create a temporary file in {}", dir.display()))?;
-    temp.write_all(render(destinations).as_bytes())
+    temp.write_all(text.as_bytes())
         .and_then(|()| {
             temp.as_file()
                 .set_permissions(std::fs::Permissions::from_mode(0o644))
@@ -169,7 +175,7 @@ pub fn write(path: &Path, destinations: &[DestinationMetrics]) -> Result<()> {
 }
 
 /// Backslash, double quote and newline are escaped in label values.
-fn escape_label(value: &str) -> String {
+pub fn escape_label(value: &str) -> String {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

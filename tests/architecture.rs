@@ -31,6 +31,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("prune_sets", 3),
     ("copy_sets", 3),
     ("restore", 3),
+    ("status", 3),
     ("tune", 3),
     ("verify", 3),
     ("migrate", 3),

@@ -169,6 +169,13 @@ async fn usage(ctx: &Context, args: MediaUsageArgs) -> Result<()> {
         bucket.as_ref().map(|b| b as &dyn Storage),
     )
     .await?;
+    // `tusk status` reports the media's size from this record.
+    let store = if bucket.is_some() { "s3" } else { "local" };
+    if let Err(err) =
+        media::usage::UsageRecord::of(&rows, store).save(&instance.settings.blocks_state_dir)
+    {
+        tracing::warn!("could not record the media usage for tusk status: {err:#}");
+    }
     if ctx.output.json {
         return ctx.output.print_json(&rows);
     }

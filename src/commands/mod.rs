@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod prune;
 pub mod rehearse;
 pub mod restore;
+pub mod status;
 pub mod tune;
 pub mod verify;
 
@@ -93,7 +94,14 @@ pub async fn dispatch(cli: Cli, log_tail: LogTail) -> Result<()> {
         Command::Init(args) => return init::exec(&cli.global, args).await,
         _ => {}
     }
-    let settings = Settings::resolve(&cli.global.overrides())?;
+    let settings = match Settings::resolve(&cli.global.overrides()) {
+        Ok(settings) => settings,
+        // A monitoring system reads 2 as CRITICAL: status says UNKNOWN.
+        Err(err) if matches!(cli.command, Command::Status(_)) => {
+            return Err(status::unknown(err));
+        }
+        Err(err) => return Err(err),
+    };
     if let Some(path) = &settings.config_file {
         tracing::debug!("config file: {}", path.display());
     }
@@ -115,6 +123,7 @@ pub async fn dispatch(cli: Cli, log_tail: LogTail) -> Result<()> {
         Command::Blocks(args) => blocks::exec(&ctx, args).await,
         Command::Migrate(args) => migrate::exec(&ctx, args).await,
         Command::Rehearse(args) => rehearse::exec(&ctx, args).await,
+        Command::Status(args) => status::exec(&ctx, args).await,
         Command::Completions(_) | Command::Man(_) | Command::Init(_) => {
             unreachable!("handled above")
         }

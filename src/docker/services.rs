@@ -116,6 +116,69 @@ pub async fn find(
     Ok(found)
 }
 
+/// One container of an app service, running or not.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ServiceContainer {
+    pub service: String,
+    pub name: String,
+    pub image: String,
+    /// The Engine's state: `running`, `restarting`, `exited`, `paused`...
+    pub state: String,
+    /// The Engine's summary, e.g. `Up 3 hours (healthy)`.
+    pub status: String,
+}
+
+/// The containers of `services` in any state, found as [`find`] finds
+/// running ones (compose labels in the database's project, else names).
+pub async fn states(
+    docker: &Docker,
+    database: &Container,
+    services: &[String],
+) -> Result<Vec<ServiceContainer>> {
+    let mut found = Vec::new();
+    for service in services {
+        let mut labels = vec![format!("{COMPOSE_SERVICE_LABEL}={service}")];
+        if let Some(project) = &database.project {
+            labels.push(format!("{COMPOSE_PROJECT_LABEL}={project}"));
+        }
+        let list = |filter: (&str, Vec<String>)| {
+            docker.list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([(filter.0.to_string(), filter.1)])),
+                ..Default::default()
+            }))
+        };
+        let mut containers = list(("label", labels))
+            .await
+            .context("could not list containers")?;
+        if containers.is_empty() {
+            containers = list(("name", vec![format!("^/{service}$")]))
+                .await
+                .context("could not list containers")?;
+        }
+        for container in containers {
+            if container.id.as_deref() == Some(database.id.as_str()) {
+                continue;
+            }
+            found.push(ServiceContainer {
+                service: service.clone(),
+                name: container
+                    .names
+                    .and_then(|names| names.into_iter().next())
+                    .map(|name| name.trim_start_matches('/').to_string())
+                    .unwrap_or_default(),
+                image: container.image.unwrap_or_default(),
+                state: container
+                    .state
+                    .map(|state| state.to_string())
+                    .unwrap_or_default(),
+                status: container.status.unwrap_or_default(),
+            });
+        }
+    }
+    Ok(found)
+}
+
 /// Stops `containers` in order. Whatever happens next, they are started
 /// again: the undo action is registered before the first stop.
 pub async fn stop(docker: &Docker, containers: Vec<Container>) -> Result<StoppedServices> {

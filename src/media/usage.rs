@@ -92,6 +92,51 @@ const CLASSES: &[Class] = &[
     },
 ];
 
+/// What the last `tusk media usage` found on storage, kept in the state
+/// directory so `tusk status` can report a bucket's size without listing
+/// it on every run.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct UsageRecord {
+    pub measured_at: chrono::DateTime<chrono::Utc>,
+    /// `local` or `s3`.
+    pub store: String,
+    pub stored_bytes: u64,
+    pub stored_files: u64,
+}
+
+/// The record's file name in the state directory.
+pub const RECORD_FILE: &str = "media-usage.json";
+
+impl UsageRecord {
+    pub fn of(rows: &[UsageRow], store: &str) -> Self {
+        UsageRecord {
+            measured_at: chrono::Utc::now(),
+            store: store.to_string(),
+            stored_bytes: rows.iter().map(|r| r.stored_bytes).sum(),
+            stored_files: rows.iter().map(|r| r.stored_files).sum(),
+        }
+    }
+
+    /// Writes the record into `state_dir` (made if missing), atomically.
+    pub fn save(&self, state_dir: &std::path::Path) -> Result<()> {
+        use anyhow::Context as _;
+        std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("could not create {}", state_dir.display()))?;
+        let mut temp = tempfile::NamedTempFile::new_in(state_dir)?;
+        serde_json::to_writer_pretty(&mut temp, self)?;
+        temp.persist(state_dir.join(RECORD_FILE)).with_context(|| {
+            format!("could not write {}", state_dir.join(RECORD_FILE).display())
+        })?;
+        Ok(())
+    }
+
+    /// The record in `state_dir`, if there is a readable one.
+    pub fn load(state_dir: &std::path::Path) -> Option<Self> {
+        let text = std::fs::read_to_string(state_dir.join(RECORD_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+}
+
 /// Per class: the database's sums beside what storage holds: the bucket
 /// when one is given, else the local media folder.
 pub async fn run(
