@@ -849,3 +849,75 @@ fn docker_mode_reports_the_app_containers() {
         "{message}"
     );
 }
+
+/// Every `tusk_*` name in `text`.
+fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("tusk_") {
+        let name: String = rest[start..]
+            .chars()
+            .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+            .collect();
+        rest = &rest[start + name.len()..];
+        names.insert(name);
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_and_the_alert_rules_use_only_metrics_tusk_writes() {
+    let redis = PrivateRedis::start();
+    seed_sidekiq(&mut redis.connection().unwrap(), None);
+    let cluster = Cluster::main();
+    let ws = Workspace::new();
+    let media = ws.path().join("system");
+    std::fs::create_dir_all(media.join("accounts")).unwrap();
+    std::fs::write(media.join("accounts/a.png"), b"12345").unwrap();
+    let metrics = ws.path().join("tusk.prom");
+    let mut cmd = status(&ws, &redis.url(), &["--json"]);
+    cmd.args([
+        "--database-url",
+        &cluster.db_url("postgres"),
+        "--media-root",
+    ])
+    .arg(&media)
+    .arg("--metrics-file")
+    .arg(&metrics);
+    let out = run(cmd);
+    let report = out.json();
+    assert_eq!(report["media"]["stored_bytes"], 5, "{}", report["media"]);
+    assert_eq!(report["media"]["stored_files"], 1);
+    let text = std::fs::read_to_string(&metrics).unwrap();
+    let samples = parse_metrics(&text);
+    assert_eq!(
+        value(
+            &samples,
+            "tusk_media_stored_bytes",
+            Some(("store", "local"))
+        ),
+        5.0
+    );
+    let written: std::collections::BTreeSet<String> =
+        samples.iter().map(|s| s.metric.clone()).collect();
+    for example in [
+        "examples/prometheus/grafana-dashboard.json",
+        "examples/prometheus/tusk-alerts.yml",
+    ] {
+        let text = std::fs::read_to_string(common::repo_root().join(example)).unwrap();
+        let used = metric_names(&text);
+        assert!(used.len() > 5, "{example}: {used:?}");
+        let unknown: Vec<&String> = used.difference(&written).collect();
+        assert!(
+            unknown.is_empty(),
+            "{example} uses metrics tusk does not write: {unknown:?}"
+        );
+    }
+    serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(
+            common::repo_root().join("examples/prometheus/grafana-dashboard.json"),
+        )
+        .unwrap(),
+    )
+    .expect("the dashboard is JSON");
+}
