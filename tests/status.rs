@@ -921,3 +921,80 @@ fn the_dashboard_and_the_alert_rules_use_only_metrics_tusk_writes() {
     )
     .expect("the dashboard is JSON");
 }
+
+#[test]
+fn a_bucket_destination_is_judged_like_a_directory() {
+    use common::s3::S3Server;
+    let server = S3Server::s3s_fs();
+    let db = Cluster::main().mastodon_database("tusk_status_s3", 1);
+    let ws = Workspace::new();
+    let bucket = server.create_bucket("tusk-status");
+    let config = ws.path().join("status-test.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "destinations:\n  - name: b2\n    s3: {{bucket: {bucket}, prefix: mastodon/, endpoint: {}, \
+             region: us-east-1, path_style: true}}\n    retention: {{keep_last: 2}}\n",
+            server.endpoint
+        ),
+    )
+    .unwrap();
+    let tusk = || {
+        let mut cmd = common::tusk(ws.path());
+        cmd.arg("--config")
+            .arg(&config)
+            .args(["--instance", "test", "--database-url", &db.url()])
+            .env("TUSK_S3_ACCESS_KEY_ID", &server.access_key)
+            .env("TUSK_S3_SECRET_ACCESS_KEY", &server.secret_key)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY");
+        cmd
+    };
+    let status = || {
+        let mut cmd = tusk();
+        cmd.args([
+            "--json", "status", "--check", "backups", "--check", "verify",
+        ]);
+        run(cmd)
+    };
+    let report = status().expect_code(2).json();
+    assert_eq!(report["backups"][0]["name"], "b2");
+    assert_eq!(report["backups"][0]["sets"], 0);
+
+    let mut backup = tusk();
+    backup.args(["--json", "backup"]);
+    let id = run(backup).expect_code(0).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut verify = tusk();
+    verify
+        .args(["verify", "latest", "--verify-url"])
+        .arg(Cluster::second().db_url("postgres"));
+    run(verify).expect_code(0);
+
+    let report = status().expect_code(0).json();
+    let b2 = &report["backups"][0];
+    assert_eq!(b2["sets"], 1, "{report:#}");
+    assert_eq!(b2["newest"]["id"], id.as_str());
+    assert_eq!(b2["newest_verified"]["id"], id.as_str());
+    assert!(b2["location"].as_str().unwrap().contains(&bucket), "{b2}");
+
+    // Without credentials the destination cannot be read: unknown, not a crash.
+    let mut cmd = common::tusk(ws.path());
+    cmd.arg("--config")
+        .arg(&config)
+        .args([
+            "--database-url",
+            &db.url(),
+            "--json",
+            "status",
+            "--check",
+            "backups",
+        ])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("HOME", ws.path());
+    let report = run(cmd).expect_code(3).json();
+    assert_eq!(report["checks"][0]["state"], "unknown", "{report:#}");
+}

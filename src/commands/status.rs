@@ -7,7 +7,7 @@ use tusk::error::TuskError;
 use tusk::instance::Instance;
 use tusk::media::usage::UsageRecord;
 use tusk::output::{human_bytes, table};
-use tusk::status::backups::{DirListing, SetsListing};
+use tusk::status::backups::{DestinationListing, SetsListing};
 use tusk::status::{self, MediaSource, StatusOptions, StatusReport, StatusSources};
 
 use super::Context;
@@ -101,10 +101,9 @@ async fn sources(instance: &Instance) -> StatusSources {
     let destinations: Vec<Box<dyn SetsListing>> = settings
         .destinations
         .iter()
-        .map(|d| {
-            Box::new(DirListing {
-                name: d.name.clone(),
-                dir: d.dir.clone(),
+        .map(|destination| {
+            Box::new(DestinationListing {
+                destination: destination.clone(),
             }) as Box<dyn SetsListing>
         })
         .collect();

@@ -1,9 +1,9 @@
 //! What `tusk status` knows about the backup sets of each destination and
 //! the disk they (and a restore) need.
 //!
-//! A destination is read through [`SetsListing`], so a bucket destination
-//! plugs in beside the directory one ([`DirListing`]) by summarising its
-//! own listing.
+//! A destination is read through [`SetsListing`]; [`DestinationListing`]
+//! reads a configured destination, a directory or a bucket, from its
+//! listing and its run records.
 
 use std::path::{Path, PathBuf};
 
@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::set::BackupSet;
+use crate::set::destination::{Destination, Place};
 use crate::set::manifest::ArtefactKind;
-use crate::set::runs;
+use crate::set::runs::{self, RunRecord};
 
 /// The newest complete set of a destination.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -70,29 +71,54 @@ pub trait SetsListing: Send + Sync {
     async fn summary(&self) -> Result<DestinationSummary>;
 }
 
-/// Sets in a local directory.
-pub struct DirListing {
-    pub name: String,
-    pub dir: PathBuf,
+/// A configured destination: its sets, their verifications and the last
+/// failed backup (the directory's run record, or the bucket's).
+pub struct DestinationListing {
+    pub destination: Destination,
 }
 
 #[async_trait]
-impl SetsListing for DirListing {
+impl SetsListing for DestinationListing {
     fn name(&self) -> &str {
-        &self.name
+        &self.destination.name
     }
 
     async fn summary(&self) -> Result<DestinationSummary> {
-        let name = self.name.clone();
-        let dir = self.dir.clone();
-        tokio::task::spawn_blocking(move || summarise_dir(&name, &dir))
-            .await
-            .context("reading the backup directory stopped")?
+        let destination = &self.destination;
+        if let Some(why) = &destination.unusable {
+            anyhow::bail!("{why}");
+        }
+        let (sets, last_failure) = match &destination.place {
+            Place::Dir(dir) => {
+                let dir = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    let sets = BackupSet::list(&dir)?;
+                    anyhow::Ok((sets, runs::last_failure(&dir, "backup")))
+                })
+                .await
+                .context("reading the backup directory stopped")??
+            }
+            Place::Bucket(bucket) => (
+                crate::set::bucket::list_sets(bucket).await?,
+                crate::set::bucket::last_failure(bucket, "backup").await,
+            ),
+        };
+        Ok(summarise(
+            &destination.name,
+            &destination.describe(),
+            &sets,
+            last_failure,
+        ))
     }
 }
 
-fn summarise_dir(name: &str, dir: &Path) -> Result<DestinationSummary> {
-    let sets = BackupSet::list(dir)?;
+/// What `status` reports of `sets` (oldest first).
+pub fn summarise(
+    name: &str,
+    location: &str,
+    sets: &[BackupSet],
+    last_failure: Option<RunRecord>,
+) -> DestinationSummary {
     let newest = sets.last().map(|set| SetFacts {
         id: set.manifest.id.clone(),
         finished_at: set.manifest.finished_at,
@@ -127,19 +153,18 @@ fn summarise_dir(name: &str, dir: &Path) -> Result<DestinationSummary> {
         .max_by_key(|v| v.verified_at)
         .cloned();
     let last_verification = verifications.iter().max_by_key(|v| v.verified_at).cloned();
-    let last_failure = runs::last_failure(dir, "backup").map(|run| FailureFacts {
-        at: run.finished_at.unwrap_or(run.started_at),
-        error: run.error,
-    });
-    Ok(DestinationSummary {
+    DestinationSummary {
         name: name.to_string(),
-        location: dir.display().to_string(),
+        location: location.to_string(),
         sets: sets.len(),
         newest,
         newest_verified,
         last_verification,
-        last_failure,
-    })
+        last_failure: last_failure.map(|run| FailureFacts {
+            at: run.finished_at.unwrap_or(run.started_at),
+            error: run.error,
+        }),
+    }
 }
 
 /// Free space where something is written.
@@ -189,7 +214,7 @@ mod tests {
     #[test]
     fn an_empty_directory_has_no_sets_and_a_missing_one_is_measured_at_its_parent() {
         let dir = tempfile::tempdir().unwrap();
-        let summary = summarise_dir("local", dir.path()).unwrap();
+        let summary = summarise("local", "/nowhere", &[], None);
         assert_eq!(summary.sets, 0);
         assert_eq!(summary.newest, None);
         assert_eq!(summary.last_failure, None);
