@@ -483,6 +483,34 @@ fn backups_verification_disk_and_mastodon_settings_come_from_the_instance() {
     assert!(restore_bytes > 0);
     let disk = report["checks"][2]["message"].as_str().unwrap();
     assert!(disk.contains("a restore needs"), "{disk}");
+    assert_eq!(
+        report["backups"][0]["last_verify_success"],
+        report["backups"][0]["newest_verified"]["verified_at"]
+    );
+    // The metrics file carries the same verification time as backup's does.
+    let metrics = ws.path().join("status.prom");
+    let mut cmd = ws.tusk();
+    cmd.args(["--database-url", &db.url(), "--metrics-file"])
+        .arg(&metrics)
+        .args(["status", "--check", "verify"]);
+    run(cmd).expect_code(0);
+    let verified_at = chrono::DateTime::parse_from_rfc3339(
+        report["backups"][0]["last_verify_success"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+    .timestamp_millis() as f64
+        / 1000.0;
+    let samples = parse_metrics(&std::fs::read_to_string(&metrics).unwrap());
+    assert_eq!(
+        value(
+            &samples,
+            "tusk_verify_last_success_timestamp_seconds",
+            Some(("destination", "local"))
+        ),
+        verified_at
+    );
 
     // The age thresholds: a set just made is past a limit of a second.
     let config = ws.path().join("status-test.yaml");

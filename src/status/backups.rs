@@ -61,6 +61,10 @@ pub struct DestinationSummary {
     pub newest_verified: Option<VerificationFacts>,
     /// The most recent verification of any set, passed or not.
     pub last_verification: Option<VerificationFacts>,
+    /// When a set last passed any verification, `--checksums-only` too (the
+    /// metrics' `tusk_verify_last_success_timestamp_seconds`, as `tusk
+    /// backup` writes it).
+    pub last_verify_success: Option<DateTime<Utc>>,
     pub last_failure: Option<FailureFacts>,
 }
 
@@ -153,6 +157,11 @@ pub fn summarise(
         .max_by_key(|v| v.verified_at)
         .cloned();
     let last_verification = verifications.iter().max_by_key(|v| v.verified_at).cloned();
+    let last_verify_success = verifications
+        .iter()
+        .filter(|v| v.ok)
+        .map(|v| v.verified_at)
+        .max();
     DestinationSummary {
         name: name.to_string(),
         location: location.to_string(),
@@ -160,6 +169,7 @@ pub fn summarise(
         newest,
         newest_verified,
         last_verification,
+        last_verify_success,
         last_failure: last_failure.map(|run| FailureFacts {
             at: run.finished_at.unwrap_or(run.started_at),
             error: run.error,

@@ -222,7 +222,7 @@ pub fn render(report: &StatusReport) -> String {
                 last_duration_seconds: summary.newest.as_ref().map(|s| s.duration_seconds),
                 last_bytes: summary.newest.as_ref().map(|s| s.bytes),
                 last_failure: summary.last_failure.as_ref().map(|f| f.at),
-                last_verify_success: summary.newest_verified.as_ref().map(|v| v.verified_at),
+                last_verify_success: summary.last_verify_success,
             })
             .collect();
         out.text.push_str(&crate::metrics::render(&destinations));

@@ -987,6 +987,7 @@ mod tests {
             }),
             newest_verified: None,
             last_verification: None,
+            last_verify_success: None,
             last_failure: failed_after.then(|| FailureFacts {
                 at: now - chrono::Duration::minutes(5),
                 error: Some("disk full".into()),
