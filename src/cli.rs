@@ -275,6 +275,16 @@ pub struct GlobalArgs {
     )]
     pub redis_url: Option<String>,
 
+    /// A private key that opens encrypted sets: an age identity file or an
+    /// SSH private key (repeatable) [default: encryption.identity_files]
+    #[arg(long = "identity", short = 'i', global = true, value_name = "FILE", action = ArgAction::Append)]
+    pub identity: Vec<PathBuf>,
+
+    /// The passphrase of sets encrypted to one, in a file (its first line);
+    /// without it tusk asks on a terminal
+    #[arg(long, global = true, env = "TUSK_PASSPHRASE_FILE", value_name = "FILE")]
+    pub passphrase_file: Option<PathBuf>,
+
     /// Print one JSON document on stdout instead of text
     #[arg(long, global = true, env = "TUSK_JSON")]
     pub json: bool,
@@ -332,6 +342,8 @@ impl GlobalArgs {
             // A secret: only from the environment, never a flag.
             mastodon_token: std::env::var("TUSK_MASTODON_TOKEN").ok(),
             redis_url: self.redis_url.clone(),
+            identity_files: self.identity.clone(),
+            passphrase_file: self.passphrase_file.clone(),
         }
     }
 }
@@ -410,6 +422,11 @@ pub struct BackupArgs {
     /// Write only to this destination [default: every destination]
     #[arg(long, value_name = "NAME")]
     pub destination: Option<String>,
+
+    /// Include `.env.production` (and the compose project's `.env`) even
+    /// though the set is not encrypted
+    #[arg(long)]
+    pub include_secrets_unencrypted: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -528,6 +545,15 @@ pub struct RestoreArgs {
     /// Look for the set only in this destination [default: each in turn]
     #[arg(long, value_name = "NAME")]
     pub destination: Option<String>,
+
+    /// Write the set's files (`.env.production`, the compose file and its
+    /// `.env`) into DIR, mode 0600; an existing file only with --force
+    #[arg(long, value_name = "DIR")]
+    pub files_to: Option<PathBuf>,
+
+    /// Restore no database (with --files-to: only the files)
+    #[arg(long)]
+    pub no_database: bool,
 }
 
 #[derive(Debug, Args)]

@@ -69,6 +69,45 @@ pub struct FileSettings {
     /// `tusk status`'s thresholds.
     #[serde(default)]
     pub status: crate::status::StatusSettings,
+    #[serde(default)]
+    pub encryption: EncryptionSection,
+}
+
+/// Encryption of backup sets with age ([`crate::set::encryption`]).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncryptionSection {
+    /// Public keys to encrypt to: age X25519 (`age1...`) and SSH
+    /// (`ssh-ed25519 ...`, `ssh-rsa ...`).
+    pub recipients: Option<Vec<String>>,
+    /// A file of public keys, one a line, as `age -R` reads it.
+    pub recipients_file: Option<PathBuf>,
+    /// Encrypt to a passphrase instead, read from `TUSK_PASSPHRASE_FILE` or
+    /// asked on the terminal.
+    pub passphrase: Option<bool>,
+    /// Private keys that open sets (restore, verify, migrate, rehearse).
+    pub identity_files: Option<Vec<PathBuf>>,
+}
+
+/// Encryption settings, resolved.
+#[derive(Debug, Clone, Default)]
+pub struct EncryptionSettings {
+    /// Public keys new sets are encrypted to (`recipients` and the lines of
+    /// `recipients_file`).
+    pub recipients: Vec<String>,
+    /// New sets are encrypted to a passphrase.
+    pub passphrase: bool,
+    /// Where a passphrase is read from without a terminal.
+    pub passphrase_file: Option<PathBuf>,
+    /// Private keys that open sets: `--identity`, else `identity_files`.
+    pub identity_files: Vec<PathBuf>,
+}
+
+impl EncryptionSettings {
+    /// Whether new sets must be encrypted.
+    pub fn encrypts(&self) -> bool {
+        !self.recipients.is_empty() || self.passphrase
+    }
 }
 
 /// Mastodon's Redis servers; unset keys come from `.env.production`
@@ -316,6 +355,10 @@ pub struct Overrides {
     pub mastodon_token: Option<String>,
     /// `--redis-url`/`TUSK_REDIS_URL`: Sidekiq's Redis.
     pub redis_url: Option<String>,
+    /// `--identity FILE` (repeatable): keys that open encrypted sets.
+    pub identity_files: Vec<PathBuf>,
+    /// `TUSK_PASSPHRASE_FILE`: the passphrase of sets encrypted to one.
+    pub passphrase_file: Option<PathBuf>,
 }
 
 /// Every setting, resolved.
@@ -384,6 +427,8 @@ pub struct Settings {
     pub app_start_command: String,
     /// The `status:` section as written.
     pub status: crate::status::StatusSettings,
+    /// Encryption of new sets and the keys that open them.
+    pub encryption: EncryptionSettings,
 }
 
 /// The admin API token, never printed.
@@ -603,8 +648,10 @@ impl Settings {
             .mastodon
             .start_command
             .unwrap_or_else(|| format!("systemctl start {DEFAULT_APP_UNITS}"));
+        let encryption = resolve_encryption(args, file.encryption)?;
 
         Ok(Settings {
+            encryption,
             sidekiq_redis,
             cache_redis,
             redis_timeout,
@@ -1061,6 +1108,41 @@ fn resolve_s3(
 static COMPOSE_LOGIN: std::sync::LazyLock<DbTarget> = std::sync::LazyLock::new(|| {
     DbTarget::parse("postgresql://postgres@localhost/postgres").expect("valid URL")
 });
+
+fn resolve_encryption(args: &Overrides, file: EncryptionSection) -> Result<EncryptionSettings> {
+    let mut recipients: Vec<String> = file
+        .recipients
+        .unwrap_or_default()
+        .into_iter()
+        .map(|key| key.trim().to_string())
+        .collect();
+    if let Some(path) = &file.recipients_file {
+        recipients.extend(crate::set::encryption::read_recipients_file(path)?);
+    }
+    // Each key is checked now: a typo found at 3 a.m. would cost a night's set.
+    for key in &recipients {
+        crate::set::encryption::parse_recipient(key)
+            .map_err(|err| TuskError::usage(format!("encryption.recipients: {err:#}")))?;
+    }
+    let passphrase = file.passphrase.unwrap_or(false);
+    if passphrase && !recipients.is_empty() {
+        return Err(TuskError::usage(
+            "encryption: a set is encrypted either to recipients or to a passphrase, not both \
+             (age does not mix them); drop one",
+        ));
+    }
+    let identity_files = if args.identity_files.is_empty() {
+        file.identity_files.unwrap_or_default()
+    } else {
+        args.identity_files.clone()
+    };
+    Ok(EncryptionSettings {
+        recipients,
+        passphrase,
+        passphrase_file: args.passphrase_file.clone(),
+        identity_files,
+    })
+}
 
 fn find_config_file(explicit: Option<&Path>) -> Result<Option<PathBuf>> {
     if let Some(path) = explicit {
@@ -1594,6 +1676,49 @@ mod tests {
         );
         let err = settings.cache_redis().unwrap_err();
         assert!(err.to_string().contains("REDIS_PORT"), "{err}");
+    }
+
+    #[test]
+    fn encryption_recipients_come_from_the_list_and_the_file_identities_from_the_flag_first() {
+        let setup = Setup::new("", "");
+        let admin = "age1x23t6rf903faft88lf7f9pdwegu2lq5hgmkndzq0a70zvvwvhcxq5ckz25";
+        let recovery = "age1ajvetwj7qt7ll8pcaxhfa4du3ql38y8ey02tdfpawltkh92wzczqpu9dx4";
+        let recipients_file = setup.dir.path().join("recipients.txt");
+        std::fs::write(&recipients_file, format!("# offline\n{recovery}\n")).unwrap();
+        let yaml = format!(
+            "encryption:\n  recipients: [\"{admin}\"]\n  recipients_file: {}\n  \
+             identity_files: [/etc/tusk/age.key]\n",
+            recipients_file.display()
+        );
+        std::fs::write(setup.dir.path().join("tusk.yaml"), yaml).unwrap();
+        let settings = Settings::resolve(&setup.overrides()).unwrap();
+        assert_eq!(settings.encryption.recipients, vec![admin, recovery]);
+        assert!(settings.encryption.encrypts());
+        assert_eq!(
+            settings.encryption.identity_files,
+            vec![PathBuf::from("/etc/tusk/age.key")]
+        );
+        let flagged = Settings::resolve(&Overrides {
+            identity_files: vec!["/root/key".into()],
+            ..setup.overrides()
+        })
+        .unwrap();
+        assert_eq!(
+            flagged.encryption.identity_files,
+            vec![PathBuf::from("/root/key")]
+        );
+
+        for bad in [
+            "encryption:\n  recipients: [age1typo]\n".to_string(),
+            format!("encryption:\n  recipients: [\"{admin}\"]\n  passphrase: true\n"),
+            "encryption:\n  recipients_file: /nonexistent/recipients.txt\n".to_string(),
+        ] {
+            std::fs::write(setup.dir.path().join("tusk.yaml"), &bad).unwrap();
+            let err = Settings::resolve(&setup.overrides()).unwrap_err();
+            assert_eq!(crate::error::exit_status_for(&err), 2, "{bad}: {err:#}");
+        }
+        std::fs::write(setup.dir.path().join("tusk.yaml"), "").unwrap();
+        assert!(!Settings::resolve(&setup.overrides()).unwrap().encryption.encrypts());
     }
 
     #[test]

@@ -15,6 +15,8 @@ use crate::docker::services::AppServices;
 use crate::docker::{Container, ContainerSelector};
 use crate::error::TuskError;
 use crate::mastodon::api::AdminApi;
+use crate::output::Output;
+use crate::set::encryption::{Encryption, EncryptionInfo, Identities, read_passphrase_file};
 use crate::media::MediaLayout;
 use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer, direct::DirectServer};
@@ -129,6 +131,157 @@ impl Instance {
     pub fn mastodon_admin_api(&self) -> Result<AdminApi> {
         let (url, token) = self.settings.mastodon_api()?;
         AdminApi::new(&url, &token)
+    }
+
+    /// How new sets are encrypted: `None` when no recipient or passphrase
+    /// is configured. A passphrase comes from `TUSK_PASSPHRASE_FILE`, else
+    /// from the terminal (asked twice).
+    pub fn backup_encryption(&self, output: &Output) -> Result<Option<Encryption>> {
+        let settings = &self.settings.encryption;
+        if !settings.recipients.is_empty() {
+            return Encryption::to_recipients(settings.recipients.clone()).map(Some);
+        }
+        if settings.passphrase {
+            let passphrase = self.passphrase(output, true)?;
+            return Ok(Some(Encryption::to_passphrase(passphrase)));
+        }
+        Ok(None)
+    }
+
+    /// The keys that open a set encrypted as `info` says: the identity
+    /// files (`--identity`, else `encryption.identity_files`) and, for a
+    /// set encrypted to a passphrase, the passphrase.
+    pub fn identities_for(&self, info: &EncryptionInfo, output: &Output) -> Result<Identities> {
+        let mut identities = Identities::from_files(&self.settings.encryption.identity_files)?;
+        if info.passphrase {
+            identities.add_passphrase(self.passphrase(output, false)?);
+        }
+        Ok(identities)
+    }
+
+    /// The keys an operation that writes and then opens sets (migrate,
+    /// rehearse) needs: the identity files and, when the sets are
+    /// encrypted to a passphrase, the passphrase. `None` without any.
+    pub fn configured_identities(
+        &self,
+        output: &Output,
+    ) -> Result<Option<std::sync::Arc<Identities>>> {
+        let settings = &self.settings.encryption;
+        let mut identities = Identities::from_files(&settings.identity_files)?;
+        if settings.passphrase || settings.passphrase_file.is_some() {
+            identities.add_passphrase(self.passphrase(output, false)?);
+        }
+        if settings.encrypts() && identities.is_empty() {
+            return Err(TuskError::usage(
+                "the sets are encrypted (encryption: in tusk.yaml) and this command opens the set \
+                 it uses: pass --identity FILE with a recipient's private key, or set \
+                 encryption.identity_files",
+            ));
+        }
+        Ok((!identities.is_empty()).then(|| std::sync::Arc::new(identities)))
+    }
+
+    fn passphrase(&self, output: &Output, new: bool) -> Result<age::secrecy::SecretString> {
+        if let Some(path) = &self.settings.encryption.passphrase_file {
+            return read_passphrase_file(path);
+        }
+        let question = if new {
+            "Passphrase to encrypt the backup set with"
+        } else {
+            "Passphrase of the backup set"
+        };
+        let text = output.secret(
+            question,
+            new,
+            "set TUSK_PASSPHRASE_FILE to a file holding it (mode 0600)",
+        )?;
+        if text.is_empty() {
+            return Err(TuskError::usage("an empty passphrase protects nothing"));
+        }
+        Ok(age::secrecy::SecretString::from(text))
+    }
+
+    /// The compose files that started the database container and the
+    /// compose project's `.env` (Docker mode; nothing in direct mode).
+    /// Files not on this machine (a remote Engine) are left out with a warning.
+    pub async fn deployment_files(&self) -> Result<crate::backup::files::DeploymentFiles> {
+        let mut found = crate::backup::files::DeploymentFiles::default();
+        if self.settings.mode != PgMode::Docker {
+            return Ok(found);
+        }
+        let (docker, database) = self.database_container().await?;
+        let compose = crate::docker::limits::resources(&docker, &database.id).await?;
+        for file in compose.compose_config_files {
+            if file.is_file() {
+                found.compose_files.push(file);
+            } else {
+                tracing::warn!(
+                    "compose file {} is not on this machine: not in the set",
+                    file.display()
+                );
+            }
+        }
+        if let Some(dir) = compose.compose_working_dir {
+            let env = dir.join(".env");
+            if env.is_file() {
+                found.compose_env = Some(env);
+            }
+        }
+        Ok(found)
+    }
+
+    /// The Mastodon version the web container runs (Docker mode): its
+    /// image tag, else `tootctl version` in it. `None` in direct mode or
+    /// when neither tells; the backup then reads the schema.
+    pub async fn mastodon_version(&self) -> Option<crate::set::manifest::MastodonInfo> {
+        use crate::mastodon::secrets::{version_from_image, version_from_text};
+        if self.settings.mode != PgMode::Docker {
+            return None;
+        }
+        let (docker, database) = self.database_container().await.ok()?;
+        let web = crate::docker::services::find(&docker, &database, &["web".to_string()])
+            .await
+            .ok()?
+            .into_iter()
+            .next()?;
+        let image = crate::docker::app::image_reference(&docker, &web.id)
+            .await
+            .ok()
+            .flatten();
+        if let Some(version) = image.as_deref().and_then(version_from_image) {
+            return Some(crate::set::manifest::MastodonInfo {
+                version: Some(version),
+                source: "image".into(),
+                image,
+            });
+        }
+        let said = crate::docker::app::exec_output(
+            &docker,
+            &web.id,
+            vec!["tootctl".into(), "version".into()],
+            Duration::from_secs(90),
+        )
+        .await;
+        match said {
+            Ok(text) => text
+                .lines()
+                .rev()
+                .find_map(version_from_text)
+                .map(|version| crate::set::manifest::MastodonInfo {
+                    version: Some(version),
+                    source: "tootctl".into(),
+                    image: image.clone(),
+                }),
+            Err(err) => {
+                tracing::debug!("no version from tootctl in {}: {err:#}", web.name);
+                None
+            }
+        }
+        .or(Some(crate::set::manifest::MastodonInfo {
+            version: None,
+            source: "schema".into(),
+            image,
+        }))
     }
 
     pub fn backup_dir(&self) -> PathBuf {

@@ -97,6 +97,22 @@ impl Output {
             .interact()?)
     }
 
+    /// Asks for a secret on the terminal, twice when `confirm` (a new
+    /// passphrase). Without a terminal it is an error naming `fallback`,
+    /// the way to give it unattended.
+    pub fn secret(&self, question: &str, confirm: bool, fallback: &str) -> Result<String> {
+        if !self.interactive {
+            return Err(TuskError::usage(format!(
+                "{question}: no terminal to ask on; {fallback}"
+            )));
+        }
+        let mut prompt = dialoguer::Password::new().with_prompt(question);
+        if confirm {
+            prompt = prompt.with_confirmation("Repeat it", "the two did not match");
+        }
+        Ok(prompt.interact()?)
+    }
+
     /// Prints the run's single JSON document.
     pub fn print_json<T: Serialize>(&self, value: &T) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(value)?);

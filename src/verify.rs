@@ -131,6 +131,11 @@ pub async fn run(
     };
     if problems.is_empty() {
         tracing::info!("checksums of {} match its manifest", set.manifest.id);
+        if opts.scratch.is_some() {
+            // A key that does not open the set says nothing about the set:
+            // an error (exit 1), not a failed verification.
+            set.check_identities().await?;
+        }
         match opts.scratch.take() {
             None => {}
             Some(ScratchServer::Database(server)) => {

@@ -1,5 +1,7 @@
 //! `tusk backup`: roles and database into one checksummed backup set.
 
+pub mod files;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -48,6 +50,8 @@ pub struct BackupOptions {
     /// complete, under the same locks (`--prune`), with calendar buckets
     /// in this zone.
     pub prune: Option<Tz>,
+    /// Encryption, the instance's files and what is known of Mastodon.
+    pub contents: files::SetContents,
 }
 
 impl BackupOptions {
@@ -307,7 +311,7 @@ async fn dump_set(
 ) -> Result<BackupReport> {
     let mut started_at = Utc::now();
     let mut durations = BTreeMap::new();
-    let mut notes = Vec::new();
+    let mut notes = opts.contents.notes.clone();
 
     let stage = Instant::now();
     let session = server.connect(&opts.database).await?;
@@ -402,6 +406,24 @@ async fn dump_set(
         stage.elapsed().as_secs_f64()
     );
 
+    let mut artefacts = vec![globals, database_artefact];
+    for file in &opts.contents.files {
+        artefacts.push(write_instance_file(file, opts, &partial).await?);
+    }
+    let secrets = opts
+        .contents
+        .env_file
+        .as_ref()
+        .map(|env| files::check_secrets(env, &facts));
+    if let Some(check) = secrets.as_ref().filter(|c| !c.missing.is_empty()) {
+        notes.push(format!(
+            "{} lacks {}: a restored instance loses what they protect",
+            check.env_file,
+            check.missing.join(", ")
+        ));
+    }
+    let mastodon = files::mastodon_info(opts.contents.mastodon.clone(), &facts);
+
     let stage = Instant::now();
     let mut manifest = Manifest {
         format: crate::set::manifest::MANIFEST_FORMAT,
@@ -427,11 +449,15 @@ async fn dump_set(
             algorithm: opts.compression,
             level: opts.compression_level,
         },
-        artefacts: vec![globals, database_artefact],
+        artefacts,
         durations: durations.clone(),
         notes: notes.clone(),
         content,
+        encryption: opts.contents.encryption.as_ref().map(|e| e.info()),
+        mastodon,
+        secrets,
     };
+    manifest.format = manifest.required_format();
     manifest.durations.insert("finish".into(), 0.0);
     let written = partial.commit(&manifest).await?;
     durations.insert("finish".into(), stage.elapsed().as_secs_f64());
@@ -471,7 +497,7 @@ async fn dump_globals(
     if !superuser {
         command = command.arg("--no-role-passwords");
     }
-    let name = format!("globals.sql{}", opts.compression.suffix());
+    let name = artefact_name("globals.sql", opts);
     stream_tool_to_artefact(
         server,
         command,
@@ -521,7 +547,7 @@ async fn dump_database(
         .arg("--no-password")
         .database(&opts.database)
         .bulk_output();
-    let name = format!("database.dump{}", opts.compression.suffix());
+    let name = artefact_name("database.dump", opts);
     let dump = stream_tool_to_artefact(
         server,
         command,
@@ -538,6 +564,68 @@ async fn dump_database(
         None => Err(anyhow::anyhow!("the archive was not read")),
     };
     Ok((artefact, facts, digests))
+}
+
+/// The stored name of an artefact: its stem, the compression's suffix and,
+/// when encrypted, `.age`.
+fn artefact_name(stem: &str, opts: &BackupOptions) -> String {
+    files::stored_name(
+        stem,
+        opts.compression.suffix(),
+        opts.contents.encryption.is_some(),
+    )
+}
+
+/// The age layer of one artefact (a new file key), when the set is
+/// encrypted: between the compressor and the hash, so the checksum is that
+/// of the stored bytes.
+async fn seal(opts: &BackupOptions) -> Result<Option<stream::StoredLayer>> {
+    let Some(encryption) = &opts.contents.encryption else {
+        return Ok(None);
+    };
+    let prepared = encryption
+        .prepare()
+        .await
+        .context("could not start encrypting")?;
+    Ok(Some(Box::new(move |inner: stream::ArtefactSink| {
+        Box::new(prepared.wrap(inner)) as stream::ArtefactSink
+    })))
+}
+
+/// Copies one of the instance's files into the set, compressed (and
+/// encrypted) like every artefact.
+async fn write_instance_file(
+    file: &files::InstanceFile,
+    opts: &BackupOptions,
+    partial: &SetWriters,
+) -> Result<Artefact> {
+    let source = tokio::fs::File::open(&file.path)
+        .await
+        .with_context(|| format!("could not read {}", file.path.display()))?;
+    let name = artefact_name(&file.stored_stem, opts);
+    let sink = partial.sink(&name).await?;
+    let written = stream::write_artefact(
+        Box::new(source),
+        sink,
+        stream::WriteOptions {
+            compression: opts.compression,
+            level: opts.compression_level,
+            progress: &ProgressBar::hidden(),
+            layer: seal(opts).await?,
+        },
+    )
+    .await
+    .with_context(|| format!("could not write {name} to {}", partial.describe()))?;
+    tracing::info!("{} saved as {name}", file.path.display());
+    Ok(Artefact {
+        name,
+        kind: file.kind,
+        bytes: written.bytes,
+        sha256: written.sha256,
+        uncompressed_bytes: written.uncompressed_bytes,
+        file: Some(file.restore_as.clone()),
+        source: Some(file.path.display().to_string()),
+    })
 }
 
 /// Runs a dump tool and streams its output, compressed and hashed, into
@@ -578,7 +666,7 @@ async fn stream_tool_to_artefact(
                 compression: opts.compression,
                 level: opts.compression_level,
                 progress: &progress,
-                layer: None,
+                layer: seal(opts).await?,
             },
         )
         .await
@@ -603,6 +691,8 @@ async fn stream_tool_to_artefact(
         bytes: written.bytes,
         sha256: written.sha256,
         uncompressed_bytes: written.uncompressed_bytes,
+        file: None,
+        source: None,
     };
     Ok((artefact, tap))
 }

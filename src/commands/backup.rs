@@ -1,5 +1,6 @@
 use anyhow::Result;
 
+use tusk::backup::files::{self, SetContents};
 use tusk::backup::{self, BackupOptions, BackupReport};
 use tusk::notify::RunDetails;
 use tusk::output::human_bytes;
@@ -53,9 +54,11 @@ async fn write_set(ctx: &Context, args: BackupArgs) -> Result<BackupReport> {
         true => Some(instance.app_services().await?),
         false => None,
     };
+    let contents = set_contents(ctx, &args).await?;
     let server = instance.database_server().await?;
     let opts = BackupOptions {
         destinations,
+        contents,
         instance: instance.settings.instance.clone(),
         database: instance.named_database()?,
         compression: instance.settings.compression,
@@ -66,4 +69,29 @@ async fn write_set(ctx: &Context, args: BackupArgs) -> Result<BackupReport> {
         prune: args.prune.then_some(instance.settings.time_zone),
     };
     backup::run(server.as_ref(), &opts, &ctx.output).await
+}
+
+/// What goes into the set beside the database, and how it is sealed. A
+/// config with recipients (or a passphrase) always encrypts: there is no
+/// flag to write such a set in clear text.
+async fn set_contents(ctx: &Context, args: &BackupArgs) -> Result<SetContents> {
+    let instance = &ctx.instance;
+    let encryption = instance.backup_encryption(&ctx.output)?;
+    let env_file = instance.settings.mastodon_env.clone();
+    let deployment = instance.deployment_files().await?;
+    let mut notes = Vec::new();
+    let files = files::plan(
+        env_file.as_ref().map(|env| env.path.as_path()),
+        &deployment,
+        encryption.is_some(),
+        args.include_secrets_unencrypted,
+        &mut notes,
+    );
+    Ok(SetContents {
+        encryption,
+        files,
+        env_file,
+        mastodon: instance.mastodon_version().await,
+        notes,
+    })
 }

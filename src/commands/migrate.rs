@@ -1,6 +1,7 @@
 use anyhow::Result;
 
 use tusk::backup::BackupOptions;
+use tusk::backup::files::SetContents;
 use tusk::config::{MediaStoreKind, PgMode};
 use tusk::docker::{ContainerSelector, find_running};
 use tusk::error::TuskError;
@@ -86,7 +87,12 @@ pub async fn exec(ctx: &Context, args: MigrateArgs) -> Result<()> {
             stop_services: None,
             lock: settings.lock,
             prune: None,
+            contents: SetContents {
+                encryption: instance.backup_encryption(&ctx.output)?,
+                ..SetContents::default()
+            },
         },
+        identities: instance.configured_identities(&ctx.output)?,
         source: instance.database_server().await?,
         target,
         target_database,

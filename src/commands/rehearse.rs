@@ -1,6 +1,7 @@
 use anyhow::Result;
 
 use tusk::backup::BackupOptions;
+use tusk::backup::files::SetContents;
 use tusk::config::PgMode;
 use tusk::error::TuskError;
 use tusk::notify::RunDetails;
@@ -59,6 +60,10 @@ pub async fn exec(ctx: &Context, args: RehearseArgs) -> Result<()> {
                 stop_services: None,
                 lock: settings.lock,
                 prune: None,
+                contents: SetContents {
+                    encryption: instance.backup_encryption(&ctx.output)?,
+                    ..SetContents::default()
+                },
             }),
         }
     } else if let Some(id) = &args.set {
@@ -76,6 +81,7 @@ pub async fn exec(ctx: &Context, args: RehearseArgs) -> Result<()> {
         }
     };
     let opts = RehearseOptions {
+        identities: instance.configured_identities(&ctx.output)?,
         set,
         scratch,
         run: args.run.clone(),

@@ -2,15 +2,27 @@ use anyhow::Result;
 
 use tusk::config::PgMode;
 use tusk::error::TuskError;
-use tusk::postgres::DbTarget;
-use tusk::restore::{self, RestoreOptions};
+use tusk::postgres::{DbTarget, PgServer};
+use serde::Serialize;
+use tusk::restore::files::RestoredFile;
+use tusk::restore::{self, RestoreOptions, RestoreReport};
+use tusk::set::BackupSet;
 
 use super::Context;
 use crate::cli::RestoreArgs;
 
+/// What `restore --json` prints: the database's report (when one was
+/// restored) with the files written beside it.
+#[derive(Serialize)]
+struct Report {
+    #[serde(flatten)]
+    database: Option<RestoreReport>,
+    files: Vec<RestoredFile>,
+}
+
 pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
     let instance = &ctx.instance;
-    let set = instance
+    let mut set = instance
         .find_set(&args.set, args.destination.as_deref())
         .await?;
     if args.role.is_some() && !args.no_owner {
@@ -19,6 +31,69 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
     if args.jobs == 0 {
         return Err(TuskError::usage("--jobs must be at least 1"));
     }
+    if args.no_database && args.files_to.is_none() {
+        return Err(TuskError::usage(
+            "--no-database leaves nothing to restore: add --files-to DIR",
+        ));
+    }
+    if let Some(info) = set.manifest.encryption.clone() {
+        set = set.unlock(std::sync::Arc::new(instance.identities_for(&info, &ctx.output)?));
+        // A key that does not fit is found before anything changes.
+        set.check_identities().await?;
+    }
+    // The target is found before anything is written: a wrong one leaves
+    // the files as they were too.
+    let database_plan = if args.no_database {
+        None
+    } else {
+        Some(plan_database(ctx, &set, &args).await?)
+    };
+    let mut files = Vec::new();
+    if let Some(dir) = &args.files_to {
+        let problems = set.check_artefacts().await?;
+        if !problems.is_empty() {
+            return Err(TuskError::VerificationFailed(format!(
+                "backup set {} is damaged ({}); nothing was restored",
+                set.manifest.id,
+                problems
+                    .iter()
+                    .map(|p| format!("{} {}", p.kind, p.subject))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        }
+        files = restore::files::write_files(&set, dir, args.force).await?;
+    }
+    let database = match database_plan {
+        Some((server, opts)) => {
+            Some(restore::run(server.as_ref(), &set, &opts, &ctx.output).await?)
+        }
+        None => None,
+    };
+    if ctx.output.json {
+        ctx.output.print_json(&Report { database, files })?;
+    } else if !ctx.output.quiet {
+        for file in &files {
+            println!("wrote {} (mode 0600)", file.path.display());
+        }
+        if let Some(report) = database {
+            println!(
+                "restored {} into {} in {:.1}s",
+                report.id, report.target, report.seconds
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The server to restore into and how.
+async fn plan_database(
+    ctx: &Context,
+    set: &BackupSet,
+    args: &RestoreArgs,
+) -> Result<(Box<dyn PgServer>, RestoreOptions)> {
+    let instance = &ctx.instance;
     let (server, url_database) = match (&args.target_url, &args.target_container) {
         (Some(url), _) => {
             let target = DbTarget::parse(url)?;
@@ -38,23 +113,15 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
     let opts = RestoreOptions {
         database: args
             .database
+            .clone()
             .or(url_database)
             .unwrap_or_else(|| set.manifest.database.name.clone()),
         force: args.force,
         jobs: args.jobs,
         no_owner: args.no_owner,
         no_acl: args.no_acl,
-        role: args.role,
+        role: args.role.clone(),
         globals: !args.no_globals,
     };
-    let report = restore::run(server.as_ref(), &set, &opts, &ctx.output).await?;
-    if ctx.output.json {
-        ctx.output.print_json(&report)?;
-    } else if !ctx.output.quiet {
-        println!(
-            "restored {} into {} in {:.1}s",
-            report.id, report.target, report.seconds
-        );
-    }
-    Ok(())
+    Ok((server, opts))
 }

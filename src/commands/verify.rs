@@ -28,9 +28,14 @@ pub async fn exec(ctx: &Context, args: VerifyArgs) -> Result<()> {
 /// Verifies and prints the report; a set with problems is an error (exit 3).
 async fn verify_and_print(ctx: &Context, args: VerifyArgs) -> Result<VerifyReport> {
     let instance = &ctx.instance;
-    let set = instance
+    let mut set = instance
         .find_set(&args.set, args.destination.as_deref())
         .await?;
+    // The checksums cover the stored (encrypted) bytes: only the test
+    // restore needs the key.
+    if let Some(info) = set.manifest.encryption.clone().filter(|_| !args.checksums_only) {
+        set = set.unlock(std::sync::Arc::new(instance.identities_for(&info, &ctx.output)?));
+    }
     let scratch = if args.checksums_only {
         None
     } else if let Some(url) = &args.verify_url {

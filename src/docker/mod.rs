@@ -1,6 +1,7 @@
 //! The Docker Engine: finding a compose deployment's containers, stopping
 //! and starting the app containers, and throwaway database containers.
 
+pub mod app;
 pub mod limits;
 pub mod services;
 pub mod throwaway;

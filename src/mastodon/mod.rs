@@ -6,3 +6,4 @@ pub mod env_file;
 pub mod paperclip;
 pub mod pools;
 pub mod sidekiq;
+pub mod secrets;

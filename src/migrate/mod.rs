@@ -64,6 +64,8 @@ pub struct MigrateOptions {
     /// `stop_services` and `prune` are not used: migrate stops the app itself
     /// and never prunes.
     pub backup: BackupOptions,
+    /// The keys that open the set (when the sets are encrypted).
+    pub identities: Option<std::sync::Arc<crate::set::encryption::Identities>>,
     /// The instance's database server.
     pub source: Box<dyn PgServer>,
     pub target: Box<dyn PgServer>,
@@ -284,6 +286,10 @@ async fn migrate(
             ));
             BackupSet::open(std::path::Path::new(&written.path))?
         }
+    };
+    let set = match &opts.identities {
+        Some(identities) => set.unlock(identities.clone()),
+        None => set,
     };
     report.set_id = Some(set.manifest.id.clone());
 

@@ -49,6 +49,8 @@ pub enum SetChoice {
 
 pub struct RehearseOptions {
     pub set: SetChoice,
+    /// The keys that open the set (when it is encrypted).
+    pub identities: Option<Arc<crate::set::encryption::Identities>>,
     pub scratch: ScratchServer,
     /// A shell command run against the restored copy.
     pub run: Option<String>,
@@ -154,6 +156,10 @@ async fn rehearse(
             let written = backup::run(source.as_ref(), &backup, output).await?;
             BackupSet::open(std::path::Path::new(&written.path))?
         }
+    };
+    let set = match &opts.identities {
+        Some(identities) => set.unlock(identities.clone()),
+        None => set,
     };
     report.set_id = Some(set.manifest.id.clone());
     tracing::info!("rehearsing with backup set {}", set.manifest.id);

@@ -3,6 +3,7 @@
 
 pub mod analyze;
 pub mod database_properties;
+pub mod files;
 pub mod globals;
 
 use std::collections::HashSet;

@@ -8,12 +8,17 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::content::ContentDigests;
+use super::encryption::EncryptionInfo;
 use super::properties::DatabaseProperties;
 use crate::set::Compression;
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const VERIFICATION_FILE: &str = "verification.json";
-pub const MANIFEST_FORMAT: u32 = 1;
+/// The newest layout this tusk reads. Sets are written as format 1 unless
+/// they hold something a format-1 reader would misread: encryption, or
+/// artefacts other than the globals and the database
+/// ([`Manifest::required_format`]).
+pub const MANIFEST_FORMAT: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -39,6 +44,41 @@ pub struct Manifest {
     /// the archive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<ContentDigests>,
+    /// How the artefacts are encrypted; absent for a set in clear text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<EncryptionInfo>,
+    /// The Mastodon version that wrote the database, as far as it was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mastodon: Option<MastodonInfo>,
+    /// What the check of `.env.production` found, when the set includes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretsCheck>,
+}
+
+/// The Mastodon version of the instance backed up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MastodonInfo {
+    /// `4.3.2`, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// Where the version came from: `image` (the web container's image
+    /// tag), `tootctl` (`tootctl version` in it) or `schema` (the newest
+    /// migration, which names a release series only).
+    pub source: String,
+    /// The web container's image, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// The secrets Mastodon cannot do without, checked in `.env.production`
+/// before the set is written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretsCheck {
+    /// The file checked.
+    pub env_file: String,
+    /// Variables missing or empty there: without them two-factor logins,
+    /// web push or encrypted columns are lost for good.
+    pub missing: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -102,6 +142,12 @@ pub enum ArtefactKind {
     Globals,
     /// `pg_dump --format=custom`.
     Database,
+    /// Mastodon's `.env.production`: its secrets.
+    Secrets,
+    /// A deployment file: the compose file or the compose project's `.env`.
+    Deployment,
+    /// An RDB snapshot of a Redis server (`redis-cli --rdb`).
+    Redis,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -111,6 +157,14 @@ pub struct Artefact {
     pub bytes: u64,
     pub sha256: String,
     pub uncompressed_bytes: u64,
+    /// For a file of the instance (secrets, deployment files): the name it
+    /// is written back as by `restore --files-to`, e.g. `.env.production`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Where it was read from, e.g. `/home/mastodon/live/.env.production`,
+    /// or for Redis the server (never a password).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 impl Manifest {
@@ -120,6 +174,20 @@ impl Manifest {
 
     pub fn total_bytes(&self) -> u64 {
         self.artefacts.iter().map(|a| a.bytes).sum()
+    }
+
+    /// The oldest layout that describes this set completely: a format-1
+    /// reader would take an encrypted artefact for a compressed one.
+    pub fn required_format(&self) -> u32 {
+        let only_format_1_kinds = self
+            .artefacts
+            .iter()
+            .all(|a| matches!(a.kind, ArtefactKind::Globals | ArtefactKind::Database));
+        if self.encryption.is_none() && only_format_1_kinds {
+            1
+        } else {
+            2
+        }
     }
 }
 

@@ -12,6 +12,7 @@ pub mod bucket;
 mod compression;
 pub mod content;
 pub mod destination;
+pub mod encryption;
 pub mod facts;
 pub mod lock;
 pub mod manifest;
@@ -33,6 +34,7 @@ use chrono::{DateTime, Utc};
 use crate::error::TuskError;
 use crate::postgres::BoxReader;
 use crate::storage::{PutMode, PutOptions, Storage};
+use encryption::Identities;
 use manifest::{
     Artefact, MANIFEST_FILE, MANIFEST_FORMAT, Manifest, Problem, VERIFICATION_FILE, Verification,
 };
@@ -148,6 +150,8 @@ pub struct BackupSet {
     pub manifest: Manifest,
     /// The outcome of its last verification, as read with the manifest.
     verification: Option<Verification>,
+    /// The keys that open an encrypted set's artefacts ([`Self::unlock`]).
+    identities: Option<Arc<Identities>>,
 }
 
 impl BackupSet {
@@ -168,6 +172,7 @@ impl BackupSet {
             place: SetPlace::Dir(dir.to_path_buf()),
             manifest,
             verification,
+            identities: None,
         })
     }
 
@@ -189,6 +194,7 @@ impl BackupSet {
             place,
             manifest,
             verification,
+            identities: None,
         }))
     }
 
@@ -261,15 +267,44 @@ impl BackupSet {
             })
     }
 
-    /// The artefact's content, decompressed: the one way restore, verify
-    /// and rehearse read a set, wherever it is. A decrypting layer (age)
-    /// goes here, between [`Self::open_stored`] and the decompressor.
+    /// The artefact's content, decrypted (an encrypted set, with the keys
+    /// [`Self::unlock`] gave) and decompressed: the one way restore, verify
+    /// and rehearse read a set, wherever it is.
     pub async fn open_artefact(&self, artefact: &Artefact) -> Result<BoxReader> {
         let stored = self.open_stored(artefact).await?;
+        let plain = match &self.manifest.encryption {
+            None => stored,
+            Some(info) => {
+                let Some(identities) = &self.identities else {
+                    return Err(encryption::no_identity_error(&artefact.name, info));
+                };
+                identities.open(stored, &artefact.name, info).await?
+            }
+        };
         Ok(stream::decompress(
-            stored,
+            plain,
             self.manifest.compression.algorithm,
         ))
+    }
+
+    /// Gives the set the keys that open its artefacts (an encrypted set).
+    pub fn unlock(mut self, identities: Arc<Identities>) -> Self {
+        self.identities = Some(identities);
+        self
+    }
+
+    /// Whether the artefacts are encrypted.
+    pub fn is_encrypted(&self) -> bool {
+        self.manifest.encryption.is_some()
+    }
+
+    /// Opens the first artefact, so a key that does not fit is found
+    /// before anything is changed.
+    pub async fn check_identities(&self) -> Result<()> {
+        if let Some(first) = self.manifest.artefacts.first().filter(|_| self.is_encrypted()) {
+            self.open_artefact(first).await?;
+        }
+        Ok(())
     }
 
     /// Re-hashes every artefact and compares it with the manifest.
@@ -319,6 +354,7 @@ impl BackupSet {
             place,
             manifest: self.manifest.clone(),
             verification: None,
+            identities: self.identities.clone(),
         }
     }
 
