@@ -1718,7 +1718,12 @@ mod tests {
             assert_eq!(crate::error::exit_status_for(&err), 2, "{bad}: {err:#}");
         }
         std::fs::write(setup.dir.path().join("tusk.yaml"), "").unwrap();
-        assert!(!Settings::resolve(&setup.overrides()).unwrap().encryption.encrypts());
+        assert!(
+            !Settings::resolve(&setup.overrides())
+                .unwrap()
+                .encryption
+                .encrypts()
+        );
     }
 
     #[test]

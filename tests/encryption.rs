@@ -74,7 +74,8 @@ fn tusk_in(ws: &Workspace) -> Command {
 
 fn backup(ws: &Workspace, db: &TestDb) -> serde_json::Value {
     let mut cmd = tusk_in(ws);
-    cmd.args(["--json", "backup", "--database-url"]).arg(db.url());
+    cmd.args(["--json", "backup", "--database-url"])
+        .arg(db.url());
     run(cmd).expect_code(0).json()
 }
 
@@ -165,14 +166,20 @@ fn an_encrypted_set_restores_database_roles_and_env_production_with_an_x25519_ke
         .arg(fresh.db_url(&target));
     let out = run(restore).expect_code(0).json();
     assert_eq!(out["database"], target.as_str());
-    assert_eq!(out["files"][0]["path"], files_to.join(".env.production").display().to_string());
+    assert_eq!(
+        out["files"][0]["path"],
+        files_to.join(".env.production").display().to_string()
+    );
     let restored = TestDb {
         cluster: fresh.clone(),
         name: target,
     };
     assert_eq!(restored.fingerprint(), before);
     let env_back = files_to.join(".env.production");
-    assert_eq!(std::fs::read_to_string(&env_back).unwrap(), env_production());
+    assert_eq!(
+        std::fs::read_to_string(&env_back).unwrap(),
+        env_production()
+    );
     assert_eq!(
         std::fs::metadata(&env_back).unwrap().permissions().mode() & 0o777,
         0o600
@@ -192,13 +199,21 @@ fn an_encrypted_set_restores_database_roles_and_env_production_with_an_x25519_ke
     assert_eq!(std::fs::read_to_string(&env_back).unwrap(), "KEEP=me\n");
     let mut forced = tusk_in(&ws);
     forced
-        .args(["restore", report["id"].as_str().unwrap(), "--no-database", "--force"])
+        .args([
+            "restore",
+            report["id"].as_str().unwrap(),
+            "--no-database",
+            "--force",
+        ])
         .arg("--identity")
         .arg(key("admin.key"))
         .arg("--files-to")
         .arg(&files_to);
     run(forced).expect_code(0);
-    assert_eq!(std::fs::read_to_string(&env_back).unwrap(), env_production());
+    assert_eq!(
+        std::fs::read_to_string(&env_back).unwrap(),
+        env_production()
+    );
     assert_eq!(
         std::fs::metadata(&env_back).unwrap().permissions().mode() & 0o777,
         0o600
@@ -258,7 +273,11 @@ fn a_wrong_or_missing_key_is_exit_1_naming_the_recipients_and_restores_nothing()
             restore.arg("--identity").arg(identity);
         }
         let failed = run(restore).expect_code(1);
-        assert!(failed.stderr.contains(&admin), "{identity:?}: {}", failed.stderr);
+        assert!(
+            failed.stderr.contains(&admin),
+            "{identity:?}: {}",
+            failed.stderr
+        );
         assert!(!fresh.database_exists(&target), "{identity:?}");
         assert!(!files_to.exists(), "{identity:?}");
         assert!(fresh.databases_like(&target).is_empty());
@@ -358,11 +377,19 @@ fn a_flipped_byte_in_a_ciphertext_is_exit_3_naming_the_artefact_without_any_key(
     std::fs::write(&victim, bytes).unwrap();
 
     let mut verify = tusk_in(&ws);
-    verify.args(["--json", "verify", report["id"].as_str().unwrap(), "--checksums-only"]);
+    verify.args([
+        "--json",
+        "verify",
+        report["id"].as_str().unwrap(),
+        "--checksums-only",
+    ]);
     let failed = run(verify).expect_code(3);
     let problems = failed.json()["problems"].clone();
     assert_eq!(problems[0]["kind"], "checksum", "{problems}");
-    assert_eq!(problems[0]["subject"], "database.dump.zst.age", "{problems}");
+    assert_eq!(
+        problems[0]["subject"], "database.dump.zst.age",
+        "{problems}"
+    );
 }
 
 #[test]
@@ -393,12 +420,20 @@ fn without_encryption_env_production_stays_out_unless_asked_and_missing_keys_are
             "ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY"
         ])
     );
-    assert!(notes.contains("ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY"), "{notes}");
+    assert!(
+        notes.contains("ACTIVE_RECORD_ENCRYPTION_PRIMARY_KEY"),
+        "{notes}"
+    );
 
     std::thread::sleep(std::time::Duration::from_millis(1100));
     let mut asked = tusk_in(&ws);
     asked
-        .args(["--json", "backup", "--include-secrets-unencrypted", "--database-url"])
+        .args([
+            "--json",
+            "backup",
+            "--include-secrets-unencrypted",
+            "--database-url",
+        ])
         .arg(source.url());
     let report = run(asked).expect_code(0).json();
     let manifest = ws.manifest(report["id"].as_str().unwrap());
@@ -413,7 +448,11 @@ fn a_passphrase_from_tusk_passphrase_file_encrypts_and_opens_a_set() {
     let source = Cluster::main().mastodon_database("enc_pass", 1);
     let before = source.fingerprint();
     let ws = Workspace::new();
-    std::fs::write(ws.path().join("tusk.yaml"), "encryption:\n  passphrase: true\n").unwrap();
+    std::fs::write(
+        ws.path().join("tusk.yaml"),
+        "encryption:\n  passphrase: true\n",
+    )
+    .unwrap();
     std::fs::write(ws.path().join(".env.production"), env_production()).unwrap();
     let passphrase = ws.path().join("passphrase");
     std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
@@ -422,7 +461,11 @@ fn a_passphrase_from_tusk_passphrase_file_encrypts_and_opens_a_set() {
     let mut refused = tusk_in(&ws);
     refused.args(["backup", "--database-url"]).arg(source.url());
     let out = run(refused).expect_code(2);
-    assert!(out.stderr.contains("TUSK_PASSPHRASE_FILE"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("TUSK_PASSPHRASE_FILE"),
+        "{}",
+        out.stderr
+    );
     assert!(ws.set_ids().is_empty());
 
     let mut cmd = tusk_in(&ws);

@@ -214,7 +214,13 @@ mod tests {
         assert!(notes[0].contains(".env.production") && notes[0].contains("/srv/mastodon/.env"));
 
         let mut notes = Vec::new();
-        let asked = plan(Some(env), &DeploymentFiles::default(), false, true, &mut notes);
+        let asked = plan(
+            Some(env),
+            &DeploymentFiles::default(),
+            false,
+            true,
+            &mut notes,
+        );
         assert_eq!(asked.len(), 1);
         assert_eq!(asked[0].kind, ArtefactKind::Secrets);
         assert!(notes.is_empty());

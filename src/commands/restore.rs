@@ -1,9 +1,9 @@
 use anyhow::Result;
 
+use serde::Serialize;
 use tusk::config::PgMode;
 use tusk::error::TuskError;
 use tusk::postgres::{DbTarget, PgServer};
-use serde::Serialize;
 use tusk::restore::files::RestoredFile;
 use tusk::restore::{self, RestoreOptions, RestoreReport};
 use tusk::set::BackupSet;
@@ -37,7 +37,9 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
         ));
     }
     if let Some(info) = set.manifest.encryption.clone() {
-        set = set.unlock(std::sync::Arc::new(instance.identities_for(&info, &ctx.output)?));
+        set = set.unlock(std::sync::Arc::new(
+            instance.identities_for(&info, &ctx.output)?,
+        ));
         // A key that does not fit is found before anything changes.
         set.check_identities().await?;
     }

@@ -33,8 +33,15 @@ async fn verify_and_print(ctx: &Context, args: VerifyArgs) -> Result<VerifyRepor
         .await?;
     // The checksums cover the stored (encrypted) bytes: only the test
     // restore needs the key.
-    if let Some(info) = set.manifest.encryption.clone().filter(|_| !args.checksums_only) {
-        set = set.unlock(std::sync::Arc::new(instance.identities_for(&info, &ctx.output)?));
+    if let Some(info) = set
+        .manifest
+        .encryption
+        .clone()
+        .filter(|_| !args.checksums_only)
+    {
+        set = set.unlock(std::sync::Arc::new(
+            instance.identities_for(&info, &ctx.output)?,
+        ));
     }
     let scratch = if args.checksums_only {
         None

@@ -5,5 +5,5 @@ pub mod blocklist;
 pub mod env_file;
 pub mod paperclip;
 pub mod pools;
-pub mod sidekiq;
 pub mod secrets;
+pub mod sidekiq;

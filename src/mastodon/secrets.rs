@@ -127,7 +127,10 @@ mod tests {
         assert!(schema_is_4_3_or_later("2024_09_16_190140"));
         assert!(!schema_is_4_3_or_later("20230908132437"));
         assert!(!schema_is_4_3_or_later(""));
-        assert_eq!(version_from_schema("20241007071624").as_deref(), Some("4.3 or later"));
+        assert_eq!(
+            version_from_schema("20241007071624").as_deref(),
+            Some("4.3 or later")
+        );
         assert_eq!(version_from_schema("20230908132437"), None);
     }
 
@@ -136,7 +139,10 @@ mod tests {
         for (image, version) in [
             ("ghcr.io/mastodon/mastodon:v4.3.2", Some("4.3.2")),
             ("tootsuite/mastodon:v4.2.10", Some("4.2.10")),
-            ("registry.example:5000/mastodon:v4.3.0-rc.1", Some("4.3.0-rc.1")),
+            (
+                "registry.example:5000/mastodon:v4.3.0-rc.1",
+                Some("4.3.0-rc.1"),
+            ),
             ("ghcr.io/mastodon/mastodon:latest", None),
             ("ghcr.io/mastodon/mastodon", None),
             ("registry.example:5000/mastodon", None),

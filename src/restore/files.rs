@@ -100,7 +100,9 @@ async fn write_one(set: &BackupSet, artefact: &Artefact, target: &Path) -> Resul
         let mut file = crate::set::stream::create_private(&temp).await?;
         let bytes = tokio::io::copy(&mut reader, &mut file)
             .await
-            .with_context(|| format!("could not write {} from {}", temp.display(), artefact.name))?;
+            .with_context(|| {
+                format!("could not write {} from {}", temp.display(), artefact.name)
+            })?;
         file.flush().await?;
         file.sync_all().await?;
         tokio::fs::rename(&temp, target)

@@ -589,6 +589,8 @@ mod tests {
             bytes: written.bytes,
             sha256: written.sha256.clone(),
             uncompressed_bytes: written.uncompressed_bytes,
+            file: None,
+            source: None,
         };
         partial
             .commit(&manifest(id, vec![artefact.clone()]))

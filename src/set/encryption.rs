@@ -551,8 +551,7 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const SSH_ED25519_PRIVATE: &str = include_str!("../../fixtures/encryption/id_ed25519");
-    const SSH_ED25519_PUBLIC_LINE: &str =
-        include_str!("../../fixtures/encryption/id_ed25519.pub");
+    const SSH_ED25519_PUBLIC_LINE: &str = include_str!("../../fixtures/encryption/id_ed25519.pub");
     const SSH_ED25519_PUBLIC: &str = SSH_ED25519_PUBLIC_LINE.trim_ascii_end();
 
     fn data() -> Vec<u8> {
@@ -570,7 +569,11 @@ mod tests {
         writer.into_inner()
     }
 
-    async fn decrypt(identities: &Identities, info: &EncryptionInfo, cipher: Vec<u8>) -> Result<Vec<u8>> {
+    async fn decrypt(
+        identities: &Identities,
+        info: &EncryptionInfo,
+        cipher: Vec<u8>,
+    ) -> Result<Vec<u8>> {
         let mut reader = identities
             .open(Box::new(std::io::Cursor::new(cipher)), "test.age", info)
             .await?;
@@ -626,8 +629,7 @@ mod tests {
             ("other.txt", other_secret.clone()),
             ("id_ed25519", SSH_ED25519_PRIVATE.to_string()),
         ] {
-            let identities =
-                Identities::from_files(&[key_file(dir.path(), name, &text)]).unwrap();
+            let identities = Identities::from_files(&[key_file(dir.path(), name, &text)]).unwrap();
             assert_eq!(
                 decrypt(&identities, &info, cipher.clone()).await.unwrap(),
                 data(),
@@ -666,9 +668,12 @@ mod tests {
         let mut cipher = encrypt(&encryption, &data()).await;
         let middle = cipher.len() / 2;
         cipher[middle] ^= 1;
-        let identities =
-            Identities::from_files(&[key_file(dir.path(), "k", &secret)]).unwrap();
-        assert!(decrypt(&identities, &encryption.info(), cipher).await.is_err());
+        let identities = Identities::from_files(&[key_file(dir.path(), "k", &secret)]).unwrap();
+        assert!(
+            decrypt(&identities, &encryption.info(), cipher)
+                .await
+                .is_err()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -679,7 +684,10 @@ mod tests {
         let cipher = encrypt(&encryption, b"hello").await;
         let mut identities = Identities::default();
         identities.add_passphrase(SecretString::from("correct horse".to_string()));
-        assert_eq!(decrypt(&identities, &info, cipher.clone()).await.unwrap(), b"hello");
+        assert_eq!(
+            decrypt(&identities, &info, cipher.clone()).await.unwrap(),
+            b"hello"
+        );
         let mut wrong = Identities::default();
         wrong.add_passphrase(SecretString::from("wrong".to_string()));
         assert!(decrypt(&wrong, &info, cipher).await.is_err());
@@ -691,9 +699,13 @@ mod tests {
         let (secret, public) = x25519_key();
         let encryption = Encryption::to_recipients(vec![public]).unwrap();
         let cipher = encrypt(&encryption, b"").await;
-        let identities =
-            Identities::from_files(&[key_file(dir.path(), "k", &secret)]).unwrap();
-        assert!(decrypt(&identities, &encryption.info(), cipher).await.unwrap().is_empty());
+        let identities = Identities::from_files(&[key_file(dir.path(), "k", &secret)]).unwrap();
+        assert!(
+            decrypt(&identities, &encryption.info(), cipher)
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -701,7 +713,12 @@ mod tests {
         let (_, public) = x25519_key();
         assert!(parse_recipient(&public).is_ok());
         assert!(parse_recipient(SSH_ED25519_PUBLIC).is_ok());
-        for bad in ["age1nope", "ssh-dss AAAAB3NzaC1kc3M", "AGE-SECRET-KEY-1XYZ", ""] {
+        for bad in [
+            "age1nope",
+            "ssh-dss AAAAB3NzaC1kc3M",
+            "AGE-SECRET-KEY-1XYZ",
+            "",
+        ] {
             let err = parse_recipient(bad).err().unwrap();
             assert_eq!(crate::error::exit_status_for(&err), 2, "{bad}: {err:#}");
         }

@@ -301,7 +301,12 @@ impl BackupSet {
     /// Opens the first artefact, so a key that does not fit is found
     /// before anything is changed.
     pub async fn check_identities(&self) -> Result<()> {
-        if let Some(first) = self.manifest.artefacts.first().filter(|_| self.is_encrypted()) {
+        if let Some(first) = self
+            .manifest
+            .artefacts
+            .first()
+            .filter(|_| self.is_encrypted())
+        {
             self.open_artefact(first).await?;
         }
         Ok(())
