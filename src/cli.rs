@@ -43,7 +43,7 @@ and proves that a backup restores.\n\n\
 Settings come from flags, TUSK_* environment variables, a YAML file (--config, \
 ./tusk.yaml or /etc/tusk/tusk.yaml) and Mastodon's .env.production, in that order.",
     after_help = "Exit codes: 0 ok, 1 failed, 2 usage or configuration error, \
-3 verification failed, 4 another run holds the lock, 130 interrupted."
+3 verification failed, 4 another run holds the lock, 5 the command given to `rehearse --run` failed, 130 interrupted."
 )]
 pub struct Cli {
     #[command(flatten)]
