@@ -381,7 +381,10 @@ async fn migrate(
         state::save(backup_dir, &state)?;
         report.stages.push(started.end(
             StageOutcome::Done,
-            &format!("{tables} tables, the migrations and the database's properties match"),
+            &format!(
+                "{tables} tables' rows and content, the sequences, the migrations and the \
+                 database's properties match"
+            ),
         ));
     }
 

@@ -372,7 +372,9 @@ fn junit_cases(report: &RehearseReport) -> Vec<junit::Case> {
         "schema_migrations",
         "object",
         "database_property",
-        "digest",
+        "content",
+        "sequence",
+        "large_objects",
     ];
     let content = failure(
         report
