@@ -217,26 +217,13 @@ impl S3Storage {
                 break;
             }
             let last = (buffer.len() as u64) < PART_SIZE;
-            let md5 = content_md5_base64(&buffer);
-            let part = self
-                .client
-                .upload_part()
-                .bucket(&self.settings.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .content_md5(md5)
-                .body(ByteStream::from(buffer))
-                .customize()
-                .disable_payload_signing()
-                .send()
-                .await
-                .map_err(store_error)
-                .with_context(|| format!("could not upload part {number} of {key}"))?;
+            let e_tag = self
+                .upload_part(key, upload_id, number, bytes::Bytes::from(buffer))
+                .await?;
             parts.push(
                 CompletedPart::builder()
                     .part_number(number)
-                    .set_e_tag(part.e_tag().map(str::to_string))
+                    .e_tag(e_tag)
                     .build(),
             );
             if last {
