@@ -11,15 +11,30 @@ use common::*;
 
 const DB_URL: &str = "postgresql://postgres@db/mastodon";
 
-/// Rows written to `database` so far, by pg_stat_database's counters.
+/// Rows written to `database` so far, by pg_stat_database's counters,
+/// once they have settled: a backend reports its counts when it ends, a
+/// moment after its client has gone, so a reading taken right after the
+/// fixture was seeded can miss the seeding's last rows.
 fn writes(cluster: &Cluster, database: &str) -> String {
-    cluster.sql(
-        "postgres",
-        &format!(
-            "SELECT tup_inserted, tup_updated, tup_deleted \
-             FROM pg_stat_database WHERE datname = '{database}'"
-        ),
-    )
+    let read = || {
+        cluster.sql(
+            "postgres",
+            &format!(
+                "SELECT tup_inserted, tup_updated, tup_deleted \
+                 FROM pg_stat_database WHERE datname = '{database}'"
+            ),
+        )
+    };
+    let mut last = read();
+    for _ in 0..20 {
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let now = read();
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the write counters of {database} never settled: {last}");
 }
 
 /// The values of attribute `name` of every `element` (a plain text scan;

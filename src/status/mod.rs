@@ -699,7 +699,7 @@ impl Judge<'_> {
     }
 
     fn age_hours(&self, at: DateTime<Utc>) -> f64 {
-        (self.now - at).num_seconds() as f64 / 3600.0
+        (self.now - at).num_milliseconds() as f64 / 3_600_000.0
     }
 
     fn backups(&mut self, summaries: &[DestinationSummary]) {
