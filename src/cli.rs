@@ -427,6 +427,16 @@ pub struct BackupArgs {
     /// though the set is not encrypted
     #[arg(long)]
     pub include_secrets_unencrypted: bool,
+
+    /// Leave Sidekiq's Redis out of the set [default: snapshot it when the
+    /// settings name the instance's Redis; `redis.backup`]
+    #[arg(long, conflicts_with = "redis_cache")]
+    pub no_redis: bool,
+
+    /// Also snapshot the cache's Redis, when it is another server
+    /// [default: `redis.backup_cache`, else no]
+    #[arg(long)]
+    pub redis_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -551,7 +561,22 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "DIR")]
     pub files_to: Option<PathBuf>,
 
-    /// Restore no database (with --files-to: only the files)
+    /// Load the set's Redis snapshot into DIR, the data directory of a
+    /// stopped Redis (e.g. /var/lib/redis), after checking that it loads and
+    /// holds the keys the set recorded; an existing dump.rdb is kept beside it
+    #[arg(long, value_name = "DIR")]
+    pub redis_to: Option<PathBuf>,
+
+    /// The file name Redis loads (its `dbfilename`)
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "dump.rdb",
+        requires = "redis_to"
+    )]
+    pub redis_dbfilename: String,
+
+    /// Restore no database (with --files-to or --redis-to: only those)
     #[arg(long)]
     pub no_database: bool,
 }

@@ -124,6 +124,34 @@ pub struct RedisSection {
     pub cache_url: Option<String>,
     /// How long to wait for Redis to connect or answer [default: 5].
     pub timeout_seconds: Option<u64>,
+    /// Put a snapshot of Sidekiq's Redis in every set [default: true when
+    /// `redis.url`, `--redis-url` or `.env.production` (`REDIS_URL`,
+    /// `REDIS_HOST`, `REDIS_PORT`, `SIDEKIQ_REDIS_URL`, `SIDEKIQ_REDIS_HOST`)
+    /// names the instance's Redis].
+    pub backup: Option<bool>,
+    /// Also snapshot the cache's Redis [default: false: the app rebuilds it].
+    pub backup_cache: Option<bool>,
+    /// redis-cli on this machine (direct mode) [default: `redis-cli`].
+    pub cli: Option<PathBuf>,
+    /// redis-server on this machine, which loads a restored snapshot to
+    /// check it [default: `redis-server`].
+    pub server_bin: Option<PathBuf>,
+    /// Docker mode: the Redis container's name or compose service
+    /// [default: the compose service `redis`].
+    pub container: Option<String>,
+}
+
+/// How Redis goes into sets and comes back out, resolved.
+#[derive(Debug, Clone)]
+pub struct RedisBackupSettings {
+    /// Snapshot Sidekiq's Redis in every set.
+    pub sidekiq: bool,
+    /// Snapshot the cache's Redis too.
+    pub cache: bool,
+    pub cli: PathBuf,
+    pub server_bin: PathBuf,
+    /// The Redis container's name or compose service (Docker mode).
+    pub container: String,
 }
 
 /// Alerts: a JSON POST and healthchecks.io-style pings ([`crate::notify`]).
@@ -421,6 +449,8 @@ pub struct Settings {
     cache_redis: std::result::Result<RedisTarget, String>,
     /// How long a Redis connection or command may take.
     pub redis_timeout: Duration,
+    /// Redis snapshots in sets.
+    pub redis_backup: RedisBackupSettings,
     /// Stops Mastodon's app processes of a non-Docker install (`mastodon.stop_command`).
     pub app_stop_command: String,
     /// Starts them again (`mastodon.start_command`).
@@ -639,6 +669,35 @@ impl Settings {
             env_file.as_ref(),
         );
         let cache_redis = resolve_redis(RedisRole::Cache, None, &file.redis, env_file.as_ref());
+        // Mastodon's setup writes REDIS_HOST and REDIS_PORT; an env file
+        // without any Redis setting says nothing about this instance's Redis.
+        let env_names_redis = env_file.as_ref().is_some_and(|env| {
+            [
+                "REDIS_URL",
+                "REDIS_HOST",
+                "REDIS_PORT",
+                "SIDEKIQ_REDIS_URL",
+                "SIDEKIQ_REDIS_HOST",
+            ]
+            .iter()
+            .any(|key| env.get(key).is_some())
+        });
+        let redis_known = file.redis.url.is_some() || args.redis_url.is_some() || env_names_redis;
+        let redis_backup = RedisBackupSettings {
+            sidekiq: file.redis.backup.unwrap_or(redis_known),
+            cache: file.redis.backup_cache.unwrap_or(false),
+            cli: file.redis.cli.clone().unwrap_or_else(|| "redis-cli".into()),
+            server_bin: file
+                .redis
+                .server_bin
+                .clone()
+                .unwrap_or_else(|| "redis-server".into()),
+            container: file
+                .redis
+                .container
+                .clone()
+                .unwrap_or_else(|| "redis".into()),
+        };
 
         let app_stop_command = file
             .mastodon
@@ -655,6 +714,7 @@ impl Settings {
             sidekiq_redis,
             cache_redis,
             redis_timeout,
+            redis_backup,
             app_stop_command,
             app_start_command,
             status: file.status,

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use bollard::Docker;
 
+use crate::backup::redis::RedisSnapshot;
 use crate::config::{MediaStoreKind, PgMode, Settings};
 use crate::docker::services::AppServices;
 use crate::docker::{Container, ContainerSelector};
@@ -20,9 +21,12 @@ use crate::output::Output;
 use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer, direct::DirectServer};
 use crate::prune::MediaStore;
+use crate::redis::snapshot::{CliRunner, SnapshotSource};
+use crate::redis::{RedisAddress, RedisTarget};
 use crate::set::BackupSet;
 use crate::set::destination::{Destination, Place};
 use crate::set::encryption::{Encryption, EncryptionInfo, Identities, read_passphrase_file};
+use crate::set::redis::RedisRole;
 use crate::storage::Storage;
 use crate::storage::local::LocalStorage;
 use crate::storage::retry::Retrying;
@@ -104,6 +108,85 @@ impl Instance {
             database,
             services: self.settings.services.clone(),
         })
+    }
+
+    /// The Redis servers a backup snapshots: Sidekiq's (unless
+    /// `sidekiq` is false) and the cache's when `cache` and it is another
+    /// server. In Docker mode redis-cli runs in the Redis container, found
+    /// like the app's containers, and the keys are counted through the
+    /// container's address.
+    pub async fn redis_snapshots(&self, sidekiq: bool, cache: bool) -> Result<Vec<RedisSnapshot>> {
+        let settings = &self.settings.redis_backup;
+        let mut snapshots = Vec::new();
+        let mut seen: Vec<RedisTarget> = Vec::new();
+        for (role, wanted) in [(RedisRole::Sidekiq, sidekiq), (RedisRole::Cache, cache)] {
+            if !wanted {
+                continue;
+            }
+            let target = match role {
+                RedisRole::Sidekiq => self.settings.sidekiq_redis()?,
+                RedisRole::Cache => self.settings.cache_redis()?,
+            }
+            .clone();
+            // One snapshot holds every database of its server.
+            if seen.iter().any(|other| other.address == target.address) {
+                continue;
+            }
+            seen.push(target.clone());
+            let (runner, counted_at) = match self.settings.mode {
+                PgMode::Direct => (
+                    CliRunner::Local {
+                        cli: settings.cli.clone(),
+                    },
+                    Some(target.clone()),
+                ),
+                PgMode::Docker => {
+                    let (docker, database) = self.database_container().await?;
+                    let container = crate::docker::services::find(
+                        &docker,
+                        &database,
+                        std::slice::from_ref(&settings.container),
+                    )
+                    .await?
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| {
+                        TuskError::usage(format!(
+                            "no running Redis container (compose service or container {}) beside                              {}: start it, set redis.container, or pass --no-redis",
+                            settings.container, database.name
+                        ))
+                    })?;
+                    let counted_at = container.address.clone().map(|ip| {
+                        let port = match &target.address {
+                            RedisAddress::Tcp { port, .. } => *port,
+                            RedisAddress::Unix(_) => crate::redis::DEFAULT_PORT,
+                        };
+                        RedisTarget {
+                            address: RedisAddress::Tcp {
+                                host: ip,
+                                port,
+                                tls: false,
+                            },
+                            ..target.clone()
+                        }
+                    });
+                    (
+                        CliRunner::Container {
+                            docker,
+                            container: Box::new(container),
+                        },
+                        counted_at,
+                    )
+                }
+            };
+            snapshots.push(RedisSnapshot {
+                role,
+                source: SnapshotSource { target, runner },
+                counted_at,
+                timeout: self.settings.redis_timeout,
+            });
+        }
+        Ok(snapshots)
     }
 
     /// The instance's database name (libpq's default, `postgres`, if the

@@ -28,6 +28,7 @@ pub mod creator;
 pub mod error;
 pub mod names;
 pub mod output;
+pub mod process;
 pub mod signals;
 
 // infrastructure

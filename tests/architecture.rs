@@ -13,6 +13,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("names", 0),
     ("output", 0),
     ("signals", 0),
+    ("process", 0),
     ("docker", 1),
     ("http", 1),
     ("postgres", 1),

@@ -62,18 +62,8 @@ fn env_production() -> String {
     std::fs::read_to_string(fixture("mastodon/env.production")).unwrap()
 }
 
-/// `tusk` with the workspace's config and `.env.production`.
-fn tusk_in(ws: &Workspace) -> Command {
-    let mut cmd = ws.tusk();
-    cmd.arg("--config")
-        .arg(ws.path().join("tusk.yaml"))
-        .arg("--mastodon-env-file")
-        .arg(ws.path().join(".env.production"));
-    cmd
-}
-
 fn backup(ws: &Workspace, db: &TestDb) -> serde_json::Value {
-    let mut cmd = tusk_in(ws);
+    let mut cmd = ws.tusk_configured();
     cmd.args(["--json", "backup", "--database-url"])
         .arg(db.url());
     run(cmd).expect_code(0).json()
@@ -155,7 +145,7 @@ fn an_encrypted_set_restores_database_roles_and_env_production_with_an_x25519_ke
     let fresh = Cluster::second();
     let target = unique_name("enc_x_fresh");
     let files_to = ws.path().join("restored-files");
-    let mut restore = tusk_in(&ws);
+    let mut restore = ws.tusk_configured();
     restore
         .args(["--json", "restore", report["id"].as_str().unwrap()])
         .arg("--identity")
@@ -187,7 +177,7 @@ fn an_encrypted_set_restores_database_roles_and_env_production_with_an_x25519_ke
 
     // An existing file is never overwritten without --force.
     std::fs::write(&env_back, "KEEP=me\n").unwrap();
-    let mut again = tusk_in(&ws);
+    let mut again = ws.tusk_configured();
     again
         .args(["restore", report["id"].as_str().unwrap(), "--no-database"])
         .arg("--identity")
@@ -197,7 +187,7 @@ fn an_encrypted_set_restores_database_roles_and_env_production_with_an_x25519_ke
     let refused = run(again).expect_code(2);
     assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
     assert_eq!(std::fs::read_to_string(&env_back).unwrap(), "KEEP=me\n");
-    let mut forced = tusk_in(&ws);
+    let mut forced = ws.tusk_configured();
     forced
         .args([
             "restore",
@@ -220,14 +210,14 @@ fn an_encrypted_set_restores_database_roles_and_env_production_with_an_x25519_ke
     );
 
     // verify restores it too (with the key), and --checksums-only needs none.
-    let mut verify = tusk_in(&ws);
+    let mut verify = ws.tusk_configured();
     verify
         .args(["verify", report["id"].as_str().unwrap(), "--database-url"])
         .arg(source.url())
         .arg("--identity")
         .arg(key("admin.key"));
     run(verify).expect_code(0);
-    let mut checksums = tusk_in(&ws);
+    let mut checksums = ws.tusk_configured();
     checksums.args(["verify", report["id"].as_str().unwrap(), "--checksums-only"]);
     run(checksums).expect_code(0);
 }
@@ -239,7 +229,7 @@ fn an_ssh_ed25519_key_encrypts_and_opens_a_set() {
     let ws = encrypted_workspace(&[ssh_public_key()], &env_production());
     let report = backup(&ws, &source);
     let target = unique_name("enc_ssh_back");
-    let mut restore = tusk_in(&ws);
+    let mut restore = ws.tusk_configured();
     restore
         .args(["restore", report["id"].as_str().unwrap(), "--target-url"])
         .arg(source.cluster.db_url(&target))
@@ -263,7 +253,7 @@ fn a_wrong_or_missing_key_is_exit_1_naming_the_recipients_and_restores_nothing()
     let target = unique_name("enc_wrong_t");
     let files_to = ws.path().join("files");
     for identity in [Some(key("wrong.key")), Some(key("id_ed25519")), None] {
-        let mut restore = tusk_in(&ws);
+        let mut restore = ws.tusk_configured();
         restore
             .args(["restore", report["id"].as_str().unwrap(), "--target-url"])
             .arg(fresh.db_url(&target))
@@ -283,7 +273,7 @@ fn a_wrong_or_missing_key_is_exit_1_naming_the_recipients_and_restores_nothing()
         assert!(fresh.databases_like(&target).is_empty());
     }
     // verify needs the key for its test restore, and says so.
-    let mut verify = tusk_in(&ws);
+    let mut verify = ws.tusk_configured();
     verify
         .args(["verify", report["id"].as_str().unwrap(), "--database-url"])
         .arg(source.url())
@@ -376,7 +366,7 @@ fn a_flipped_byte_in_a_ciphertext_is_exit_3_naming_the_artefact_without_any_key(
     bytes[middle] ^= 0x40;
     std::fs::write(&victim, bytes).unwrap();
 
-    let mut verify = tusk_in(&ws);
+    let mut verify = ws.tusk_configured();
     verify.args([
         "--json",
         "verify",
@@ -426,7 +416,7 @@ fn without_encryption_env_production_stays_out_unless_asked_and_missing_keys_are
     );
 
     std::thread::sleep(std::time::Duration::from_millis(1100));
-    let mut asked = tusk_in(&ws);
+    let mut asked = ws.tusk_configured();
     asked
         .args([
             "--json",
@@ -458,7 +448,7 @@ fn a_passphrase_from_tusk_passphrase_file_encrypts_and_opens_a_set() {
     std::fs::write(&passphrase, "correct horse battery staple\n").unwrap();
 
     // Without the file and without a terminal: a clear refusal, no set.
-    let mut refused = tusk_in(&ws);
+    let mut refused = ws.tusk_configured();
     refused.args(["backup", "--database-url"]).arg(source.url());
     let out = run(refused).expect_code(2);
     assert!(
@@ -468,7 +458,7 @@ fn a_passphrase_from_tusk_passphrase_file_encrypts_and_opens_a_set() {
     );
     assert!(ws.set_ids().is_empty());
 
-    let mut cmd = tusk_in(&ws);
+    let mut cmd = ws.tusk_configured();
     cmd.env("TUSK_PASSPHRASE_FILE", &passphrase)
         .args(["--json", "backup", "--database-url"])
         .arg(source.url());
@@ -477,7 +467,7 @@ fn a_passphrase_from_tusk_passphrase_file_encrypts_and_opens_a_set() {
     assert_eq!(manifest["encryption"]["passphrase"], true);
 
     let target = unique_name("enc_pass_back");
-    let mut restore = tusk_in(&ws);
+    let mut restore = ws.tusk_configured();
     restore
         .env("TUSK_PASSPHRASE_FILE", &passphrase)
         .args(["restore", report["id"].as_str().unwrap(), "--target-url"])

@@ -51,7 +51,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 _TUSK_REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 # Bump when the mmdebstrap command or the import --change list changes (invalidates cached
 # tarballs and images).
-_TUSK_ROOTFS_RECIPE=1
+_TUSK_ROOTFS_RECIPE=2
 
 tusk_docker_check() {
     [[ -n ${_TUSK_DOCKER_OK:-} ]] && return 0
@@ -124,10 +124,12 @@ _tusk_build_rootfs() { # SUITE MAJOR OUT.tar WORKDIR
     [[ $src == *.sources ]] && srcfile="$work/$suite.sources"
     host_suite=$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")
     sed -e '/^[[:space:]]*#/d' -e "s/\\b$host_suite\\b/$suite/g" "$src" >"$srcfile" || return 1
-    tusk_log "mmdebstrap: $suite + postgresql-$major (slim) -> rootfs tarball (1-2 min)"
+    tusk_log "mmdebstrap: $suite + postgresql-$major + redis-server (slim) -> rootfs tarball (1-2 min)"
     # Slim: no docs/man/locales, no LLVM JIT (libLLVM alone is 105 MB; JIT just reports unavailable),
     # and no packaged "main" cluster (the entrypoint runs initdb on first start).
-    if ! mmdebstrap --quiet --variant=essential --include="postgresql-$major" \
+    # redis-server (with redis-cli): the same image runs a compose deployment's Redis container
+    # in the tests of Redis snapshots (tests/redis_backup.rs); nothing starts it by default.
+    if ! mmdebstrap --quiet --variant=essential --include="postgresql-$major,redis-server" \
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
         --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
         --dpkgopt='path-exclude=/usr/lib/postgresql/*/lib/llvmjit*' \

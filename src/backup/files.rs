@@ -27,6 +27,8 @@ pub struct SetContents {
     /// The Mastodon version, when the app containers tell it; else the
     /// backup takes it from the schema.
     pub mastodon: Option<MastodonInfo>,
+    /// Redis servers to snapshot: Sidekiq's, and the cache's when asked.
+    pub redis: Vec<super::redis::RedisSnapshot>,
     /// What the operator should know about the contents (files left out).
     pub notes: Vec<String>,
 }

@@ -1,6 +1,7 @@
 //! `tusk backup`: roles and database into one checksummed backup set.
 
 pub mod files;
+pub mod redis;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -15,6 +16,7 @@ use crate::docker::services::AppServices;
 use crate::janitor;
 use crate::output::{Output, human_bytes};
 use crate::postgres::{PgServer, Tool, ToolCommand, server_version};
+use crate::process::ToolProcess;
 use crate::set::Compression;
 use crate::set::bucket::{self, PartialBucketSet};
 use crate::set::content::{self, ContentDigests, DigestTap, TapHandle};
@@ -407,8 +409,26 @@ async fn dump_set(
     );
 
     let mut artefacts = vec![globals, database_artefact];
-    for file in &opts.contents.files {
-        artefacts.push(write_instance_file(file, opts, &partial).await?);
+    let stage = Instant::now();
+    let more = async {
+        let mut more = Vec::new();
+        for file in &opts.contents.files {
+            more.push(write_instance_file(file, opts, &partial).await?);
+        }
+        for snapshot in &opts.contents.redis {
+            more.push(redis::write(snapshot, opts, &partial, &mut notes).await?);
+        }
+        Ok::<_, anyhow::Error>(more)
+    };
+    match more.await {
+        Ok(more) => artefacts.extend(more),
+        Err(err) => {
+            partial.abandon().await;
+            return Err(err);
+        }
+    }
+    if !opts.contents.redis.is_empty() {
+        durations.insert("redis".into(), stage.elapsed().as_secs_f64());
     }
     let secrets = opts
         .contents
@@ -625,6 +645,7 @@ async fn write_instance_file(
         uncompressed_bytes: written.uncompressed_bytes,
         file: Some(file.restore_as.clone()),
         source: Some(file.path.display().to_string()),
+        redis: None,
     })
 }
 
@@ -645,7 +666,6 @@ async fn stream_tool_to_artefact(
     opts: &BackupOptions,
     progress: ProgressBar,
 ) -> Result<(Artefact, Option<TapHandle>)> {
-    let label = command.tool.program();
     let mut process = server.spawn(command).await?;
     let mut stdout = process.take_stdout();
     // The database's custom-format archive is digested as it passes, in
@@ -657,6 +677,23 @@ async fn stream_tool_to_artefact(
         stdout = Box::new(reader);
         tap = Some(handle);
     }
+    let artefact =
+        stream_process_to_artefact(process, stdout, partial, name, kind, opts, progress).await?;
+    Ok((artefact, tap))
+}
+
+/// Streams `stdout` of `process` into the artefact `name`; the process's
+/// exit status decides whether the artefact is good.
+async fn stream_process_to_artefact(
+    process: ToolProcess,
+    stdout: crate::process::BoxReader,
+    partial: &SetWriters,
+    name: &str,
+    kind: ArtefactKind,
+    opts: &BackupOptions,
+    progress: ProgressBar,
+) -> Result<Artefact> {
+    let label = process.label.clone();
     let written = async {
         let sink = partial.sink(name).await?;
         stream::write_artefact(
@@ -685,7 +722,7 @@ async fn stream_tool_to_artefact(
     if written.uncompressed_bytes == 0 {
         bail!("{label} produced no output");
     }
-    let artefact = Artefact {
+    Ok(Artefact {
         name: name.to_string(),
         kind,
         bytes: written.bytes,
@@ -693,6 +730,6 @@ async fn stream_tool_to_artefact(
         uncompressed_bytes: written.uncompressed_bytes,
         file: None,
         source: None,
-    };
-    Ok((artefact, tap))
+        redis: None,
+    })
 }

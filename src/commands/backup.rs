@@ -87,11 +87,19 @@ async fn set_contents(ctx: &Context, args: &BackupArgs) -> Result<SetContents> {
         args.include_secrets_unencrypted,
         &mut notes,
     );
+    let redis = &instance.settings.redis_backup;
+    let redis = instance
+        .redis_snapshots(
+            redis.sidekiq && !args.no_redis,
+            (redis.cache || args.redis_cache) && !args.no_redis,
+        )
+        .await?;
     Ok(SetContents {
         encryption,
         files,
         env_file,
         mastodon: instance.mastodon_version().await,
+        redis,
         notes,
     })
 }

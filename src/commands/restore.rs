@@ -5,6 +5,7 @@ use tusk::config::PgMode;
 use tusk::error::TuskError;
 use tusk::postgres::{DbTarget, PgServer};
 use tusk::restore::files::RestoredFile;
+use tusk::restore::redis::{RedisRestoreOptions, RedisRestoreReport};
 use tusk::restore::{self, RestoreOptions, RestoreReport};
 use tusk::set::BackupSet;
 
@@ -18,6 +19,8 @@ struct Report {
     #[serde(flatten)]
     database: Option<RestoreReport>,
     files: Vec<RestoredFile>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    redis: Option<RedisRestoreReport>,
 }
 
 pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
@@ -31,9 +34,9 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
     if args.jobs == 0 {
         return Err(TuskError::usage("--jobs must be at least 1"));
     }
-    if args.no_database && args.files_to.is_none() {
+    if args.no_database && args.files_to.is_none() && args.redis_to.is_none() {
         return Err(TuskError::usage(
-            "--no-database leaves nothing to restore: add --files-to DIR",
+            "--no-database leaves nothing to restore: add --files-to DIR or --redis-to DIR",
         ));
     }
     if let Some(info) = set.manifest.encryption.clone() {
@@ -51,7 +54,7 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
         Some(plan_database(ctx, &set, &args).await?)
     };
     let mut files = Vec::new();
-    if let Some(dir) = &args.files_to {
+    if args.files_to.is_some() || args.redis_to.is_some() {
         let problems = set.check_artefacts().await?;
         if !problems.is_empty() {
             return Err(TuskError::VerificationFailed(format!(
@@ -65,8 +68,22 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
             ))
             .into());
         }
+    }
+    if let Some(dir) = &args.files_to {
         files = restore::files::write_files(&set, dir, args.force).await?;
     }
+    let redis = match &args.redis_to {
+        Some(dir) => {
+            let opts = RedisRestoreOptions {
+                dir: dir.clone(),
+                dbfilename: args.redis_dbfilename.clone(),
+                server_bin: instance.settings.redis_backup.server_bin.clone(),
+                force: args.force,
+            };
+            Some(restore::redis::run(&set, &opts).await?)
+        }
+        None => None,
+    };
     let database = match database_plan {
         Some((server, opts)) => {
             Some(restore::run(server.as_ref(), &set, &opts, &ctx.output).await?)
@@ -74,10 +91,24 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
         None => None,
     };
     if ctx.output.json {
-        ctx.output.print_json(&Report { database, files })?;
+        ctx.output.print_json(&Report {
+            database,
+            files,
+            redis,
+        })?;
     } else if !ctx.output.quiet {
         for file in &files {
             println!("wrote {} (mode 0600)", file.path.display());
+        }
+        if let Some(redis) = &redis {
+            println!(
+                "wrote {} ({} keys, checked by loading it); start Redis to use it",
+                redis.path.display(),
+                redis.keys.values().sum::<u64>()
+            );
+            for kept in &redis.kept {
+                println!("kept the previous file as {}", kept.display());
+            }
         }
         if let Some(report) = database {
             println!(

@@ -2,6 +2,7 @@
 //! and starting the app containers, and throwaway database containers.
 
 pub mod app;
+pub mod exec;
 pub mod limits;
 pub mod services;
 pub mod throwaway;

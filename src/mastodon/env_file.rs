@@ -109,7 +109,8 @@ impl EnvFile {
 }
 
 /// Mastodon's two uses of Redis, each of which may have its own server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RedisRole {
     /// Sidekiq's queues (`SIDEKIQ_REDIS_*`, else `REDIS_*`).
     Sidekiq,
@@ -118,6 +119,13 @@ pub enum RedisRole {
 }
 
 impl RedisRole {
+    pub fn name(self) -> &'static str {
+        match self {
+            RedisRole::Sidekiq => "sidekiq",
+            RedisRole::Cache => "cache",
+        }
+    }
+
     fn prefix(self) -> &'static str {
         match self {
             RedisRole::Sidekiq => "SIDEKIQ_",

@@ -1,19 +1,16 @@
 //! Direct mode: SQL over the network and the client tools installed on this machine.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use async_trait::async_trait;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use crate::cleanup;
 use crate::creator::Creator;
 use tokio::process::Command;
 
-use super::{
-    BoxReader, DbTarget, PgServer, StagedArchive, Tool, ToolCommand, ToolExit, ToolProcess,
-};
+use super::{BoxReader, DbTarget, PgServer, StagedArchive, Tool, ToolCommand, ToolProcess};
 
 /// A staged archive is `tusk-restore-<creator>-<random>.dump` in the temporary directory.
 pub const STAGED_ARCHIVE_KIND: &str = "restore";
@@ -103,73 +100,17 @@ impl PgServer for DirectServer {
         child_command
             .args(&command.args)
             .envs(self.target.libpq_env())
-            .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(if command.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
+            .envs(command.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         if let Some(database) = &command.database {
             child_command.env("PGDATABASE", database);
         }
-        // A run killed by SIGKILL cannot end its tools; the kernel does. The
-        // signal follows the thread that spawned the tool, so spawn from
-        // async code (runtime threads live as long as the process), never
-        // from a blocking-pool thread, which ends when idle.
-        let parent = std::process::id();
-        // SAFETY: prctl, getppid and _exit are async-signal-safe, and the
-        // closure allocates nothing.
-        unsafe {
-            child_command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent died before the request took effect.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
-        let mut child = child_command.spawn().with_context(|| {
-            format!(
-                "could not start {}; install the PostgreSQL client tools or set postgres.bin_dir",
-                program.display()
-            )
-        })?;
-        let stdin = child.stdin.take().map(|s| Box::new(s) as _);
-        let stdout = child.stdout.take().expect("piped stdout");
-        super::widen_pipe(&stdout);
-        let stdout = Box::new(stdout);
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let label = command.tool.program().to_string();
-        let mut collector =
-            super::StderrCollector::new(command.stderr_lines.clone(), super::STDERR_TAIL);
-        let stderr_task = tokio::spawn(async move {
-            let mut chunk = vec![0u8; 8192];
-            loop {
-                match stderr.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => collector.push(&chunk[..n]),
-                }
-            }
-            collector.finish()
-        });
-        let exit = async move {
-            let status = child.wait().await?;
-            let stderr = stderr_task.await.unwrap_or_default();
-            if !stderr.trim().is_empty() {
-                tracing::debug!(target: "tusk::tools", "{}", stderr.trim_end());
-            }
-            Ok(ToolExit {
-                code: status.code().map_or(-1, i64::from),
-                stderr,
-            })
-        };
-        Ok(ToolProcess::new(label, stdin, stdout, exit))
+        crate::process::spawn_local(
+            child_command,
+            command.tool.program().to_string(),
+            command.stdin,
+            command.stderr_lines.clone(),
+            "install the PostgreSQL client tools or set postgres.bin_dir",
+        )
     }
 
     async fn stage_archive(&self, archive: BoxReader, _size: u64) -> Result<StagedArchive> {

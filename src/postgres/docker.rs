@@ -8,24 +8,21 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use bollard::Docker;
-use bollard::exec::{StartExecOptions, StartExecResults};
+use bollard::exec::StartExecOptions;
 use bollard::models::ExecConfig;
 use bollard::query_parameters::UploadToContainerOptions;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
-use tokio_util::io::{ReaderStream, StreamReader};
+use tokio_util::io::ReaderStream;
 
 use super::docker_pipe::{self, PipeError};
-use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolExit, ToolProcess};
+use super::{BoxReader, DbTarget, PgServer, StagedArchive, ToolCommand, ToolProcess};
 use crate::cleanup;
 use crate::creator::Creator;
-use crate::docker::Container;
+use crate::docker::{Container, exec};
 use crate::error::TuskError;
 
-/// Read buffer for an exec's multiplexed output stream.
-const OUTPUT_CAPACITY: usize = 1 << 20;
 /// The port PostgreSQL listens on inside its container.
 const CONTAINER_PORT: u16 = 5432;
 /// Where archives are staged inside the container, each in its own
@@ -174,113 +171,24 @@ impl DockerServer {
         // end it: the Engine lets an exec run on when its client is gone.
         let marker = format!("tusk-exec-{}", crate::names::random_hex());
         env.push(format!("PGAPPNAME={marker}"));
-        let exec = self
-            .docker
-            .create_exec(
-                &self.container.id,
-                ExecConfig {
-                    attach_stdin: Some(stdin),
-                    attach_stdout: Some(true),
-                    attach_stderr: Some(true),
-                    cmd: Some(cmd),
-                    env: Some(env),
-                    ..Default::default()
-                },
-            )
-            .await
-            .with_context(|| format!("could not start {label}"))?;
-        let ender = cleanup::defer(format!("end {label}"), {
+        let request = exec::ExecRequest {
+            label: label.clone(),
+            cmd,
+            env,
+            stdin,
+            stderr_lines,
+        };
+        exec::spawn(&self.docker, &self.container.id, request, |exec_id| {
             let (docker, container, login) = (
                 self.docker.clone(),
                 self.container.clone(),
                 self.target.clone(),
             );
-            let (exec_id, marker) = (exec.id.clone(), marker.clone());
-            move || end_exec(docker, container, login, exec_id, marker)
-        });
-        let started = self
-            .docker
-            .start_exec(
-                &exec.id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: Some(OUTPUT_CAPACITY),
-                }),
-            )
-            .await
-            .with_context(|| format!("could not start {label}"))?;
-        let StartExecResults::Attached { mut output, input } = started else {
-            bail!("the Docker Engine did not attach to {label}");
-        };
-
-        // Demultiplex: stdout into a bounded channel (backpressure reaches
-        // the Engine), stderr into a buffer for the error message.
-        let (stdout_tx, mut stdout_rx) = mpsc::channel::<std::io::Result<Bytes>>(16);
-        let mut stderr = super::StderrCollector::new(stderr_lines, super::STDERR_TAIL);
-        let pump = tokio::spawn(async move {
-            let mut reader_gone = false;
-            while let Some(item) = output.next().await {
-                match item {
-                    Ok(bollard::container::LogOutput::StdOut { message }) => {
-                        if !reader_gone && stdout_tx.send(Ok(message)).await.is_err() {
-                            reader_gone = true;
-                        }
-                    }
-                    Ok(bollard::container::LogOutput::StdErr { message }) => {
-                        stderr.push(&message);
-                    }
-                    Ok(_) => {}
-                    Err(err) => {
-                        let _ = stdout_tx
-                            .send(Err(std::io::Error::other(err.to_string())))
-                            .await;
-                        break;
-                    }
-                }
-            }
-            stderr.finish()
-        });
-        // Dropped unfinished (the run was cancelled), the connection closes,
-        // which closes the process's stdin.
-        let pump_guard = AbortOnDrop(pump.abort_handle());
-        let stdout_stream = futures_util::stream::poll_fn(move |cx| stdout_rx.poll_recv(cx));
-        let stdout: BoxReader = Box::new(StreamReader::new(stdout_stream));
-        let stdin = stdin.then(|| Box::new(input) as super::BoxWriter);
-
-        let docker = self.docker.clone();
-        let exec_id = exec.id;
-        let exit = async move {
-            let _pump_guard = pump_guard;
-            let stderr = pump.await.unwrap_or_default();
-            // The stream ends when the process closes its output; the exit
-            // code is recorded a moment later.
-            for _ in 0..200 {
-                let info = docker.inspect_exec(&exec_id).await?;
-                if info.running != Some(true) {
-                    ender.dismiss();
-                    if !stderr.trim().is_empty() {
-                        tracing::debug!(target: "tusk::tools", "{}", stderr.trim_end());
-                    }
-                    return Ok(ToolExit {
-                        code: info.exit_code.unwrap_or(-1),
-                        stderr,
-                    });
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-            }
-            bail!("the exec did not finish after its output ended")
-        };
-        Ok(ToolProcess::new(label, stdin, stdout, exit))
-    }
-}
-
-/// Aborts a task when dropped.
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+            cleanup::defer(format!("end {label}"), move || {
+                end_exec(docker, container, login, exec_id, marker)
+            })
+        })
+        .await
     }
 }
 

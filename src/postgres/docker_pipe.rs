@@ -176,7 +176,8 @@ async fn start(
         .await
         .with_context(|| format!("could not attach to helper container {name}"))?;
     let mut output = attached.output;
-    let mut collector = StderrCollector::new(command.stderr_lines.clone(), super::STDERR_TAIL);
+    let mut collector =
+        StderrCollector::new(command.stderr_lines.clone(), crate::process::STDERR_TAIL);
     let stderr = tokio::spawn(async move {
         while let Some(Ok(chunk)) = output.next().await {
             collector.push(&chunk.into_bytes());
@@ -275,7 +276,7 @@ async fn deliver(
             return Err(PipeError::NothingDelivered(anyhow!(
                 "{label} exited with status {} before writing anything{}",
                 ended.code,
-                super::describe_stderr(&ended.stderr)
+                crate::process::describe_stderr(&ended.stderr)
             )));
         }
         let empty: Box<dyn AsyncRead + Send + Unpin> = Box::new(tokio::io::empty());
@@ -295,7 +296,7 @@ async fn read_first(
     file: std::fs::File,
     buffer: &mut [u8],
 ) -> Result<(tokio::net::unix::pipe::Receiver, usize)> {
-    super::widen_pipe(&file);
+    crate::process::widen_pipe(&file);
     let mut receiver = tokio::net::unix::pipe::Receiver::from_file(file)?;
     let read = receiver.read(buffer).await?;
     Ok((receiver, read))

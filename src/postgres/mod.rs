@@ -13,12 +13,9 @@ pub mod tls;
 
 use std::path::PathBuf;
 
-use std::future::Future;
-use std::pin::Pin;
-
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio_postgres::Client;
 
 use crate::creator::Creator;
@@ -26,6 +23,8 @@ pub use direct::STAGED_ARCHIVE_KIND;
 pub use docker_pipe::TEMP_KIND as PIPE_DIR_KIND;
 pub use target::{DbTarget, quote_ident};
 pub use tls::{RootCert, SslMode, TlsOptions};
+// A running tool is not PostgreSQL's own; the names stay reachable here.
+pub use crate::process::{BoxReader, BoxWriter, StderrCollector, ToolExit, ToolProcess};
 
 /// The PostgreSQL client programs tusk drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,170 +119,6 @@ impl ToolCommand {
     pub fn with_stdin(mut self) -> Self {
         self.stdin = true;
         self
-    }
-}
-
-/// How much of a tool's stderr an error message keeps (the tail).
-const STDERR_TAIL: usize = 16 * 1024;
-
-/// Grows a pipe's kernel buffer to 1 MiB: with the default 64 KiB, pg_dump
-/// waits whenever tusk is busy compressing, and every 64 KiB costs a
-/// wake-up. Failure only costs speed.
-fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
-    const PIPE_BYTES: libc::c_int = 1 << 20;
-    // SAFETY: F_SETPIPE_SZ on a pipe descriptor we own changes only its capacity.
-    unsafe {
-        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
-    }
-}
-
-pub type BoxReader = Box<dyn AsyncRead + Send + Unpin>;
-pub type BoxWriter = Box<dyn AsyncWrite + Send + Unpin>;
-type ExitFuture = Pin<Box<dyn Future<Output = Result<ToolExit>> + Send>>;
-
-/// How a tool ended.
-#[derive(Debug)]
-pub struct ToolExit {
-    pub code: i64,
-    /// The tail of what it printed on stderr.
-    pub stderr: String,
-}
-
-/// A running client tool with its standard streams.
-pub struct ToolProcess {
-    pub label: String,
-    pub stdin: Option<BoxWriter>,
-    pub stdout: Option<BoxReader>,
-    exit: ExitFuture,
-}
-
-impl ToolProcess {
-    pub fn new(
-        label: String,
-        stdin: Option<BoxWriter>,
-        stdout: BoxReader,
-        exit: impl Future<Output = Result<ToolExit>> + Send + 'static,
-    ) -> Self {
-        ToolProcess {
-            label,
-            stdin,
-            stdout: Some(stdout),
-            exit: Box::pin(exit),
-        }
-    }
-
-    pub fn take_stdout(&mut self) -> BoxReader {
-        self.stdout.take().expect("stdout taken once")
-    }
-
-    /// Writes `input` to the tool's stdin (discarding its stdout) and waits
-    /// for it. A failed tool's own error wins over the broken pipe it causes.
-    pub async fn feed(mut self, input: &mut (dyn AsyncRead + Send + Unpin)) -> Result<ToolExit> {
-        let mut stdin = self
-            .stdin
-            .take()
-            .context("the tool was started without stdin")?;
-        let mut stdout = self.take_stdout();
-        let feed = async {
-            let copied = tokio::io::copy(input, &mut stdin).await;
-            let closed = stdin.shutdown().await;
-            drop(stdin);
-            copied.and(closed)
-        };
-        let mut sink = tokio::io::sink();
-        let (fed, _) = tokio::join!(feed, tokio::io::copy(&mut stdout, &mut sink));
-        let label = self.label.clone();
-        let exit = self.wait().await?;
-        fed.with_context(|| format!("could not write to {label}"))?;
-        Ok(exit)
-    }
-
-    /// Waits for the tool to end; a non-zero status is an error carrying its stderr.
-    pub async fn wait(self) -> Result<ToolExit> {
-        drop(self.stdin);
-        let label = self.label;
-        let exit = self.exit.await.with_context(|| format!("{label} failed"))?;
-        if exit.code != 0 {
-            bail!(
-                "{label} exited with status {}{}",
-                exit.code,
-                describe_stderr(&exit.stderr)
-            );
-        }
-        Ok(exit)
-    }
-}
-
-/// A tool's stderr as it arrives: whole lines go to the observer, if any,
-/// and the tail worth showing in an error message is kept.
-pub struct StderrCollector {
-    observer: Option<tokio::sync::mpsc::UnboundedSender<String>>,
-    partial: Vec<u8>,
-    kept: Vec<u8>,
-    limit: usize,
-}
-
-impl StderrCollector {
-    pub fn new(observer: Option<tokio::sync::mpsc::UnboundedSender<String>>, limit: usize) -> Self {
-        StderrCollector {
-            observer,
-            partial: Vec::new(),
-            kept: Vec::new(),
-            limit,
-        }
-    }
-
-    pub fn push(&mut self, chunk: &[u8]) {
-        self.partial.extend_from_slice(chunk);
-        while let Some(end) = self.partial.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = self.partial.drain(..=end).collect();
-            self.line(&line);
-        }
-    }
-
-    fn line(&mut self, line: &[u8]) {
-        let text = String::from_utf8_lossy(line);
-        let text = text.trim_end();
-        if let Some(observer) = &self.observer {
-            let _ = observer.send(text.to_string());
-            if is_progress(text) {
-                return;
-            }
-        }
-        self.kept.extend_from_slice(line);
-        if self.kept.len() > 2 * self.limit {
-            self.kept.drain(..self.kept.len() - self.limit);
-        }
-    }
-
-    /// The kept tail, including an unfinished last line.
-    pub fn finish(mut self) -> String {
-        if !self.partial.is_empty() {
-            let rest = std::mem::take(&mut self.partial);
-            self.line(&rest);
-        }
-        let start = self.kept.len().saturating_sub(self.limit);
-        String::from_utf8_lossy(&self.kept[start..]).into_owned()
-    }
-}
-
-/// `pg_restore: finished item ...`, not `pg_restore: error: ...`.
-fn is_progress(line: &str) -> bool {
-    let Some((_, message)) = line.split_once(": ") else {
-        return false;
-    };
-    line.starts_with("pg_")
-        && !["error:", "warning:", "detail:", "hint:"]
-            .iter()
-            .any(|level| message.starts_with(level))
-}
-
-fn describe_stderr(stderr: &str) -> String {
-    let trimmed = stderr.trim();
-    if trimmed.is_empty() {
-        String::new()
-    } else {
-        format!(":\n{trimmed}")
     }
 }
 

@@ -11,6 +11,9 @@
 //! deadline, so a caller that serves a scrape (`tusk status --listen`) or
 //! answers a timer is not hung by a stuck server.
 
+pub mod snapshot;
+
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -281,6 +284,11 @@ impl RedisSession {
             .with_context(|| format!("Redis pipeline on {}", self.target.redacted()))
     }
 
+    /// The number of keys in each database that holds any (`INFO keyspace`).
+    pub async fn keys_per_db(&mut self) -> Result<BTreeMap<i64, u64>> {
+        Ok(parse_keyspace(&self.info("keyspace").await?))
+    }
+
     /// `INFO section` as its `key:value` lines.
     pub async fn info(&mut self, section: &str) -> Result<Vec<(String, String)>> {
         let text: String = self.query(redis::cmd("INFO").arg(section)).await?;
@@ -295,6 +303,21 @@ pub fn parse_info(text: &str) -> Vec<(String, String)> {
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
         .filter_map(|line| line.split_once(':'))
         .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
+}
+
+/// `db0:keys=12,expires=0,avg_ttl=0` lines as database -> keys.
+pub fn parse_keyspace(info: &[(String, String)]) -> BTreeMap<i64, u64> {
+    info.iter()
+        .filter_map(|(key, value)| {
+            let db = key.strip_prefix("db")?.parse().ok()?;
+            let keys = value
+                .split(',')
+                .find_map(|field| field.strip_prefix("keys="))?
+                .parse()
+                .ok()?;
+            Some((db, keys))
+        })
         .collect()
 }
 
@@ -410,6 +433,14 @@ mod tests {
         assert_eq!(namespaced.key("queue:default"), "mastodon:queue:default");
         let empty = RedisTarget::tcp("h", 1).with_namespace(Some(String::new()));
         assert_eq!(empty.namespace, None);
+    }
+
+    #[test]
+    fn the_keyspace_counts_keys_per_database() {
+        let info = parse_info(
+            "# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=5\r\ndb3:keys=4,expires=0,avg_ttl=0\r\n",
+        );
+        assert_eq!(parse_keyspace(&info), BTreeMap::from([(0, 12), (3, 4)]));
     }
 
     #[test]

@@ -5,6 +5,7 @@ pub mod analyze;
 pub mod database_properties;
 pub mod files;
 pub mod globals;
+pub mod redis;
 
 use std::collections::HashSet;
 use std::time::Instant;

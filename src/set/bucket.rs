@@ -591,6 +591,7 @@ mod tests {
             uncompressed_bytes: written.uncompressed_bytes,
             file: None,
             source: None,
+            redis: None,
         };
         partial
             .commit(&manifest(id, vec![artefact.clone()]))

@@ -165,6 +165,9 @@ pub struct Artefact {
     /// or for Redis the server (never a password).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// For a Redis snapshot: which server, and what it held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<crate::set::redis::RedisFacts>,
 }
 
 impl Manifest {

@@ -17,6 +17,7 @@ pub mod facts;
 pub mod lock;
 pub mod manifest;
 pub mod properties;
+pub mod redis;
 pub mod retention;
 pub mod runs;
 pub mod stream;

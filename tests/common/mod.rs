@@ -314,6 +314,16 @@ pub fn run(mut cmd: Command) -> Run {
     }
 }
 
+/// The names in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// A work directory with a backup directory inside.
 pub struct Workspace {
     pub dir: tempfile::TempDir,
@@ -350,6 +360,16 @@ impl Workspace {
     }
 
     /// `tusk` with `--backup-dir` and `--instance test` preset.
+    /// `tusk` with the workspace's `tusk.yaml` and `.env.production`.
+    pub fn tusk_configured(&self) -> Command {
+        let mut cmd = self.tusk();
+        cmd.arg("--config")
+            .arg(self.path().join("tusk.yaml"))
+            .arg("--mastodon-env-file")
+            .arg(self.path().join(".env.production"));
+        cmd
+    }
+
     pub fn tusk(&self) -> Command {
         let mut cmd = tusk(self.path());
         cmd.arg("--backup-dir")
