@@ -60,7 +60,8 @@ destinations:
     s3: {bucket: bench, prefix: sets/, endpoint: "http://127.0.0.1:$PORT", path_style: true}
 YAML
 export TUSK_S3_ACCESS_KEY_ID=benchkey TUSK_S3_SECRET_ACCESS_KEY=benchsecret
-tusk() { "$TUSK" -q --config "$WORK/tusk.yaml" --pg-bin-dir "$PGBIN" "$@"; }
+# An array, not a function: /usr/bin/time runs programs, not shell functions.
+TUSK_CMD=("$TUSK" -q --config "$WORK/tusk.yaml" --pg-bin-dir "$PGBIN")
 
 seed() { # DB SCALE
     "$PGBIN/createdb" -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres "$1"
@@ -88,9 +89,9 @@ echo "== seeding scale $SCALE"
 seed bench "$SCALE"
 echo "== backup, $ROUNDS rounds alternating (best of each)"
 for round in $(seq "$ROUNDS"); do
-    timed "to local disk" /usr/bin/time -f %M -o "$WORK/rss.local" tusk --database-url "$(url bench)" backup --destination local
+    timed "to local disk" /usr/bin/time -f %M -o "$WORK/rss.local" "${TUSK_CMD[@]}" --database-url "$(url bench)" backup --destination local
     sleep 1
-    timed "to the bucket" /usr/bin/time -f %M -o "$WORK/rss.bucket" tusk --database-url "$(url bench)" backup --destination bucket
+    timed "to the bucket" /usr/bin/time -f %M -o "$WORK/rss.bucket" "${TUSK_CMD[@]}" --database-url "$(url bench)" backup --destination bucket
     sleep 1
 done
 SET_BYTES=$(du -cb "$WORK/sets"/bench-*/*.zst | tail -n1 | cut -f1)

@@ -149,34 +149,37 @@ impl Instance {
                     )
                     .await?
                     .into_iter()
-                    .next()
-                    .ok_or_else(|| {
-                        TuskError::usage(format!(
-                            "no running Redis container (compose service or container {}) beside                              {}: start it, set redis.container, or pass --no-redis",
-                            settings.container, database.name
-                        ))
-                    })?;
-                    let counted_at = container.address.clone().map(|ip| {
-                        let port = match &target.address {
-                            RedisAddress::Tcp { port, .. } => *port,
-                            RedisAddress::Unix(_) => crate::redis::DEFAULT_PORT,
-                        };
-                        RedisTarget {
-                            address: RedisAddress::Tcp {
-                                host: ip,
-                                port,
-                                tls: false,
-                            },
-                            ..target.clone()
+                    .next();
+                    match container {
+                        Some(container) => {
+                            let counted_at = container
+                                .address
+                                .clone()
+                                .map(|ip| at_container_address(&target, ip));
+                            (
+                                CliRunner::Container {
+                                    docker,
+                                    container: Box::new(container),
+                                },
+                                counted_at,
+                            )
                         }
-                    });
-                    (
-                        CliRunner::Container {
-                            docker,
-                            container: Box::new(container),
-                        },
-                        counted_at,
-                    )
+                        // A Redis outside the deployment (a managed one):
+                        // reached from here like in direct mode.
+                        None if !names_container(&target, &settings.container) => (
+                            CliRunner::Local {
+                                cli: settings.cli.clone(),
+                            },
+                            Some(target.clone()),
+                        ),
+                        None => {
+                            return Err(TuskError::usage(format!(
+                                "no running Redis container (compose service or container {}) \
+                                 beside {}: start it, set redis.container, or pass --no-redis",
+                                settings.container, database.name
+                            )));
+                        }
+                    }
                 }
             };
             snapshots.push(RedisSnapshot {
@@ -544,5 +547,34 @@ impl Instance {
             storage,
             key_prefix,
         })
+    }
+}
+
+/// `target` reached at a container's address on its network (the host
+/// reaches it on Linux), with its port, login and database.
+fn at_container_address(target: &RedisTarget, ip: String) -> RedisTarget {
+    let port = match &target.address {
+        RedisAddress::Tcp { port, .. } => *port,
+        RedisAddress::Unix(_) => crate::redis::DEFAULT_PORT,
+    };
+    RedisTarget {
+        address: RedisAddress::Tcp {
+            host: ip,
+            port,
+            tls: false,
+        },
+        ..target.clone()
+    }
+}
+
+/// Whether `target` names the container (`REDIS_HOST=redis`, a socket, or
+/// a loopback address only the container's network means), rather than a
+/// server outside the deployment.
+fn names_container(target: &RedisTarget, container: &str) -> bool {
+    match &target.address {
+        RedisAddress::Tcp { host, .. } => {
+            host == container || host == "localhost" || host.starts_with("127.") || host == "::1"
+        }
+        RedisAddress::Unix(_) => true,
     }
 }

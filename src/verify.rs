@@ -23,7 +23,7 @@ use crate::postgres::docker::DockerServer;
 use crate::postgres::{DbTarget, PgServer};
 use crate::restore::database_properties::{self as properties_sql, existing_roles};
 use crate::restore::{self, LoadOptions};
-use crate::set::content::{self, ContentDigests};
+use crate::set::content::{self, ContentDigests, EarlyDigests};
 use crate::set::manifest::{ArtefactKind, Problem, Verification};
 use crate::set::properties;
 use crate::set::{BackupSet, facts};
@@ -271,6 +271,7 @@ async fn test_restore(
         no_acl: true,
         role: None,
         analyze: false,
+        early_content: set.manifest.content.clone().filter(|_| comparison.content),
     };
     let started = Instant::now();
     let restore = restore::load_database(server, set, &scratch, &load, output);
@@ -279,12 +280,12 @@ async fn test_restore(
     report.peak_database_bytes = peak;
 
     let outcome = match loaded {
-        Ok(()) => {
-            let compared = match compare(set, server, &scratch, comparison, report, problems).await
-            {
-                Ok(()) => compare_properties(set, &mut admin, &scratch, report, problems).await,
-                Err(err) => Err(err),
-            };
+        Ok(early) => {
+            let compared =
+                match compare(set, server, &scratch, comparison, &early, report, problems).await {
+                    Ok(()) => compare_properties(set, &mut admin, &scratch, report, problems).await,
+                    Err(err) => Err(err),
+                };
             match (compared, while_restored.as_mut()) {
                 (Ok(()), Some(work)) => work.run(&server.target().with_database(&scratch)).await,
                 (compared, _) => compared,
@@ -425,17 +426,20 @@ pub struct ContentCheck {
 /// the applied migrations, the objects Mastodon needs, and the database's
 /// properties for the roles that exist there. The same queries as a test
 /// restore's, for `tusk migrate`.
+/// Tables in `early` were digested while the restore ran and are not read
+/// again.
 pub async fn compare_restored(
     set: &BackupSet,
     server: &dyn PgServer,
     database: &str,
+    early: &EarlyDigests,
 ) -> Result<ContentCheck> {
     let session = server.connect(database).await?;
     let restored = facts::read(&session)
         .await
         .with_context(|| format!("could not read the restored database {database}"))?;
     let mut problems = facts::compare(&set.manifest.database, &restored);
-    let (found, mut notes) = compare_content(set, server, database, session, 2).await?;
+    let (found, mut notes) = compare_content(set, server, database, session, 2, early).await?;
     problems.extend(found);
     match &set.manifest.database.properties {
         Some(recorded) => {
@@ -462,6 +466,7 @@ async fn compare(
     server: &dyn PgServer,
     scratch: &str,
     comparison: Comparison,
+    early: &EarlyDigests,
     report: &mut VerifyReport,
     problems: &mut Vec<Problem>,
 ) -> Result<()> {
@@ -475,7 +480,7 @@ async fn compare(
     problems.extend(facts::compare(&set.manifest.database, &restored));
     if comparison.content {
         let (found, notes) =
-            compare_content(set, server, scratch, session, comparison.jobs).await?;
+            compare_content(set, server, scratch, session, comparison.jobs, early).await?;
         problems.extend(found);
         report.notes.extend(notes);
         report.content_compared = true;
@@ -493,6 +498,7 @@ async fn compare_content(
     database: &str,
     session: Client,
     jobs: u32,
+    early: &EarlyDigests,
 ) -> Result<(Vec<Problem>, Vec<String>)> {
     let (expected, note) = expected_content(set, &session).await?;
     let mut sessions = vec![session];
@@ -500,12 +506,16 @@ async fn compare_content(
         sessions.push(server.connect(database).await?);
     }
     let started = Instant::now();
-    let problems = content::check(&sessions, &expected)
+    // Digests taken early are of the recorded content's tables; an older
+    // set's expected digests come from its archive, and none were taken.
+    let problems = content::check(&sessions, &expected, early)
         .await
         .with_context(|| format!("could not read the restored copy in {database}"))?;
     tracing::info!(
-        "content of {} tables, {} sequences and the large objects compared in {:.1}s",
+        "content of {} tables ({} digested while restoring), {} sequences and the large \
+         objects compared in {:.1}s",
         expected.tables.len(),
+        early.len(),
         expected.sequences.len(),
         started.elapsed().as_secs_f64()
     );

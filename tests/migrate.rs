@@ -86,11 +86,16 @@ fn direct_to_direct_moves_the_database_and_proves_it() {
     let ws = Workspace::new();
     let (config, log) = app_commands_config(&ws);
 
+    // Sidekiq's Redis goes into the set, taken while the app is stopped.
+    let redis_url =
+        std::env::var("TUSK_TEST_REDIS_URL").expect("TUSK_TEST_REDIS_URL (scripts/test.sh)");
     let mut cmd = ws.tusk();
     cmd.arg("--config").arg(&config).args([
         "--json",
         "--database-url",
         &source.url(),
+        "--redis-url",
+        &redis_url,
         "migrate",
         "--to-url",
         &target.db_url(&target_db),
@@ -125,6 +130,18 @@ fn direct_to_direct_moves_the_database_and_proves_it() {
     let todo = report["cutover"]["todo"].to_string();
     assert!(todo.contains("DB_HOST="), "{todo}");
     assert!(todo.contains("feeds build"), "{todo}");
+    let manifest = ws.manifest(&ids[0]);
+    let redis = manifest["artefacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "redis")
+        .unwrap_or_else(|| panic!("no Redis snapshot in {manifest:#}"));
+    assert_eq!(redis["redis"]["exact"], true);
+    assert!(
+        todo.contains(&format!("tusk restore {} --no-database --redis-to", ids[0])),
+        "{todo}"
+    );
     // Each stage was logged as it started and ended.
     for stage in ["preflight", "stop writes", "backup", "restore", "verify"] {
         assert!(

@@ -189,7 +189,10 @@ fn an_encrypted_whole_instance_set_brings_sidekiqs_redis_back_identical() {
     let work = tempfile::tempdir().unwrap();
     let source = Redis::start(&work.path().join("source"));
     source.seed_sidekiq();
-    let source_digests = source.digests();
+    // A Sidekiq process's heartbeat: it expires a few seconds after the
+    // snapshot, so the restore finds one key fewer than the set recorded.
+    source.cli(&["HSET", "host:2:beat", "busy", "0"]);
+    source.cli(&["EXPIRE", "host:2:beat", "3"]);
     let db = Cluster::main().mastodon_database("redis_enc", 1);
     let recipient = age_public_key("admin.key");
     let ws = workspace(
@@ -206,8 +209,10 @@ fn an_encrypted_whole_instance_set_brings_sidekiqs_redis_back_identical() {
     assert_eq!(facts["role"], "sidekiq");
     assert_eq!(facts["exact"], true, "{facts:#}");
     // database 0: queues, 3 queue lists, schedule, retry, dead,
-    // stat:processed, the process hash, expiring; database 1: the cache key.
-    assert_eq!(facts["keys"]["0"], 10, "{facts:#}");
+    // stat:processed, the process hash, expiring, the heartbeat; database 1:
+    // the cache key.
+    assert_eq!(facts["keys"]["0"], 11, "{facts:#}");
+    assert_eq!(facts["expiring"]["0"], 2, "{facts:#}");
     assert_eq!(facts["keys"]["1"], 1);
     let sidekiq = &facts["sidekiq"];
     assert_eq!(sidekiq["queues"]["push"], 5);
@@ -274,10 +279,21 @@ fn an_encrypted_whole_instance_set_brings_sidekiqs_redis_back_identical() {
     assert!(refused.stderr.contains("append-only"), "{}", refused.stderr);
     assert_eq!(entries(&target_dir), ["appendonlydir", "dump.rdb"]);
 
+    let started = Instant::now();
+    while source.cli(&["EXISTS", "host:2:beat"]) != "0" {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the heartbeat never expired"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let restored = restore(&["--force"]).expect_code(0).json();
     let redis = &restored["redis"];
     assert_eq!(redis["matched_exactly"], true, "{restored:#}");
-    assert_eq!(redis["keys"]["0"], 10);
+    assert_eq!(
+        redis["keys"]["0"], 10,
+        "the expired heartbeat is not loaded"
+    );
     assert_eq!(
         entries(&target_dir),
         [
@@ -295,7 +311,7 @@ fn an_encrypted_whole_instance_set_brings_sidekiqs_redis_back_identical() {
     // Started on the restored file, Redis holds exactly the source's data.
     std::fs::remove_dir_all(target_dir.join(format!("appendonlydir.before-{id}"))).unwrap();
     let loaded = Redis::start(&target_dir);
-    assert_eq!(loaded.digests(), source_digests);
+    assert_eq!(loaded.digests(), source.digests());
     assert_eq!(loaded.cli(&["LLEN", "queue:push"]), "5");
     assert_eq!(loaded.cli(&["ZCARD", "schedule"]), "2");
     let ttl: i64 = loaded.cli(&["TTL", "expiring"]).parse().unwrap();
@@ -484,12 +500,18 @@ fn container_cli(name: &str, args: &[&str]) -> String {
     docker(&full)
 }
 
+/// The web container's image, tagged as Mastodon's images are, so the set
+/// records the version from it.
+const WEB_IMAGE: &str = "tusk-test/mastodon:v4.3.2";
+
 #[test]
-fn docker_mode_snapshots_the_redis_container_and_restores_into_a_stopped_ones_volume() {
+fn docker_mode_puts_the_whole_deployment_in_an_encrypted_set_and_restores_redis_into_a_volume() {
     if !docker_tests_enabled() {
         return;
     }
-    let compose = Compose::up("tusk-redis");
+    // The database from the compose helper; web and redis run here, as
+    // compose would have started them.
+    let compose = Compose::up_database_only("tusk-redis", &docker_images()[0]);
     let cluster = compose.cluster();
     cluster.sql("postgres", "CREATE DATABASE mastodon");
     let db = TestDb {
@@ -497,9 +519,28 @@ fn docker_mode_snapshots_the_redis_container_and_restores_into_a_stopped_ones_vo
         name: "mastodon".into(),
     };
     db.seed_mastodon(1);
+    docker(&["tag", &compose.image, WEB_IMAGE]);
+    let web = compose.container("web");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &web,
+        "--network",
+        &compose.network,
+        "--label",
+        &format!("com.docker.compose.project={}", compose.project),
+        "--label",
+        "com.docker.compose.service=web",
+        "--init",
+        "--entrypoint",
+        "sleep",
+        WEB_IMAGE,
+        "infinity",
+    ]);
     let work = tempfile::tempdir().unwrap();
     let (source, target) = (compose.container("redis"), compose.container("redis-new"));
-    let _containers = Containers(vec![source.clone(), target.clone()]);
+    let _containers = Containers(vec![web, source.clone(), target.clone()]);
     run_redis_container(&compose, &source, &work.path().join("source"));
     for args in [
         &["SADD", "queues", "default", "push"][..],
@@ -520,25 +561,76 @@ fn docker_mode_snapshots_the_redis_container_and_restores_into_a_stopped_ones_vo
     };
     let source_digests = digests(&source);
 
-    // Mastodon's compose file names the service: REDIS_HOST=redis.
-    let ws = Workspace::new();
+    // The compose project's directory: its compose file and .env.
+    let project_dir = compose.working_dir();
+    std::fs::create_dir_all(&project_dir).unwrap();
+    let compose_file = "services:\n  db:\n    image: postgres:15\n  redis:\n    image: redis:7\n";
+    std::fs::write(project_dir.join("docker-compose.yml"), compose_file).unwrap();
     std::fs::write(
-        ws.path().join(".env.production"),
-        "REDIS_HOST=redis\nREDIS_PORT=6379\nREDIS_PASSWORD=redis-test-pw\n",
+        project_dir.join(".env"),
+        "POSTGRES_PASSWORD=compose-secret\n",
     )
     .unwrap();
-    let mut cmd = compose.tusk(&ws);
-    cmd.arg("--mastodon-env-file")
-        .arg(ws.path().join(".env.production"))
-        .args([
-            "--json",
-            "--database-url",
-            "postgresql://postgres@db/mastodon",
-            "backup",
-        ]);
+    let _project_dir = RemoveOnDrop(project_dir.clone());
+
+    // Mastodon's compose file names the service: REDIS_HOST=redis.
+    let ws = Workspace::new();
+    let env = std::fs::read_to_string(fixture("mastodon/env.production")).unwrap();
+    std::fs::write(
+        ws.path().join(".env.production"),
+        format!("{env}\nREDIS_HOST=redis\nREDIS_PORT=6379\nREDIS_PASSWORD=redis-test-pw\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        ws.path().join("tusk.yaml"),
+        format!(
+            "encryption:\n  recipients:\n    - \"{}\"\n",
+            age_public_key("admin.key")
+        ),
+    )
+    .unwrap();
+    let tusk = || {
+        let mut cmd = compose.tusk(&ws);
+        cmd.arg("--config")
+            .arg(ws.path().join("tusk.yaml"))
+            .arg("--mastodon-env-file")
+            .arg(ws.path().join(".env.production"))
+            .arg("--identity")
+            .arg(fixture("encryption/admin.key"))
+            .args([
+                "--json",
+                "--database-url",
+                "postgresql://postgres@db/mastodon",
+            ]);
+        cmd
+    };
+    let mut cmd = tusk();
+    cmd.arg("backup");
     let report = run(cmd).expect_code(0).json();
     let id = report["id"].as_str().unwrap();
-    let artefact = redis_artefact(&ws.manifest(id));
+    let manifest = ws.manifest(id);
+    let stored: Vec<(&str, &str)> = manifest["artefacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["kind"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        ("env.production.zst.age", "secrets"),
+        ("docker-compose.yml.zst.age", "deployment"),
+        ("compose.env.zst.age", "secrets"),
+        ("redis.rdb.zst.age", "redis"),
+    ] {
+        assert!(stored.contains(&expected), "{expected:?} in {stored:?}");
+    }
+    assert_eq!(
+        manifest["mastodon"]["version"], "4.3.2",
+        "{:#}",
+        manifest["mastodon"]
+    );
+    assert_eq!(manifest["mastodon"]["source"], "image");
+    assert_eq!(manifest["mastodon"]["image"], WEB_IMAGE);
+    let artefact = redis_artefact(&manifest);
     assert_eq!(artefact["source"], format!("container {source}"));
     let facts = &artefact["redis"];
     assert_eq!(facts["exact"], true, "{facts:#}");
@@ -546,12 +638,27 @@ fn docker_mode_snapshots_the_redis_container_and_restores_into_a_stopped_ones_vo
     assert_eq!(facts["sidekiq"]["queues"]["push"], 1);
     assert_eq!(facts["sidekiq"]["retries"], 1);
 
-    // The new server's container runs on the volume: refused.
+    // The new host's files come back as they were, mode 0600.
+    let files_dir = work.path().join("files");
+    let mut cmd = tusk();
+    cmd.args(["restore", id, "--no-database", "--files-to"])
+        .arg(&files_dir);
+    run(cmd).expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(files_dir.join("docker-compose.yml")).unwrap(),
+        compose_file
+    );
+    assert_eq!(
+        std::fs::read_to_string(files_dir.join(".env")).unwrap(),
+        "POSTGRES_PASSWORD=compose-secret\n"
+    );
+
+    // The new server's Redis container runs on the volume: refused.
     let volume = work.path().join("target");
     run_redis_container(&compose, &target, &volume);
     let restore = || {
-        let mut cmd = compose.tusk(&ws);
-        cmd.args(["--json", "restore", id, "--no-database", "--redis-to"])
+        let mut cmd = tusk();
+        cmd.args(["restore", id, "--no-database", "--redis-to"])
             .arg(&volume);
         run(cmd)
     };
@@ -572,4 +679,13 @@ fn docker_mode_snapshots_the_redis_container_and_restores_into_a_stopped_ones_vo
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(digests(&target), source_digests);
+}
+
+/// Removes a directory the test made outside its temporary directory.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

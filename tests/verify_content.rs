@@ -278,12 +278,13 @@ fn check(db: &TestDb, set_dir: &Path) -> Vec<(String, String)> {
             tokio::spawn(connection);
             sessions.push(client);
         }
-        let mut found: Vec<(String, String)> = content::check(&sessions, &expected)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|p| (p.kind, p.subject))
-            .collect();
+        let mut found: Vec<(String, String)> =
+            content::check(&sessions, &expected, &Default::default())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|p| (p.kind, p.subject))
+                .collect();
         found.sort();
         found
     })

@@ -89,6 +89,10 @@ pub async fn exec(ctx: &Context, args: MigrateArgs) -> Result<()> {
             prune: None,
             contents: SetContents {
                 encryption: instance.backup_encryption(&ctx.output)?,
+                // With the app stopped, the snapshot is exactly the old server's queues.
+                redis: instance
+                    .redis_snapshots(settings.redis_backup.sidekiq, false)
+                    .await?,
                 ..SetContents::default()
             },
         },

@@ -155,6 +155,7 @@ async fn plan_database(
         no_acl: args.no_acl,
         role: args.role.clone(),
         globals: !args.no_globals,
+        early_content: None,
     };
     Ok((server, opts))
 }

@@ -43,6 +43,8 @@ pub struct CutoverInputs {
     pub source_restarted: bool,
     /// How the old app was stopped, for the "do not start it" advice.
     pub source_app: String,
+    /// The migration's set, when it holds a snapshot of Sidekiq's Redis.
+    pub redis_in_set: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -108,11 +110,17 @@ pub fn report(inputs: &CutoverInputs) -> CutoverReport {
         ));
     }
 
-    report.todo.push(
-        "Redis: on the old server `redis-cli SAVE`, then copy its dump.rdb to the new server \
-         before Redis starts there (an empty Redis loses only queued jobs; feeds are rebuilt below)"
+    report.todo.push(match &inputs.redis_in_set {
+        Some(id) => format!(
+            "Redis: set {id} holds Sidekiq's Redis, taken with the app stopped; on the new server, \
+             with Redis stopped, `tusk restore {id} --no-database --redis-to DIR` (DIR: Redis' data \
+             directory, /var/lib/redis, or the redis volume's directory in Docker), then start Redis"
+        ),
+        None => "Redis: on the old server `redis-cli SAVE`, then copy its dump.rdb to the new \
+                 server before Redis starts there (an empty Redis loses only queued jobs; feeds \
+                 are rebuilt below)"
             .into(),
-    );
+    });
     report.todo.push(
         "start Mastodon on the new server, then rebuild the home feeds: \
          `RAILS_ENV=production bin/tootctl feeds build` (Docker: \
@@ -221,7 +229,26 @@ mod tests {
             new_database: "mastodon_production".into(),
             source_restarted: false,
             source_app: "web, streaming, sidekiq".into(),
+            redis_in_set: None,
         }
+    }
+
+    #[test]
+    fn redis_in_the_set_is_restored_with_tusk_else_copied_by_hand() {
+        let by_hand = report(&inputs("SECRET_KEY_BASE=x\n", "20241007071624"));
+        assert!(by_hand.todo.iter().any(|t| t.contains("redis-cli SAVE")));
+        let mut with_redis = inputs("SECRET_KEY_BASE=x\n", "20241007071624");
+        with_redis.redis_in_set = Some("social-20261208T020000Z".into());
+        let report = report(&with_redis);
+        assert!(
+            report
+                .todo
+                .iter()
+                .any(|t| t
+                    .contains("tusk restore social-20261208T020000Z --no-database --redis-to DIR")),
+            "{:?}",
+            report.todo
+        );
     }
 
     #[test]

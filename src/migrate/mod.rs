@@ -294,6 +294,8 @@ async fn migrate(
     report.set_id = Some(set.manifest.id.clone());
 
     // Restore into the target with its roles.
+    // Tables digested while the restore ran; a resumed run reads them all.
+    let mut early_content = crate::set::content::EarlyDigests::new();
     if state.is_done(Stage::Restore) {
         report.stages.push(StageClock::skipped(
             Stage::Restore,
@@ -314,6 +316,7 @@ async fn migrate(
             no_acl: false,
             role: None,
             globals: true,
+            early_content: set.manifest.content.clone(),
         };
         let restore_output = Output {
             // The preflight (or this migration's own earlier run) decided.
@@ -322,6 +325,7 @@ async fn migrate(
         };
         match restore::run(opts.target.as_ref(), &set, &restore_opts, &restore_output).await {
             Ok(restored) => {
+                early_content = restored.early_content;
                 state.mark_done(Stage::Restore);
                 state::save(backup_dir, &state)?;
                 report.stages.push(started.end(
@@ -350,8 +354,13 @@ async fn migrate(
         ));
     } else {
         let started = StageClock::start(Stage::Verify);
-        let checked =
-            verify::compare_restored(&set, opts.target.as_ref(), &opts.target_database).await;
+        let checked = verify::compare_restored(
+            &set,
+            opts.target.as_ref(),
+            &opts.target_database,
+            &early_content,
+        )
+        .await;
         let checked = match checked {
             Ok(checked) => checked,
             Err(err) => {
@@ -411,6 +420,12 @@ async fn migrate(
         new_database: opts.target_database.clone(),
         source_restarted: opts.restart_source,
         source_app: opts.app.describe(),
+        redis_in_set: set
+            .manifest
+            .artefacts
+            .iter()
+            .any(|a| a.kind == crate::set::manifest::ArtefactKind::Redis)
+            .then(|| set.manifest.id.clone()),
     });
     report.cutover = Some(cutover);
     state.mark_done(Stage::Cutover);

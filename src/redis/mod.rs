@@ -284,8 +284,9 @@ impl RedisSession {
             .with_context(|| format!("Redis pipeline on {}", self.target.redacted()))
     }
 
-    /// The number of keys in each database that holds any (`INFO keyspace`).
-    pub async fn keys_per_db(&mut self) -> Result<BTreeMap<i64, u64>> {
+    /// Each database that holds keys: how many, and how many of them
+    /// have an expiry (`INFO keyspace`).
+    pub async fn keyspace(&mut self) -> Result<BTreeMap<i64, KeyCounts>> {
         Ok(parse_keyspace(&self.info("keyspace").await?))
     }
 
@@ -306,17 +307,33 @@ pub fn parse_info(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// `db0:keys=12,expires=0,avg_ttl=0` lines as database -> keys.
-pub fn parse_keyspace(info: &[(String, String)]) -> BTreeMap<i64, u64> {
+/// The keys of one database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeyCounts {
+    pub keys: u64,
+    /// Of those, the keys with a time to live.
+    pub expires: u64,
+}
+
+/// `db0:keys=12,expires=1,avg_ttl=0` lines as database -> counts.
+pub fn parse_keyspace(info: &[(String, String)]) -> BTreeMap<i64, KeyCounts> {
     info.iter()
         .filter_map(|(key, value)| {
             let db = key.strip_prefix("db")?.parse().ok()?;
-            let keys = value
-                .split(',')
-                .find_map(|field| field.strip_prefix("keys="))?
-                .parse()
-                .ok()?;
-            Some((db, keys))
+            let field = |name: &str| -> Option<u64> {
+                value
+                    .split(',')
+                    .find_map(|field| field.strip_prefix(name)?.strip_prefix('='))?
+                    .parse()
+                    .ok()
+            };
+            Some((
+                db,
+                KeyCounts {
+                    keys: field("keys")?,
+                    expires: field("expires").unwrap_or(0),
+                },
+            ))
         })
         .collect()
 }
@@ -440,7 +457,11 @@ mod tests {
         let info = parse_info(
             "# Keyspace\r\ndb0:keys=12,expires=1,avg_ttl=5\r\ndb3:keys=4,expires=0,avg_ttl=0\r\n",
         );
-        assert_eq!(parse_keyspace(&info), BTreeMap::from([(0, 12), (3, 4)]));
+        let counts = |keys, expires| KeyCounts { keys, expires };
+        assert_eq!(
+            parse_keyspace(&info),
+            BTreeMap::from([(0, counts(12, 1)), (3, counts(4, 0))])
+        );
     }
 
     #[test]

@@ -23,6 +23,8 @@ pub type TableName = (String, String);
 #[derive(Debug, Default)]
 pub struct Plan {
     names: HashMap<i64, TableName>,
+    /// Per TABLE DATA item: the table whose rows it loads.
+    data: HashMap<i64, TableName>,
     /// Per table: items of the data and post-data sections not finished yet.
     waiting: HashMap<i64, usize>,
     /// Per item: the tables it holds back.
@@ -87,11 +89,28 @@ impl Plan {
             .flat_map(direct)
             .collect();
         plan.waiting.retain(|table, _| with_data.contains(table));
+        plan.data = entries
+            .iter()
+            .filter(|e| e.desc == "TABLE DATA")
+            .map(|e| {
+                (
+                    e.dump_id,
+                    (e.namespace.clone().unwrap_or_default(), e.tag.clone()),
+                )
+            })
+            .collect();
         plan.names = tables
             .into_iter()
             .filter(|(id, _)| plan.waiting.contains_key(id))
             .collect();
         plan
+    }
+
+    /// The table whose rows `item` loaded, when it is a TABLE DATA item:
+    /// its rows are final from then on (later items only add indexes and
+    /// constraints).
+    pub fn data_of(&self, item: i64) -> Option<&TableName> {
+        self.data.get(&item)
     }
 
     /// Marks an item finished; returns the tables that are now complete.
@@ -236,6 +255,10 @@ mod tests {
         let mut plan = Plan::from_toc(&entries);
         let accounts = ("".to_string(), "accounts".to_string());
         let statuses = ("".to_string(), "statuses".to_string());
+        // The rows are in once the TABLE DATA item is: the content can be
+        // read long before the table is complete.
+        assert_eq!(plan.data_of(11), Some(&statuses));
+        assert_eq!(plan.data_of(20), None);
         assert!(plan.finished(10).is_empty());
         assert_eq!(plan.finished(20), vec![accounts]);
         assert!(plan.finished(11).is_empty());

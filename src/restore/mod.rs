@@ -22,6 +22,7 @@ use crate::output::Output;
 use crate::postgres::temporary::{force_drop, hold_temporary_database};
 use crate::postgres::{DbTarget, PgServer, Tool, ToolCommand, quote_ident, server_version};
 use crate::set::BackupSet;
+use crate::set::content::{self, ContentDigests, EarlyDigests};
 use crate::set::manifest::ArtefactKind;
 use database_properties::{PropertyScript, missing_roles};
 
@@ -41,6 +42,8 @@ pub struct RestoreOptions {
     pub no_acl: bool,
     pub role: Option<String>,
     pub globals: bool,
+    /// The content to digest while restoring ([`LoadOptions::early_content`]).
+    pub early_content: Option<ContentDigests>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +60,9 @@ pub struct RestoreReport {
     /// What an operator should know, e.g. properties that could not be read.
     pub notes: Vec<String>,
     pub seconds: f64,
+    /// Tables digested while pg_restore ran ([`LoadOptions::early_content`]).
+    #[serde(skip)]
+    pub early_content: EarlyDigests,
 }
 
 /// How pg_restore loads one database.
@@ -69,6 +75,11 @@ pub struct LoadOptions {
     /// Collect planner statistics: table by table while a parallel
     /// pg_restore still runs, the rest at the end.
     pub analyze: bool,
+    /// Digest each table's content as soon as a parallel pg_restore has
+    /// loaded its rows, on a session of its own, for the comparison that
+    /// follows the restore (migrate, verify): it then reads only what was
+    /// not digested yet.
+    pub early_content: Option<ContentDigests>,
 }
 
 pub async fn run(
@@ -153,8 +164,9 @@ pub async fn run(
         no_acl: opts.no_acl,
         role: opts.role.clone(),
         analyze: true,
+        early_content: opts.early_content.clone(),
     };
-    load_database(server, set, &staging, &load, output).await?;
+    let early_content = load_database(server, set, &staging, &load, output).await?;
     properties.apply(&mut admin, &staging).await?;
     if !properties.is_empty() {
         tracing::info!(
@@ -181,6 +193,7 @@ pub async fn run(
         database_properties: properties.describe(),
         notes,
         seconds: started.elapsed().as_secs_f64(),
+        early_content,
     })
 }
 
@@ -424,14 +437,15 @@ pub async fn drop_database(target: DbTarget, name: String) -> Result<()> {
     Ok(())
 }
 
-/// Streams the set's database artefact into pg_restore, stopping at the first error.
+/// Streams the set's database artefact into pg_restore, stopping at the
+/// first error; returns the tables digested meanwhile.
 pub async fn load_database(
     server: &dyn PgServer,
     set: &BackupSet,
     database: &str,
     opts: &LoadOptions,
     output: &Output,
-) -> Result<()> {
+) -> Result<EarlyDigests> {
     let artefact = set
         .manifest
         .artefact(ArtefactKind::Database)
@@ -453,6 +467,7 @@ pub async fn load_database(
 
     let started = Instant::now();
     let progress = output.byte_progress("pg_restore", Some(artefact.uncompressed_bytes));
+    let mut early_content = EarlyDigests::new();
     let result = if opts.jobs > 1 {
         // Parallel workers seek in the archive, so it needs a real file.
         progress.set_prefix("staging");
@@ -473,7 +488,7 @@ pub async fn load_database(
         let mut command = command
             .arg(format!("--jobs={}", opts.jobs))
             .arg(staged.path.clone());
-        let plan = match opts.analyze {
+        let plan = match opts.analyze || opts.early_content.is_some() {
             true => analyze::read_plan(set.open_artefact(artefact).await?).await,
             false => None,
         };
@@ -483,16 +498,19 @@ pub async fn load_database(
         } else {
             drop(lines_tx);
         }
-        let early = analyze_while_restoring(server, database, plan, lines);
+        let (loaded_tx, loaded) = tokio::sync::mpsc::unbounded_channel();
+        let follow = follow_restore(server, database, plan, lines, opts.analyze, loaded_tx);
+        let digests = digest_while_restoring(server, database, opts.early_content.as_ref(), loaded);
         let restore = async {
             match server.spawn(command).await {
                 Ok(process) => process.wait().await.map(drop),
                 Err(err) => Err(err),
             }
         };
-        let (restored, analyzed) = tokio::join!(restore, early);
+        let (restored, analyzed, digested) = tokio::join!(restore, follow, digests);
         let removed = staged.cleanup.run().await;
         let analyzed = restored.and(removed).and(analyzed)?;
+        early_content = digested;
         if opts.analyze {
             finish_analyze(server, database, opts.jobs, &analyzed).await
         } else {
@@ -515,7 +533,8 @@ pub async fn load_database(
         "pg_restore finished in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    result.with_context(|| format!("restoring {} into {database} failed", set.manifest.id))
+    result.with_context(|| format!("restoring {} into {database} failed", set.manifest.id))?;
+    Ok(early_content)
 }
 
 /// pg_dump writing into a pipe cannot record where each table's data
@@ -542,29 +561,76 @@ fn conninfo_dbname(database: &str) -> String {
     )
 }
 
-/// ANALYZEs each table on one extra session as soon as pg_restore's
-/// progress lines show it complete; returns the tables it analyzed.
-async fn analyze_while_restoring(
+/// Follows pg_restore's progress lines: sends each table whose rows are
+/// loaded to `loaded`, and (with `analyze`) ANALYZEs each table on one
+/// extra session as soon as it is complete; returns the tables it analyzed.
+async fn follow_restore(
     server: &dyn PgServer,
     database: &str,
     plan: Option<analyze::Plan>,
     mut lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    analyze: bool,
+    loaded: tokio::sync::mpsc::UnboundedSender<analyze::TableName>,
 ) -> Result<HashSet<analyze::TableName>> {
     let mut analyzed = HashSet::new();
     let Some(mut plan) = plan else {
         return Ok(analyzed);
     };
-    let session = server.connect(database).await?;
+    let session = match analyze {
+        true => Some(server.connect(database).await?),
+        false => None,
+    };
     while let Some(line) = lines.recv().await {
         let Some(item) = analyze::finished_item(&line) else {
             continue;
         };
+        if let Some(table) = plan.data_of(item) {
+            // The digests are an optimisation: a closed receiver is fine.
+            let _ = loaded.send(table.clone());
+        }
         for table in plan.finished(item) {
-            analyze::analyze_table(&session, &table).await?;
-            analyzed.insert(table);
+            if let Some(session) = &session {
+                analyze::analyze_table(session, &table).await?;
+                analyzed.insert(table);
+            }
         }
     }
     Ok(analyzed)
+}
+
+/// Digests each table `loaded` names, on a session of its own, while the
+/// restore goes on. A table that cannot be digested now is left for the
+/// comparison, which reads it again and reports what it finds.
+async fn digest_while_restoring(
+    server: &dyn PgServer,
+    database: &str,
+    expected: Option<&ContentDigests>,
+    mut loaded: tokio::sync::mpsc::UnboundedReceiver<analyze::TableName>,
+) -> EarlyDigests {
+    let mut digests = EarlyDigests::new();
+    let Some(expected) = expected else {
+        return digests;
+    };
+    let session = match server.connect(database).await {
+        Ok(session) => session,
+        Err(err) => {
+            tracing::debug!("no content digests while restoring: {err:#}");
+            return digests;
+        }
+    };
+    while let Some((schema, name)) = loaded.recv().await {
+        let key = crate::set::facts::table_key(&schema, &name);
+        let Some(table) = expected.tables.get(&key) else {
+            continue;
+        };
+        match content::digest_table(&session, &expected.settings, &table.copy).await {
+            Ok(digest) => {
+                digests.insert(key, digest);
+            }
+            Err(err) => tracing::debug!("{key} is left for the comparison: {err:#}"),
+        }
+    }
+    digests
 }
 
 /// ANALYZEs what the restore has not analyzed yet, on `jobs` sessions.

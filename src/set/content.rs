@@ -499,6 +499,7 @@ pub async fn from_archive(
 pub async fn read(
     sessions: &[Client],
     expected: &ContentDigests,
+    early: &EarlyDigests,
 ) -> Result<(ContentDigests, Vec<Problem>)> {
     if sessions.is_empty() {
         bail!("content comparison needs a database session");
@@ -509,8 +510,23 @@ pub async fn read(
         ..ContentDigests::default()
     };
     let mut problems = Vec::new();
+    for (key, digest) in early {
+        if let Some(table) = expected.tables.get(key) {
+            got.tables.insert(
+                key.clone(),
+                TableDigest {
+                    copy: table.copy.clone(),
+                    digest: *digest,
+                },
+            );
+        }
+    }
     // Largest first, each to the session that is free first.
-    let mut order: Vec<(&String, &TableDigest)> = expected.tables.iter().collect();
+    let mut order: Vec<(&String, &TableDigest)> = expected
+        .tables
+        .iter()
+        .filter(|(key, _)| !early.contains_key(*key))
+        .collect();
     order.sort_by_key(|(_, table)| std::cmp::Reverse(table.digest.rows));
     let queue = Mutex::new(order.into_iter());
     let next = || queue.lock().expect("queue").next();
@@ -603,8 +619,14 @@ pub fn compare(expected: &ContentDigests, got: &ContentDigests) -> Vec<Problem> 
 /// returns every difference, each naming its table (or sequence) with the
 /// expected and the found digest. An error means the database could not
 /// be asked at all; differences are problems.
-pub async fn check(sessions: &[Client], expected: &ContentDigests) -> Result<Vec<Problem>> {
-    let (got, mut problems) = read(sessions, expected).await?;
+/// Tables digested earlier, while a restore still ran (`early`), are not
+/// read again.
+pub async fn check(
+    sessions: &[Client],
+    expected: &ContentDigests,
+    early: &EarlyDigests,
+) -> Result<Vec<Problem>> {
+    let (got, mut problems) = read(sessions, expected, early).await?;
     problems.extend(compare(expected, &got));
     Ok(problems)
 }
@@ -632,7 +654,14 @@ async fn set_local(session: &Client, settings: &BTreeMap<String, String>) -> Res
     Ok(())
 }
 
-async fn digest_table(
+/// Table digests read from a restored database while its restore still
+/// ran, by table key: each as soon as pg_restore had loaded the table's
+/// rows (they do not change after that).
+pub type EarlyDigests = BTreeMap<String, RowsDigest>;
+
+/// Digests one table's rows as `COPY ... TO STDOUT` gives them under
+/// `settings`, in a read-only transaction of its own.
+pub async fn digest_table(
     session: &Client,
     settings: &BTreeMap<String, String>,
     copy: &str,

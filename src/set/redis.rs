@@ -40,6 +40,10 @@ pub struct RedisFacts {
     pub namespace: Option<String>,
     /// Keys in every database that holds any.
     pub keys: BTreeMap<i64, u64>,
+    /// Of those, the keys with an expiry: they may be gone when the
+    /// snapshot is loaded (Redis drops expired keys as it loads).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expiring: BTreeMap<i64, u64>,
     /// Sidekiq's counts, for Sidekiq's server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sidekiq: Option<SidekiqCounts>,
@@ -53,7 +57,13 @@ impl RedisFacts {
     /// Counts what `session`'s server holds now (`session` is on the
     /// database Mastodon uses, with its namespace).
     pub async fn read(session: &mut RedisSession, role: RedisRole) -> Result<Self> {
-        let keys = session.keys_per_db().await?;
+        let keyspace = session.keyspace().await?;
+        let keys = keyspace.iter().map(|(db, c)| (*db, c.keys)).collect();
+        let expiring = keyspace
+            .iter()
+            .filter(|(_, c)| c.expires > 0)
+            .map(|(db, c)| (*db, c.expires))
+            .collect();
         let sidekiq = match role {
             RedisRole::Sidekiq => {
                 let state = sidekiq::read(session, chrono::Utc::now().timestamp_millis()).await?;
@@ -75,16 +85,47 @@ impl RedisFacts {
             db: session.target().db,
             namespace: session.target().namespace.clone(),
             keys,
+            expiring,
             sidekiq,
             exact: true,
         })
     }
 
     /// The facts of a snapshot counted `before` and `after` it: exact when
-    /// nothing moved in between.
+    /// the keys without an expiry and Sidekiq's counts did not move in
+    /// between (keys with an expiry come and go all the time: Sidekiq's
+    /// process heartbeats, the cache). The snapshot holds at most the
+    /// larger count of each database, and at least its keys without one.
     pub fn around(before: RedisFacts, after: RedisFacts) -> RedisFacts {
-        let exact = before.keys == after.keys && before.sidekiq == after.sidekiq;
-        RedisFacts { exact, ..after }
+        let persistent = |facts: &RedisFacts| -> BTreeMap<i64, u64> {
+            facts
+                .keys
+                .iter()
+                .map(|(db, keys)| {
+                    let expiring = facts.expiring.get(db).copied().unwrap_or(0);
+                    (*db, keys.saturating_sub(expiring))
+                })
+                .filter(|(_, keys)| *keys > 0)
+                .collect()
+        };
+        let lasting = persistent(&after);
+        let exact = persistent(&before) == lasting && before.sidekiq == after.sidekiq;
+        let mut keys = after.keys.clone();
+        for (db, count) in &before.keys {
+            let most = keys.entry(*db).or_insert(0);
+            *most = (*most).max(*count);
+        }
+        let expiring = keys
+            .iter()
+            .map(|(db, most)| (*db, most - lasting.get(db).copied().unwrap_or(0).min(*most)))
+            .filter(|(_, expiring)| *expiring > 0)
+            .collect();
+        RedisFacts {
+            keys,
+            expiring,
+            exact,
+            ..after
+        }
     }
 
     /// Where `found` (counted on a server that loaded the snapshot) differs
@@ -94,13 +135,17 @@ impl RedisFacts {
         let databases: std::collections::BTreeSet<i64> =
             self.keys.keys().chain(found.keys.keys()).copied().collect();
         for db in databases {
-            let (want, got) = (
-                self.keys.get(&db).copied().unwrap_or(0),
-                found.keys.get(&db).copied().unwrap_or(0),
-            );
-            if want != got {
+            let want = self.keys.get(&db).copied().unwrap_or(0);
+            let expiring = self.expiring.get(&db).copied().unwrap_or(0);
+            let got = found.keys.get(&db).copied().unwrap_or(0);
+            // Keys with an expiry may have expired since the snapshot.
+            if got > want || got < want.saturating_sub(expiring) {
+                let with_expiry = match expiring {
+                    0 => String::new(),
+                    n => format!(" ({n} of them with an expiry)"),
+                };
                 differences.push(format!(
-                    "database {db}: {got} keys, the set recorded {want}"
+                    "database {db}: {got} keys, the set recorded {want}{with_expiry}"
                 ));
             }
         }
@@ -142,6 +187,7 @@ mod tests {
             db: 0,
             namespace: None,
             keys: BTreeMap::from([(0, keys)]),
+            expiring: BTreeMap::from([(0, 2)]),
             sidekiq: Some(SidekiqCounts {
                 queues: BTreeMap::from([("default".to_string(), default_queue)]),
                 scheduled: 2,
@@ -153,21 +199,48 @@ mod tests {
     }
 
     #[test]
-    fn a_snapshot_is_exact_only_when_nothing_moved_around_it() {
+    fn a_snapshot_is_exact_only_when_nothing_lasting_moved_around_it() {
         assert!(RedisFacts::around(facts(10, 3, 1), facts(10, 3, 1)).exact);
         let busy = RedisFacts::around(facts(10, 3, 1), facts(10, 4, 1));
         assert!(!busy.exact);
         assert_eq!(busy.sidekiq.unwrap().queues["default"], 4);
+
+        // A heartbeat expired between the counts: 8 lasting keys either
+        // way, and the snapshot holds 8 to 10.
+        let mut after = facts(9, 3, 1);
+        after.expiring = BTreeMap::from([(0, 1)]);
+        let heartbeat = RedisFacts::around(facts(10, 3, 1), after);
+        assert!(heartbeat.exact);
+        assert_eq!(heartbeat.keys[&0], 10);
+        assert_eq!(heartbeat.expiring[&0], 2);
+
+        // A lasting key appeared: not exact.
+        let mut grown = facts(11, 3, 1);
+        grown.expiring = BTreeMap::from([(0, 2)]);
+        assert!(!RedisFacts::around(facts(10, 3, 1), grown).exact);
+    }
+
+    #[test]
+    fn keys_with_an_expiry_may_be_gone_and_no_more() {
+        // 10 keys, 2 of them expiring: 8 to 10 found is the same snapshot.
+        for found in [8, 9, 10] {
+            assert!(facts(10, 3, 1).differences(&facts(found, 3, 1)).is_empty());
+        }
+        assert_eq!(
+            facts(10, 3, 1).differences(&facts(7, 3, 1)),
+            ["database 0: 7 keys, the set recorded 10 (2 of them with an expiry)"]
+        );
+        assert_eq!(facts(10, 3, 1).differences(&facts(11, 3, 1)).len(), 1);
     }
 
     #[test]
     fn differences_name_the_database_the_queue_and_the_set() {
         assert!(facts(10, 3, 1).differences(&facts(10, 3, 1)).is_empty());
-        let found = facts(9, 2, 0);
+        let found = facts(7, 2, 0);
         assert_eq!(
             facts(10, 3, 1).differences(&found),
             [
-                "database 0: 9 keys, the set recorded 10",
+                "database 0: 7 keys, the set recorded 10 (2 of them with an expiry)",
                 "Sidekiq queue default: 2 jobs, the set recorded 3",
                 "Sidekiq retry set: 0 jobs, the set recorded 1",
             ]

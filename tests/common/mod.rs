@@ -534,7 +534,9 @@ impl Compose {
     }
 
     /// Only a database container (service `db`) from `image`: a migration's
-    /// target.
+    /// target, or a deployment whose other containers a test runs itself.
+    /// Its labels name `docker-compose.yml` in [`Compose::working_dir`] as
+    /// the compose file, as compose does (the test writes the file).
     pub fn up_database_only(prefix: &str, image: &str) -> Self {
         let project = unique_name(prefix);
         let network = format!("{project}_default");
@@ -544,7 +546,11 @@ impl Compose {
             network,
             image: image.to_string(),
         };
-        compose.run_container("postgres", "db", &[]);
+        let config_files = format!(
+            "com.docker.compose.project.config_files={}",
+            compose.working_dir().join("docker-compose.yml").display()
+        );
+        compose.run_container("postgres", "db", &["--label", &config_files]);
         compose.wait_ready();
         compose
     }
