@@ -10,8 +10,12 @@
 # then reports the best round of each and their ratio (target <= 1.1), and the peak RSS of a
 # backup to the bucket at BENCH_RSS_SCALE (3600 ≈ 4 GB; target <= 64 MiB).
 #
+# With BENCH_PIN=1 the S3 server runs on a core of its own and everything else (PostgreSQL,
+# pg_dump, tusk) on the other, in both runs: a store on another machine, as far as one 2-core
+# machine can show it (on loopback the server otherwise takes its CPU from the backup's cores).
+#
 # Usage: bench/backup-s3.sh        (root; ~15 min at the defaults on 2 cores)
-# Env:   BENCH_SCALE=900 BENCH_ROUNDS=2 BENCH_RSS_SCALE=3600 (0 skips) BENCH_KEEP=1
+# Env:   BENCH_SCALE=900 BENCH_ROUNDS=2 BENCH_RSS_SCALE=3600 (0 skips) BENCH_KEEP=1 BENCH_PIN=1
 #        S3FS=path/to/s3s-fs (default: $TUSK_TEST_S3FS_BIN, else s3s-fs on PATH)
 #        TUSK=path/to/tusk (default: a release build of this tree)
 set -euo pipefail
@@ -48,6 +52,15 @@ mkdir -p "$WORK/s3" "$WORK/sets"
     >"$WORK/s3fs.log" 2>&1 &
 S3FS_PID=$!
 tusk_on_exit "kill $S3FS_PID 2>/dev/null || true"
+PIN=()
+if [[ ${BENCH_PIN:-0} == 1 ]]; then
+    last=$(($(nproc) - 1))
+    taskset -a -p -c "$last" "$S3FS_PID" >/dev/null
+    # New backends inherit the postmaster's affinity; tusk and pg_dump run under taskset.
+    taskset -a -p -c "0-$((last - 1))" "$(head -n1 "$BENCH_PG_DIR/data/postmaster.pid")" >/dev/null
+    PIN=(taskset -c "0-$((last - 1))")
+    echo "== pinned: s3s-fs on core $last, PostgreSQL, pg_dump and tusk on cores 0-$((last - 1))"
+fi
 until (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; do sleep 0.1; done
 mkdir -p "$WORK/s3/bench"   # s3s-fs: a bucket is a directory
 
@@ -61,7 +74,7 @@ destinations:
 YAML
 export TUSK_S3_ACCESS_KEY_ID=benchkey TUSK_S3_SECRET_ACCESS_KEY=benchsecret
 # An array, not a function: /usr/bin/time runs programs, not shell functions.
-TUSK_CMD=("$TUSK" -q --config "$WORK/tusk.yaml" --pg-bin-dir "$PGBIN")
+TUSK_CMD=(${PIN[@]+"${PIN[@]}"} "$TUSK" -q --config "$WORK/tusk.yaml" --pg-bin-dir "$PGBIN")
 
 seed() { # DB SCALE
     "$PGBIN/createdb" -h 127.0.0.1 -p "$BENCH_PG_PORT" -U postgres "$1"
@@ -88,10 +101,16 @@ timed() { # NAME COMMAND...   (best wall seconds into BEST[NAME])
 echo "== seeding scale $SCALE"
 seed bench "$SCALE"
 echo "== backup, $ROUNDS rounds alternating (best of each)"
+# CPU seconds (user + system) the S3 server has used so far: on loopback it shares the 2 cores
+# with pg_dump, PostgreSQL and tusk, which a remote store does not.
+server_cpu() { awk -v t="$(getconf CLK_TCK)" '{ printf "%.2f", ($14 + $15) / t }' "/proc/$S3FS_PID/stat"; }
 for round in $(seq "$ROUNDS"); do
-    timed "to local disk" /usr/bin/time -f %M -o "$WORK/rss.local" "${TUSK_CMD[@]}" --database-url "$(url bench)" backup --destination local
+    timed "to local disk" /usr/bin/time -f '%M %U %S' -o "$WORK/rss.local" "${TUSK_CMD[@]}" --database-url "$(url bench)" backup --destination local
+    echo "      tusk + pg_dump CPU: $(awk '{ printf "%.2f s", $2 + $3 }' "$WORK/rss.local")"
     sleep 1
-    timed "to the bucket" /usr/bin/time -f %M -o "$WORK/rss.bucket" "${TUSK_CMD[@]}" --database-url "$(url bench)" backup --destination bucket
+    before=$(server_cpu)
+    timed "to the bucket" /usr/bin/time -f '%M %U %S' -o "$WORK/rss.bucket" "${TUSK_CMD[@]}" --database-url "$(url bench)" backup --destination bucket
+    echo "      tusk + pg_dump CPU: $(awk '{ printf "%.2f s", $2 + $3 }' "$WORK/rss.bucket"), s3s-fs CPU: $(awk -v a="$before" -v b="$(server_cpu)" 'BEGIN { printf "%.2f s", b - a }')"
     sleep 1
 done
 SET_BYTES=$(du -cb "$WORK/sets"/bench-*/*.zst | tail -n1 | cut -f1)
@@ -110,6 +129,6 @@ cat <<EOF2
 
 == results (scale $SCALE, set $SET_BYTES bytes, $(nproc) cores, $(free -g | awk '/Mem/ {print $2}') GiB, PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), s3s-fs on loopback)
   tusk backup to the bucket / to local disk   $(awk -v a="${BEST[to the bucket]}" -v b="${BEST[to local disk]}" 'BEGIN { printf "%.2f", a / b }')   (target <= 1.10; ${BEST[to the bucket]} s vs ${BEST[to local disk]} s)
-  peak RSS (KiB): to local disk $(cat "$WORK/rss.local"), to the bucket $(cat "$WORK/rss.bucket")
+  peak RSS (KiB): to local disk $(cut -d' ' -f1 "$WORK/rss.local"), to the bucket $(cut -d' ' -f1 "$WORK/rss.bucket")
   peak RSS to the bucket at scale $RSS_SCALE: $RSS_BIG   (target <= 65536)
 EOF2

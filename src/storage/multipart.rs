@@ -28,9 +28,10 @@ pub const MAX_PART_BYTES: u64 = 5 << 30;
 pub const MAX_OBJECT_BYTES: u64 = 5 << 40;
 /// S3's part-count limit, the default `max_parts`.
 pub const DEFAULT_MAX_PARTS: u32 = 10_000;
-/// The first parts' size: small enough to keep memory flat, large enough
-/// that per-request overhead stays small.
-pub const DEFAULT_FIRST_PART_BYTES: u64 = 8 << 20;
+/// The first parts' size: S3's smallest, so the four parts held at once
+/// (filling, queued, two uploading) keep a backup's memory under 64 MB;
+/// per-request overhead stays small at this size.
+pub const DEFAULT_FIRST_PART_BYTES: u64 = MIN_PART_BYTES;
 /// Parts uploading at once (besides the one being filled and one queued).
 pub const PARTS_IN_FLIGHT: usize = 2;
 /// The size tiers the part count is divided into: the part size doubles
@@ -39,10 +40,10 @@ const TIERS: u32 = 20;
 
 /// The size of each part of a stream of unknown length: `first` bytes for
 /// the first tier of `max_parts / 20` parts, twice that for the next tier,
-/// and so on up to S3's 5 GiB part limit. With 10,000 parts of 8 MiB
-/// first, the parts hold 8 MiB × 500 × (2^10 − 1) + 5 GiB × 500 × 10, far
-/// beyond S3's 5 TiB object limit, and a 4 GB stream needs only 8 MiB
-/// parts. With `max_parts: 1000` the parts hold about 2.9 TiB.
+/// and so on up to S3's 5 GiB part limit. With 10,000 parts of 5 MiB
+/// first, the parts hold 5 MiB × 500 × (2^10 − 1) + 5 GiB × 500 × 10, far
+/// beyond S3's 5 TiB object limit, and a 2.5 GB stream needs only 5 MiB
+/// parts. With `max_parts: 1000` the parts hold about 2.7 TiB.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PartSizes {
     pub first: u64,
@@ -341,10 +342,10 @@ mod tests {
     fn the_default_parts_hold_five_tebibytes_and_start_small() {
         let sizes = PartSizes::default();
         assert_eq!(sizes.capacity(), MAX_OBJECT_BYTES);
-        assert_eq!(sizes.size(1), Some(8 << 20));
-        // A 4 GB database needs nothing larger than the first size.
-        assert_eq!(sizes.size(500), Some(8 << 20));
-        assert_eq!(sizes.size(501), Some(16 << 20));
+        assert_eq!(sizes.size(1), Some(5 << 20));
+        // A 2.5 GB artefact needs nothing larger than the first size.
+        assert_eq!(sizes.size(500), Some(5 << 20));
+        assert_eq!(sizes.size(501), Some(10 << 20));
         assert_eq!(sizes.size(10_000), Some(MAX_PART_BYTES));
         assert_eq!(sizes.size(10_001), None);
         assert!((1..=10_000).all(|n| sizes.size(n).unwrap() <= MAX_PART_BYTES));
