@@ -11,17 +11,6 @@ use common::*;
 /// Database name inside the deployment, as its .env.production would say.
 const DB_URL: &str = "postgresql://postgres@db/mastodon";
 
-fn seeded(compose: &Compose, scale: u32) -> TestDb {
-    let cluster = compose.cluster();
-    cluster.sql("postgres", "CREATE DATABASE mastodon");
-    let db = TestDb {
-        cluster,
-        name: "mastodon".into(),
-    };
-    db.seed_mastodon(scale);
-    db
-}
-
 fn now_nanos() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -43,7 +32,7 @@ fn docker_round_trip_stops_the_apps_only_during_the_dump() {
         return;
     }
     let compose = Compose::up("dk_rt");
-    let source = seeded(&compose, 1);
+    let source = compose.mastodon_database(1);
     let before = source.fingerprint();
     let ws = Workspace::new();
 
@@ -155,7 +144,7 @@ fn sets_move_between_direct_and_docker_mode() {
         return;
     }
     let compose = Compose::up("dk_x");
-    let in_container = seeded(&compose, 1);
+    let in_container = compose.mastodon_database(1);
     let before = in_container.fingerprint();
     let ws = Workspace::new();
 
@@ -241,7 +230,7 @@ fn the_exec_transport_and_the_fallback_to_it_dump_the_same_database() {
         return;
     }
     let compose = Compose::up("dk_exec");
-    let source = seeded(&compose, 1);
+    let source = compose.mastodon_database(1);
     let before = source.fingerprint();
     let database = compose.container("postgres");
     let ws = Workspace::new();
@@ -307,7 +296,7 @@ fn the_helper_logs_in_with_a_password_when_the_server_asks_for_one() {
         return;
     }
     let compose = Compose::up("dk_pw");
-    let source = seeded(&compose, 1);
+    let source = compose.mastodon_database(1);
     let before = source.fingerprint();
     let database = compose.container("postgres");
     // Passwords for every TCP login, 127.0.0.1 inside the container included;
@@ -374,7 +363,7 @@ fn backup_interrupted_mid_dump(
     ws: &Workspace,
     interrupt: impl FnOnce(u32),
 ) -> std::process::Output {
-    let source = seeded(compose, 1);
+    let source = compose.mastodon_database(1);
     source.sql(
         "CREATE TABLE bulk AS SELECT g AS id, repeat(md5(g::text), 12) AS body \
          FROM generate_series(1, 600000) g",
@@ -537,7 +526,7 @@ fn prune_works_in_docker_mode() {
         return;
     }
     let compose = Compose::up("prune");
-    let db = seeded(&compose, 1);
+    let db = compose.mastodon_database(1);
     let ws = Workspace::new();
     let (root, _) = common::s3::media_files(&ws, &db);
     // tootctl's selection: the `cached` scope without blank file names.

@@ -16,17 +16,6 @@ use common::*;
 /// The database inside a compose deployment, as its .env.production says.
 const DB_URL: &str = "postgresql://postgres@db/mastodon";
 
-fn seeded(compose: &Compose, scale: u32) -> TestDb {
-    let cluster = compose.cluster();
-    cluster.sql("postgres", "CREATE DATABASE mastodon");
-    let db = TestDb {
-        cluster,
-        name: "mastodon".into(),
-    };
-    db.seed_mastodon(scale);
-    db
-}
-
 fn image(major: &str) -> String {
     let var = format!("TUSK_TEST_DOCKER_IMAGE_{major}");
     std::env::var(&var)
@@ -238,7 +227,7 @@ fn docker_13_to_docker_17_keeps_the_app_stopped_until_asked() {
         return;
     }
     let source = Compose::up_with_image("mg13", &image("13"));
-    let source_db = seeded(&source, 1);
+    let source_db = source.mastodon_database(1);
     let before = source_db.fingerprint();
     let target = Compose::up_database_only("mg17", &image("17"));
     let ws = Workspace::new();
@@ -390,7 +379,7 @@ fn docker_15_to_17_survives_a_killed_target_and_a_mismatch_and_resumes() {
         return;
     }
     let source = Compose::up("mg15");
-    let source_db = seeded(&source, 3);
+    let source_db = source.mastodon_database(3);
     let before = source_db.fingerprint();
     let target = Compose::up_database_only("mg15t", &image("17"));
     let ws = Workspace::new();
@@ -495,7 +484,7 @@ fn docker_to_direct_restores_with_the_local_tools() {
         return;
     }
     let source = Compose::up("mg_dk2d");
-    let source_db = seeded(&source, 1);
+    let source_db = source.mastodon_database(1);
     let before = source_db.fingerprint();
     let target = Cluster::second();
     let target_db = unique_name("mg_dk2d_dst");

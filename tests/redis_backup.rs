@@ -512,13 +512,7 @@ fn docker_mode_puts_the_whole_deployment_in_an_encrypted_set_and_restores_redis_
     // The database from the compose helper; web and redis run here, as
     // compose would have started them.
     let compose = Compose::up_database_only("tusk-redis", &docker_images()[0]);
-    let cluster = compose.cluster();
-    cluster.sql("postgres", "CREATE DATABASE mastodon");
-    let db = TestDb {
-        cluster,
-        name: "mastodon".into(),
-    };
-    db.seed_mastodon(1);
+    let _db = compose.mastodon_database(1);
     docker(&["tag", &compose.image, WEB_IMAGE]);
     let web = compose.container("web");
     docker(&[

@@ -216,13 +216,7 @@ fn word_starting(text: &str, prefix: &str) -> Option<String> {
 
 fn seeded_compose(prefix: &str) -> (Compose, TestDb) {
     let compose = Compose::up(prefix);
-    let cluster = compose.cluster();
-    cluster.sql("postgres", "CREATE DATABASE mastodon");
-    let db = TestDb {
-        cluster,
-        name: "mastodon".into(),
-    };
-    db.seed_mastodon(1);
+    let db = compose.mastodon_database(1);
     add_bulk(&db);
     (compose, db)
 }

@@ -612,6 +612,19 @@ impl Compose {
         panic!("{pg} never became ready");
     }
 
+    /// Database `mastodon` in the deployment's container, seeded with the
+    /// Mastodon fixture at `scale`, as its .env.production would name it.
+    pub fn mastodon_database(&self, scale: u32) -> TestDb {
+        let cluster = self.cluster();
+        cluster.sql("postgres", "CREATE DATABASE mastodon");
+        let db = TestDb {
+            cluster,
+            name: "mastodon".into(),
+        };
+        db.seed_mastodon(scale);
+        db
+    }
+
     /// The directory compose would have run in, as its label says (not
     /// created here).
     pub fn working_dir(&self) -> PathBuf {
