@@ -423,16 +423,6 @@ impl Drop for Containers {
     }
 }
 
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Starts `name` as compose service `redis` of the deployment, from the
 /// test image (which carries Debian's redis-server), its /data on `data`.
 fn run_redis_container(compose: &Compose, name: &str, data: &Path) {

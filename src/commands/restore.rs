@@ -53,22 +53,9 @@ pub async fn exec(ctx: &Context, args: RestoreArgs) -> Result<()> {
     } else {
         Some(plan_database(ctx, &set, &args).await?)
     };
+    // Once, before the files, Redis or the database change.
+    set.require_intact().await?;
     let mut files = Vec::new();
-    if args.files_to.is_some() || args.redis_to.is_some() {
-        let problems = set.check_artefacts().await?;
-        if !problems.is_empty() {
-            return Err(TuskError::VerificationFailed(format!(
-                "backup set {} is damaged ({}); nothing was restored",
-                set.manifest.id,
-                problems
-                    .iter()
-                    .map(|p| format!("{} {}", p.kind, p.subject))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .into());
-        }
-    }
     if let Some(dir) = &args.files_to {
         files = restore::files::write_files(&set, dir, args.force).await?;
     }

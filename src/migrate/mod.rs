@@ -323,7 +323,13 @@ async fn migrate(
             assume_yes: true,
             ..output.clone()
         };
-        match restore::run(opts.target.as_ref(), &set, &restore_opts, &restore_output).await {
+        let restored = match set.require_intact().await {
+            Ok(()) => {
+                restore::run(opts.target.as_ref(), &set, &restore_opts, &restore_output).await
+            }
+            Err(err) => Err(err),
+        };
+        match restored {
             Ok(restored) => {
                 early_content = restored.early_content;
                 state.mark_done(Stage::Restore);

@@ -313,6 +313,26 @@ impl BackupSet {
         Ok(())
     }
 
+    /// Re-hashes every artefact; a set that does not match its manifest is
+    /// a verification failure (exit 3) naming what is wrong. Restores call
+    /// it once, before they change anything.
+    pub async fn require_intact(&self) -> Result<()> {
+        let problems = self.check_artefacts().await?;
+        if problems.is_empty() {
+            return Ok(());
+        }
+        let summary: Vec<String> = problems
+            .iter()
+            .map(|p| format!("{} {}", p.kind, p.subject))
+            .collect();
+        Err(TuskError::VerificationFailed(format!(
+            "backup set {} is damaged ({}); nothing was restored",
+            self.manifest.id,
+            summary.join(", ")
+        ))
+        .into())
+    }
+
     /// Re-hashes every artefact and compares it with the manifest.
     pub async fn check_artefacts(&self) -> Result<Vec<Problem>> {
         let mut problems = Vec::new();

@@ -492,7 +492,7 @@ fn container_events(label_filter: &str, since: i64, until: i64) -> String {
     ])
 }
 
-fn docker(args: &[&str]) -> String {
+pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
